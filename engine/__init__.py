@@ -1,0 +1,7 @@
+"""learnd's numerical core: a Numba-compiled network trained online, embeddable."""
+from .errors import EngineError
+from .gradcheck import GradCheckReport
+from .model import Model
+from .network import Snapshot
+
+__all__ = ["EngineError", "GradCheckReport", "Model", "Snapshot"]

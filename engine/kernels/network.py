@@ -1,0 +1,187 @@
+"""Whole-network passes over flat buffers: one kernel call per forward+backward.
+
+Parameters live in one flat buffer `params` (and their gradients in `grads`, laid out
+alike); per-layer views are cut from it with offsets held in the int64 table `layers`
+(one row per layer, columns below). Activations live in one flat workspace `work`
+holding `cap` rows: a slot of layer l with n units starts at `slot * cap` and is
+viewed as (m, n) for a batch of m <= cap rows. Per-feature batch-norm scratch lives
+in `feat`, and the running statistics in `stats`.
+"""
+import numpy as np
+from numba import njit
+
+from .activations import activation_backward, activation_forward
+from .batchnorm import (batchnorm_backward, batchnorm_forward_eval,
+                        batchnorm_forward_train, batchnorm_update_running)
+from .dense import dense_backward, dense_forward
+from .dropout import dropout_backward, dropout_forward
+from .losses import head_loss, head_output
+from .normalize import normalize_into
+from .regularization import add_weight_penalty_grad, weight_penalty
+
+# Columns of the `layers` table.  Offsets are -1 where a layer has no such array.
+N_IN = 0
+N_OUT = 1
+OFF_W = 2         # W: (n_out, n_in) in params/grads
+OFF_B = 3         # b: (n_out,)
+OFF_GAMMA = 4     # gamma: (n_out,)
+OFF_BETA = 5      # beta: (n_out,)
+OFF_RMEAN = 6     # running_mean: (n_out,) in stats
+OFF_RVAR = 7      # running_var: (n_out,) in stats
+OFF_FEAT = 8      # batch mean, var, inv_std, scratch: 4 x (n_out,) in feat
+ACT = 9           # activation code (hidden layers)
+SLOT_Z = 10       # pre-activation Z; batch norm's output overwrites it in place
+SLOT_ZHAT = 11    # normalized Zhat (batch norm)
+SLOT_A = 12       # activation g(Z) before dropout; the head's P on the output layer
+SLOT_MASK = 13    # dropout mask (0 or 1/keep_prob)
+SLOT_DROP = 14    # activation after dropout
+SLOT_G = 15       # gradient: dA arrives here, becomes dZ in place
+N_COLUMNS = 16
+SLOT_INPUT = 0    # the normalized input A0 always starts the workspace
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rows(buf, slot, cap, m, n):
+    o = slot * cap
+    return buf[o:o + m * n].reshape((m, n))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _seg(buf, off, size):
+    if off < 0:
+        return buf[0:0]
+    return buf[off:off + size]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _matrix(buf, off, n_out, n_in):
+    return buf[off:off + n_out * n_in].reshape((n_out, n_in))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _layer_input(work, layers, l, cap, m, dropout_on, keep):
+    """The (m, n_in) array layer l reads: A0, or the previous layer's (dropped) output."""
+    if l == 0:
+        return _rows(work, SLOT_INPUT, cap, m, layers[0, N_IN])
+    p = l - 1
+    if dropout_on and keep[p] < 1.0:
+        return _rows(work, layers[p, SLOT_DROP], cap, m, layers[p, N_OUT])
+    return _rows(work, layers[p, SLOT_A], cap, m, layers[p, N_OUT])
+
+
+@njit(cache=True, nogil=True)
+def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
+                  bn_eps, l2, l1, work, cap, feat, rng_state, dropout_on, compute_grad):
+    """J on a training batch (batch statistics, dropout when dropout_on) and, when
+    compute_grad, its gradient with respect to every parameter into `grads`.
+
+    X: (m, n0) raw inputs, normalized here with shift, inv_scale (n0,).
+    Y: (m, K) targets  w: (m,) weights over their mean, or (0,).
+    keep: (L,) keep probabilities (1 for the output layer).  rng_state: uint64[4].
+    Returns J = (1/m) sum w_i L_i + (l2/2) sum ||W||^2 + l1 sum |W|.
+    """
+    m = X.shape[0]
+    L = layers.shape[0]
+    A0 = _rows(work, SLOT_INPUT, cap, m, layers[0, N_IN])
+    normalize_into(X, shift, inv_scale, A0)
+    penalty = 0.0
+    for l in range(L):
+        n_in = layers[l, N_IN]
+        n_out = layers[l, N_OUT]
+        W = _matrix(params, layers[l, OFF_W], n_out, n_in)
+        b = _seg(params, layers[l, OFF_B], n_out)
+        Z = _rows(work, layers[l, SLOT_Z], cap, m, n_out)
+        dense_forward(_layer_input(work, layers, l, cap, m, dropout_on, keep), W, b, Z)
+        if l2 != 0.0 or l1 != 0.0:
+            penalty += weight_penalty(_seg(params, layers[l, OFF_W], n_out * n_in), l2, l1)
+        if l == L - 1:
+            break
+        if layers[l, OFF_GAMMA] >= 0:
+            f = layers[l, OFF_FEAT]
+            batchnorm_forward_train(
+                Z, _seg(params, layers[l, OFF_GAMMA], n_out), _seg(params, layers[l, OFF_BETA], n_out),
+                _rows(work, layers[l, SLOT_ZHAT], cap, m, n_out), Z,
+                feat[f:f + n_out], feat[f + n_out:f + 2 * n_out], feat[f + 2 * n_out:f + 3 * n_out],
+                bn_eps)
+        A = _rows(work, layers[l, SLOT_A], cap, m, n_out)
+        activation_forward(Z, A, layers[l, ACT])
+        if dropout_on and keep[l] < 1.0:
+            dropout_forward(A, _rows(work, layers[l, SLOT_MASK], cap, m, n_out),
+                            _rows(work, layers[l, SLOT_DROP], cap, m, n_out), keep[l], rng_state)
+
+    n_last = layers[L - 1, N_OUT]
+    loss = head_loss(head, _rows(work, layers[L - 1, SLOT_Z], cap, m, n_last), Y, w,
+                     _rows(work, layers[L - 1, SLOT_A], cap, m, n_last),
+                     _rows(work, layers[L - 1, SLOT_G], cap, m, n_last)) + penalty
+    if not compute_grad:
+        return loss
+
+    for l in range(L - 1, -1, -1):
+        n_in = layers[l, N_IN]
+        n_out = layers[l, N_OUT]
+        dZ = _rows(work, layers[l, SLOT_G], cap, m, n_out)
+        if l < L - 1:
+            # dZ holds dA of this layer's (dropped) output; turn it into dZ in place.
+            if dropout_on and keep[l] < 1.0:
+                dropout_backward(dZ, _rows(work, layers[l, SLOT_MASK], cap, m, n_out), dZ)
+            activation_backward(dZ, _rows(work, layers[l, SLOT_A], cap, m, n_out), dZ, layers[l, ACT])
+            if layers[l, OFF_GAMMA] >= 0:
+                f = layers[l, OFF_FEAT]
+                batchnorm_backward(
+                    dZ, _rows(work, layers[l, SLOT_ZHAT], cap, m, n_out),
+                    _seg(params, layers[l, OFF_GAMMA], n_out), feat[f + 2 * n_out:f + 3 * n_out],
+                    _seg(grads, layers[l, OFF_GAMMA], n_out), _seg(grads, layers[l, OFF_BETA], n_out),
+                    dZ, feat[f + 3 * n_out:f + 4 * n_out])
+        if l > 0:
+            dA_prev = _rows(work, layers[l - 1, SLOT_G], cap, m, n_in)
+        else:
+            dA_prev = work[0:0].reshape((0, 0))
+        dense_backward(dZ, _layer_input(work, layers, l, cap, m, dropout_on, keep),
+                       _matrix(params, layers[l, OFF_W], n_out, n_in),
+                       _matrix(grads, layers[l, OFF_W], n_out, n_in),
+                       _seg(grads, layers[l, OFF_B], n_out), dA_prev)
+        if l2 != 0.0 or l1 != 0.0:
+            add_weight_penalty_grad(_seg(params, layers[l, OFF_W], n_out * n_in),
+                                    _seg(grads, layers[l, OFF_W], n_out * n_in), l2, l1)
+    return loss
+
+
+@njit(cache=True, nogil=True)
+def update_running_stats(stats, feat, layers, m, bn_beta):
+    """Fold the last training batch's statistics into every batch-norm layer's EWMA."""
+    for l in range(layers.shape[0]):
+        if layers[l, OFF_GAMMA] < 0:
+            continue
+        n = layers[l, N_OUT]
+        f = layers[l, OFF_FEAT]
+        batchnorm_update_running(_seg(stats, layers[l, OFF_RMEAN], n), _seg(stats, layers[l, OFF_RVAR], n),
+                                 feat[f:f + n], feat[f + n:f + 2 * n], m, bn_beta)
+
+
+@njit(cache=True, nogil=True)
+def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, work, cap, P):
+    """Inference: running statistics, no dropout, the head's output into P (m, K).
+
+    X: (m, n0) raw inputs.  work holds at least `cap` >= m rows of every Z slot;
+    each layer computes in place in its Z slot.
+    """
+    m = X.shape[0]
+    L = layers.shape[0]
+    A_prev = _rows(work, SLOT_INPUT, cap, m, layers[0, N_IN])
+    normalize_into(X, shift, inv_scale, A_prev)
+    for l in range(L):
+        n_in = layers[l, N_IN]
+        n_out = layers[l, N_OUT]
+        Z = _rows(work, layers[l, SLOT_Z], cap, m, n_out)
+        dense_forward(A_prev, _matrix(params, layers[l, OFF_W], n_out, n_in),
+                      _seg(params, layers[l, OFF_B], n_out), Z)
+        if l == L - 1:
+            head_output(head, Z, P)
+            break
+        if layers[l, OFF_GAMMA] >= 0:
+            batchnorm_forward_eval(Z, _seg(params, layers[l, OFF_GAMMA], n_out),
+                                   _seg(params, layers[l, OFF_BETA], n_out),
+                                   _seg(stats, layers[l, OFF_RMEAN], n_out),
+                                   _seg(stats, layers[l, OFF_RVAR], n_out), bn_eps, Z)
+        activation_forward(Z, Z, layers[l, ACT])
+        A_prev = Z

@@ -1,0 +1,27 @@
+"""L2 and L1 penalties on weight matrices (never on b, gamma, beta)."""
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def weight_penalty(W, l2, l1):
+    """(l2 / 2) ||W||_F^2 + l1 sum |W|.  W: any contiguous 1-D view of weights."""
+    sq = 0.0
+    ab = 0.0
+    for i in range(W.shape[0]):
+        sq += W[i] * W[i]
+        ab += abs(W[i])
+    return 0.5 * l2 * sq + l1 * ab
+
+
+@njit(cache=True, nogil=True)
+def add_weight_penalty_grad(W, dW, l2, l1):
+    """dW += l2 W + l1 sign(W), with sign(0) = 0.  W, dW: 1-D views of equal size."""
+    for i in range(W.shape[0]):
+        w = W[i]
+        s = 0.0
+        if w > 0:
+            s = 1.0
+        elif w < 0:
+            s = -1.0
+        dW[i] += l2 * w + l1 * s

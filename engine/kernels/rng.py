@@ -1,0 +1,50 @@
+"""xoshiro256** with its state in an explicit uint64[4] array.
+
+The state travels with the model (checkpoints save it), so a resumed model draws
+exactly the dropout masks the original would have drawn.
+"""
+import numpy as np
+from numba import njit
+
+_U53 = 1.0 / 9007199254740992.0  # 2**-53
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _rotl(x, k):
+    return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
+
+
+@njit(cache=True, nogil=True)
+def next_uint64(state):
+    """Advance `state` (uint64[4]) one step and return the next 64-bit output."""
+    s0 = state[0]
+    s1 = state[1]
+    s2 = state[2]
+    s3 = state[3]
+    result = _rotl(s1 * np.uint64(5), 7) * np.uint64(9)
+    t = s1 << np.uint64(17)
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = _rotl(s3, 45)
+    state[0] = s0
+    state[1] = s1
+    state[2] = s2
+    state[3] = s3
+    return result
+
+
+@njit(cache=True, nogil=True)
+def next_uniform(state):
+    """A float64 uniform on [0, 1) from the top 53 bits of the next output."""
+    return np.float64(next_uint64(state) >> np.uint64(11)) * _U53
+
+
+def seed_state(seed):
+    """uint64[4] generator state derived from an integer seed (never all zeros)."""
+    words = np.random.SeedSequence(seed).generate_state(4, np.uint64)
+    if not words.any():
+        words[0] = 1
+    return words

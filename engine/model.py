@@ -1,0 +1,321 @@
+"""The embedded API: `Model` trains and predicts in-process."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import state as state_io
+from .errors import EngineError
+from .gradcheck import check_gradients
+from .kernels.network import predict_forward
+from .kernels.normalize import count_nonfinite
+from .kernels.optim import global_norm
+from .kernels.rng import seed_state
+from .labels import write_targets, write_weights
+from .metrics import evaluate_outputs
+from .network import Network, Snapshot, Workspace
+from .normalizer import InputNormalizer
+from .optimizers import OPTIMIZERS
+from .schedules import SCHEDULES
+from .spec import ModelSpec
+
+# Settings that can change between steps without rebuilding buffers or losing state.
+LIVE_SETTINGS = ("lr", "l2", "l1", "clip_norm", "bn_beta", "beta1", "beta2", "eps",
+                 "schedule", "decay_rate", "epoch_size", "step_epochs")
+
+
+class Model:
+    """A fully connected network trained online, one optimizer step per batch.
+
+    Parameters are DESIGN's: ``hidden`` sizes, ``activation`` (one or one per hidden
+    layer: relu, leaky_relu, tanh, sigmoid, linear), ``task`` (binary, multiclass,
+    multilabel, regression) and ``n_outputs`` (None: 10 classes for multiclass, 1 for
+    binary and regression), ``input_dim`` (None: from the first batch),
+    ``normalize_inputs``, ``init`` (he, xavier, glorot, random, zeros),
+    ``batch_norm``/``bn_beta``/``bn_eps``, ``keep_prob`` (inverted dropout, one or one
+    per hidden layer), ``l2``, ``l1``, ``clip_norm``, ``optimizer`` (sgd, momentum,
+    rmsprop, adam) with ``lr``, ``beta1``, ``beta2``, ``eps``, ``schedule`` (constant,
+    inverse_time, exponential, inverse_sqrt, staircase) with ``decay_rate``,
+    ``epoch_size`` (samples per epoch) and ``step_epochs`` (staircase step),
+    ``dtype`` (float32, float64) and ``seed``.
+
+    Samples are rows: X has shape (m, n_features).
+    """
+
+    def __init__(self, hidden=(256, 128), activation="relu", task="multiclass", n_outputs=None,
+                 input_dim=None, normalize_inputs=True, init="he", batch_norm=True, bn_beta=0.9,
+                 bn_eps=1e-5, keep_prob=1.0, l2=0.0, l1=0.0, clip_norm=None, optimizer="adam",
+                 lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule="constant", decay_rate=0.0,
+                 epoch_size=10_000, step_epochs=1, dtype="float32", seed=0):
+        self.spec = ModelSpec(
+            hidden=hidden, activation=activation, task=task, n_outputs=n_outputs,
+            input_dim=input_dim, normalize_inputs=normalize_inputs, init=init,
+            batch_norm=batch_norm, bn_beta=bn_beta, bn_eps=bn_eps, keep_prob=keep_prob, l2=l2,
+            l1=l1, clip_norm=clip_norm, optimizer=optimizer, lr=lr, beta1=beta1, beta2=beta2,
+            eps=eps, schedule=schedule, decay_rate=decay_rate, epoch_size=epoch_size,
+            step_epochs=step_epochs, dtype=dtype, seed=seed)
+        self.dtype = np.dtype(self.spec.dtype)
+        self.rng_state = seed_state(self.spec.seed)
+        self._rng_backup = self.rng_state.copy()
+        self.samples_seen = 0
+        self.nonfinite_steps = 0
+        self.network = None
+        self.normalizer = None
+        self.optimizer = OPTIMIZERS[self.spec.optimizer](self.spec.beta1, self.spec.beta2, self.spec.eps)
+        self.schedule = SCHEDULES[self.spec.schedule](self.spec.lr, self.spec.decay_rate,
+                                                       self.spec.step_epochs)
+        self._targets = np.empty(0, dtype=self.dtype)
+        self._weights = np.empty(0, dtype=self.dtype)
+        if self.spec.input_dim is not None:
+            self._build(self.spec.input_dim)
+
+    def _build(self, input_dim):
+        self.spec.input_dim = input_dim
+        init_rng = np.random.default_rng(self.spec.seed)
+        self.network = Network(self.spec, init_rng)
+        self.normalizer = InputNormalizer(input_dim, self.dtype, self.spec.normalize_inputs)
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def params(self):
+        """The live arrays by DESIGN's names: W1, b1 / gamma1, beta1, running_mean1, ..."""
+        if self.network is None:
+            return {}
+        return {**self.network.params, **self.network.stats}
+
+    @property
+    def steps(self):
+        """Optimizer steps applied (non-finite steps are not counted here)."""
+        return self.optimizer.t
+
+    @property
+    def epoch(self):
+        return self.samples_seen // self.spec.epoch_size
+
+    @property
+    def learning_rate(self):
+        """The rate the next step will use."""
+        return float(self.schedule.get(self.epoch))
+
+    def set_learning_rate(self, lr):
+        """Set α0 by hand; the schedule goes on from the new base."""
+        self.set(lr=lr)
+
+    def set(self, **settings):
+        """Change settings that are safe between steps (LIVE_SETTINGS); others raise."""
+        unknown = set(settings) - set(LIVE_SETTINGS)
+        if unknown:
+            raise EngineError(f"cannot change {sorted(unknown)} on a live model; "
+                              f"live settings are {', '.join(LIVE_SETTINGS)}")
+        candidate = ModelSpec.from_dict({**self.spec.to_dict(), **settings})
+        self.spec = candidate
+        if self.network is not None:
+            self.network.spec = candidate
+        self.optimizer.beta1, self.optimizer.beta2, self.optimizer.eps = (
+            candidate.beta1, candidate.beta2, candidate.eps)
+        self.schedule = SCHEDULES[candidate.schedule](candidate.lr, candidate.decay_rate,
+                                                      candidate.step_epochs)
+
+    # -- input checks --------------------------------------------------------------------
+    def _check_X(self, X, training):
+        try:
+            X = np.asarray(X)
+        except Exception as exc:  # ragged lists and the like
+            raise EngineError(f"X must be a 2-D array of numbers: {exc}") from None
+        if X.ndim != 2:
+            raise EngineError(f"X must be 2-D (m, n_features), got shape {X.shape}")
+        if X.dtype.kind not in "biuf":
+            raise EngineError(f"X must hold numbers, got dtype {X.dtype}")
+        if X.dtype.kind != "f":
+            X = X.astype(self.dtype)
+        m, n = X.shape
+        if m == 0:
+            raise EngineError("X is an empty batch (0 rows)")
+        expected = self.spec.input_dim
+        if expected is not None and n != expected:
+            raise EngineError(f"X must have {expected} features per row, got {n}")
+        if expected is None and not training:
+            raise EngineError("the model has not seen data yet, so its input size is unknown; "
+                              "train it first or give input_dim")
+        if training and self.spec.batch_norm and self.spec.hidden and m < 2:
+            raise EngineError(f"with batch norm a training batch needs at least 2 rows, got {m}")
+        X = np.ascontiguousarray(X)
+        if count_nonfinite(X):
+            raise EngineError(f"X must be finite; got {count_nonfinite(X)} NaN or Inf values")
+        return X
+
+    def _target_buffer(self, m):
+        K = self.spec.n_outputs
+        if self._targets.size < m * K:
+            self._targets = np.empty(max(m, 2 * self._targets.size // K) * K, dtype=self.dtype)
+            self._weights = np.empty(self._targets.size // K, dtype=self.dtype)
+        return self._targets[:m * K].reshape(m, K)
+
+    def _batch(self, X, y, sample_weight, training):
+        X = self._check_X(X, training)
+        m = X.shape[0]
+        Y = self._target_buffer(m)
+        write_targets(self.spec.task, self.spec.n_outputs, y, m, Y)
+        w = write_weights(sample_weight, m, self._weights)
+        if self.network is None:
+            self._build(X.shape[1])
+        return X, Y, w
+
+    # -- training ----------------------------------------------------------------------------
+    def partial_fit(self, X, y, sample_weight=None):
+        """One optimizer step on the batch (X, y).
+
+        X: (m, n_features)  y: labels per DESIGN's conventions  sample_weight: (m,) or None.
+        Returns J on this batch at the parameters before the update, in training mode.
+        A step whose loss or gradient is not finite changes nothing and is counted in
+        `nonfinite_steps`.
+        """
+        X, Y, w = self._batch(X, y, sample_weight, training=True)
+        net = self.network
+        m = X.shape[0]
+        shift, inv_scale = self.normalizer.stage(X)
+        self._rng_backup[:] = self.rng_state
+        loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
+        norm = global_norm(net.flat_grads)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self.rng_state[:] = self._rng_backup
+            self.nonfinite_steps += 1
+            return float(loss)
+        clip = self.spec.clip_norm
+        g_scale = clip / norm if clip is not None and norm > clip else 1.0
+        self.optimizer.step(net.flat_params, net.flat_grads, self.learning_rate, g_scale)
+        net.update_running_stats(m)
+        self.normalizer.commit()
+        self.samples_seen += m
+        return float(loss)
+
+    # -- inference ---------------------------------------------------------------------------
+    def predict_proba(self, X, out=None):
+        """Head outputs for X (m, n_features) -> (m, n_outputs): softmax rows for
+        multiclass, sigmoid P(y=1) per output for binary/multilabel, values for
+        regression.  `out`, if given, receives them and is returned."""
+        X = self._check_X(X, training=False)
+        m, K = X.shape[0], self.spec.n_outputs
+        if out is None:
+            out = np.empty((m, K), dtype=self.dtype)
+        elif out.shape != (m, K) or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise EngineError(f"out must be a C-contiguous {self.dtype} array of shape {(m, K)}")
+        net = self.network
+        work = net.infer_work.ensure(m)
+        predict_forward(X, self.normalizer.shift, self.normalizer.inv_scale, net.flat_params,
+                        net.flat_stats, net.layout.infer_table, net.layout.head,
+                        self.spec.bn_eps, work, net.infer_work.cap, out)
+        return out
+
+    def predict(self, X):
+        """Class ids (m,) for multiclass, 0/1 labels (m, n_outputs) for binary and
+        multilabel, values (m, n_outputs) for regression."""
+        P = self.predict_proba(X)
+        task = self.spec.task
+        if task == "multiclass":
+            return P.argmax(axis=1)
+        if task in ("binary", "multilabel"):
+            return (P >= 0.5).astype(np.int64)
+        return P
+
+    def evaluate(self, X, y, sample_weight=None):
+        """Inference-mode figures on (X, y): loss (without regularization) and accuracy /
+        error, or mse / mae for regression."""
+        X, Y, w = self._batch(X, y, sample_weight, training=False)
+        w = None if sample_weight is None else w.copy()
+        P = self.predict_proba(X)
+        return evaluate_outputs(self.spec.task, P, Y.copy(), w)
+
+    def snapshot(self, version=0):
+        """An immutable, self-contained copy of what inference needs (see Snapshot)."""
+        if self.network is None:
+            raise EngineError("the model has not seen data yet; there is nothing to snapshot")
+        return Snapshot(self.network, self.normalizer.shift, self.normalizer.inv_scale, version)
+
+    # -- checking ------------------------------------------------------------------------
+    def gradient_check(self, X, y, sample_weight=None, eps=1e-7, max_entries=None):
+        """Compare the backward pass with two-sided differences of J, in float64, dropout
+        off, regularization on, batch statistics as in training.  Changes nothing.
+
+        max_entries: perturb at most this many random entries per parameter array.
+        Returns a GradCheckReport (overall and per-parameter relative difference).
+        """
+        X, Y, w = self._batch(X, y, sample_weight, training=True)
+        net = self.network.copy_as(np.float64)
+        X64 = X.astype(np.float64)
+        Y64 = Y.astype(np.float64)
+        w64 = w.astype(np.float64)
+        shift = self.normalizer.shift.astype(np.float64)
+        inv_scale = self.normalizer.inv_scale.astype(np.float64)
+        rng = self.rng_state.copy()
+
+        net.loss_and_grad(X64, Y64, w64, shift, inv_scale, rng, dropout=False)
+        grad = net.flat_grads.copy()
+
+        def loss():
+            return net.loss_and_grad(X64, Y64, w64, shift, inv_scale, rng, dropout=False, grad=False)
+
+        return check_gradients(loss, net.flat_params, grad, net.layout.param_slices,
+                               eps=eps, max_entries=max_entries, seed=self.spec.seed)
+
+    # -- state ---------------------------------------------------------------------------
+    def get_state(self):
+        """Everything needed to resume exactly: settings, parameters, running statistics,
+        optimizer moments and step count, normalizer, counters and RNG state (copies)."""
+        net = self.network
+        opt = self.optimizer.get_state()
+        meta = {
+            "format": state_io.FORMAT, "version": state_io.VERSION, "spec": self.spec.to_dict(),
+            "counters": {"samples_seen": self.samples_seen, "nonfinite_steps": self.nonfinite_steps},
+            "optimizer_t": opt["t"],
+            "normalizer_count": self.normalizer.count if net is not None else 0.0,
+        }
+        state = {"meta": meta, "param": {}, "stat": {}, "opt": opt["moments"], "norm": {},
+                 "rng": self.rng_state.copy()}
+        if net is not None:
+            state["param"] = {k: v.copy() for k, v in net.params.items()}
+            state["stat"] = {k: v.copy() for k, v in net.stats.items()}
+            norm = self.normalizer.get_state()
+            state["norm"] = {"mean": norm["mean"], "m2": norm["m2"]}
+        return state
+
+    @classmethod
+    def from_state(cls, state):
+        """A Model that continues exactly where the one that gave `state` stood."""
+        meta = state["meta"]
+        if meta.get("format") != state_io.FORMAT or meta.get("version") != state_io.VERSION:
+            raise EngineError(f"not a learnd model state of version {state_io.VERSION}")
+        model = cls(**ModelSpec.from_dict(meta["spec"]).to_dict())
+        model.samples_seen = int(meta["counters"]["samples_seen"])
+        model.nonfinite_steps = int(meta["counters"]["nonfinite_steps"])
+        model.rng_state[:] = state["rng"]
+        net = model.network
+        if net is not None:
+            for group, views in (("param", net.params), ("stat", net.stats)):
+                if set(state[group]) != set(views):
+                    raise EngineError(f"state {group} arrays {sorted(state[group])} do not match "
+                                      f"the model's {sorted(views)}")
+                for name, view in views.items():
+                    if state[group][name].shape != view.shape:
+                        raise EngineError(f"state array {name} has shape {state[group][name].shape}, "
+                                          f"the model needs {view.shape}")
+                    view[...] = state[group][name]
+            model.normalizer.set_state({"count": meta["normalizer_count"], **state["norm"]})
+            model.optimizer.set_state({"t": meta["optimizer_t"], "moments": state["opt"]},
+                                      net.flat_params)
+        return model
+
+    def save(self, path):
+        """Write the state to `path` atomically (a versioned .npz; see engine.state)."""
+        state_io.write_atomic(path, state_io.state_to_bytes(self.get_state()))
+
+    @classmethod
+    def load(cls, path):
+        with open(path, "rb") as f:
+            return cls.from_state(state_io.state_from_bytes(f.read()))
+
+    def __repr__(self):
+        s = self.spec
+        sizes = "-".join(str(n) for n in (s.input_dim or "?", *s.hidden, s.n_outputs))
+        return f"Model({sizes} {s.task}, {s.optimizer}, samples_seen={self.samples_seen})"

@@ -1,0 +1,216 @@
+"""The network's memory: flat parameter, gradient and statistics buffers, the layer
+table the kernels read, and growable workspaces for training and inference.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .kernels import network as K
+from .kernels.activations import ACTIVATIONS
+from .kernels.losses import HEADS
+from .spec import ModelSpec
+
+
+class Layout:
+    """Where every array of a network lives, for one spec and input size.
+
+    `table` is the kernels' int64 layer table (columns in engine.kernels.network);
+    `param_slices`/`stat_slices` map DESIGN's names (W1, b1, gamma1, ...) to
+    (offset, shape) in the flat `params`/`stats` buffers.
+    """
+
+    def __init__(self, spec: ModelSpec):
+        sizes = spec.layer_sizes
+        n_layers = len(sizes) - 1
+        table = np.full((n_layers, K.N_COLUMNS), -1, dtype=np.int64)
+        self.param_slices: dict[str, tuple[int, tuple]] = {}
+        self.stat_slices: dict[str, tuple[int, tuple]] = {}
+        p = s = f = 0
+        slot = sizes[0]                       # units per row; SLOT_INPUT holds n0 of them
+
+        def take_slot(n):
+            nonlocal slot
+            start = slot
+            slot += n
+            return start
+
+        for l in range(n_layers):
+            n_in, n_out = sizes[l], sizes[l + 1]
+            hidden = l < n_layers - 1
+            bn = hidden and spec.batch_norm
+            name = str(l + 1)
+            table[l, K.N_IN] = n_in
+            table[l, K.N_OUT] = n_out
+            table[l, K.OFF_W] = p
+            self.param_slices["W" + name] = (p, (n_out, n_in))
+            p += n_out * n_in
+            if bn:  # batch norm's beta takes the bias's role
+                table[l, K.OFF_GAMMA] = p
+                self.param_slices["gamma" + name] = (p, (n_out,))
+                p += n_out
+                table[l, K.OFF_BETA] = p
+                self.param_slices["beta" + name] = (p, (n_out,))
+                p += n_out
+                table[l, K.OFF_RMEAN] = s
+                self.stat_slices["running_mean" + name] = (s, (n_out,))
+                s += n_out
+                table[l, K.OFF_RVAR] = s
+                self.stat_slices["running_var" + name] = (s, (n_out,))
+                s += n_out
+                table[l, K.OFF_FEAT] = f
+                f += 4 * n_out
+                table[l, K.SLOT_ZHAT] = take_slot(n_out)
+            else:
+                table[l, K.OFF_B] = p
+                self.param_slices["b" + name] = (p, (n_out,))
+                p += n_out
+            table[l, K.SLOT_Z] = take_slot(n_out)
+            table[l, K.SLOT_A] = take_slot(n_out)
+            table[l, K.SLOT_G] = take_slot(n_out)
+            if hidden:
+                table[l, K.ACT] = ACTIVATIONS[spec.activations[l]]
+                if spec.keep_probs[l] < 1.0:
+                    table[l, K.SLOT_MASK] = take_slot(n_out)
+                    table[l, K.SLOT_DROP] = take_slot(n_out)
+        self.table = table
+        self.n_params = p
+        self.n_stats = s
+        self.n_feat = f
+        self.units_per_row = slot
+        # Inference needs only the input and each layer's Z slot, packed tightly.
+        infer = table.copy()
+        slot = sizes[0]
+        for l in range(n_layers):
+            infer[l, K.SLOT_Z] = slot
+            slot += sizes[l + 1]
+        self.infer_table = infer
+        self.infer_units_per_row = slot
+        self.head = HEADS[spec.task]
+        self.keep = np.array([*spec.keep_probs, 1.0], dtype=np.float64)
+
+    def views(self, flat, slices):
+        return {name: flat[o:o + int(np.prod(shape))].reshape(shape) for name, (o, shape) in slices.items()}
+
+
+class Workspace:
+    """A growable flat buffer of `units_per_row * cap` values; grows, never shrinks,
+    so a steady stream of equal batches allocates once."""
+
+    def __init__(self, units_per_row, dtype):
+        self.units_per_row = units_per_row
+        self.dtype = dtype
+        self.cap = 0
+        self.buf = np.empty(0, dtype=dtype)
+
+    def ensure(self, m):
+        if m > self.cap:
+            self.cap = max(m, 2 * self.cap)
+            self.buf = np.zeros(self.units_per_row * self.cap, dtype=self.dtype)
+        return self.buf
+
+
+class Network:
+    """Parameters, gradients and running statistics of one network, in flat buffers.
+
+    params: flat float buffer with per-layer views `self.params["W1"]`, ...
+    grads:  same layout as params.   stats: running_mean / running_var of each
+    batch-norm layer.
+    """
+
+    def __init__(self, spec: ModelSpec, rng: np.random.Generator):
+        self.spec = spec
+        self.dtype = np.dtype(spec.dtype)
+        self.layout = Layout(spec)
+        lay = self.layout
+        self.flat_params = np.zeros(lay.n_params, dtype=self.dtype)
+        self.flat_grads = np.zeros(lay.n_params, dtype=self.dtype)
+        self.flat_stats = np.zeros(lay.n_stats, dtype=self.dtype)
+        self.feat = np.zeros(lay.n_feat, dtype=self.dtype)
+        self.params = lay.views(self.flat_params, lay.param_slices)
+        self.grads = lay.views(self.flat_grads, lay.param_slices)
+        self.stats = lay.views(self.flat_stats, lay.stat_slices)
+        self.train_work = Workspace(lay.units_per_row, self.dtype)
+        self.infer_work = Workspace(lay.infer_units_per_row, self.dtype)
+        self._initialize(rng)
+
+    def _initialize(self, rng):
+        sizes = self.spec.layer_sizes
+        for l in range(1, len(sizes)):
+            n_in, n_out = sizes[l - 1], sizes[l]
+            W = self.params[f"W{l}"]
+            init = self.spec.init
+            if init == "zeros":
+                W[...] = 0.0
+                continue
+            std = {"he": np.sqrt(2.0 / n_in), "xavier": np.sqrt(1.0 / n_in),
+                   "glorot": np.sqrt(2.0 / (n_in + n_out)), "random": 0.01}[init]
+            W[...] = rng.standard_normal((n_out, n_in)) * std
+        for name, view in self.params.items():
+            if name.startswith("gamma"):
+                view[...] = 1.0
+        for name, view in self.stats.items():
+            if name.startswith("running_var"):
+                view[...] = 1.0
+
+    # -- passes ----------------------------------------------------------------------
+    def loss_and_grad(self, X, Y, w, shift, inv_scale, rng_state, *, dropout=True, grad=True,
+                      l2=None, l1=None):
+        """Training-mode J on (X, Y, w) and, when grad, its gradient into self.flat_grads.
+
+        X: (m, n0) raw  Y: (m, K) targets  w: (m,) weights over their mean or (0,).
+        """
+        spec = self.spec
+        work = self.train_work.ensure(X.shape[0])
+        return K.loss_and_grad(
+            X, Y, w, shift, inv_scale, self.flat_params, self.flat_grads, self.layout.table,
+            self.layout.keep, self.layout.head, spec.bn_eps,
+            spec.l2 if l2 is None else l2, spec.l1 if l1 is None else l1,
+            work, self.train_work.cap, self.feat, rng_state, dropout, grad)
+
+    def update_running_stats(self, m):
+        K.update_running_stats(self.flat_stats, self.feat, self.layout.table, m, self.spec.bn_beta)
+
+    def copy_as(self, dtype):
+        """A separate Network with this one's values cast to `dtype` (for gradient checks)."""
+        spec = ModelSpec.from_dict({**self.spec.to_dict(), "dtype": np.dtype(dtype).name})
+        other = Network.__new__(Network)
+        Network.__init__(other, spec, np.random.default_rng(0))
+        other.flat_params[...] = self.flat_params
+        other.flat_stats[...] = self.flat_stats
+        return other
+
+
+class Snapshot:
+    """An immutable copy of everything inference needs: parameters, running statistics,
+    the input normalizer's shift and scale, the layer table.  Self-contained, so it can
+    be published to other threads, serialized, or sent to a replica.
+
+    Each thread that predicts from a snapshot brings its own `Workspace`.
+    """
+
+    def __init__(self, network: Network, shift, inv_scale, version=0):
+        self.version = version
+        self.dtype = network.dtype
+        self.task = network.spec.task
+        self.n_outputs = network.spec.n_outputs
+        self.input_dim = network.spec.input_dim
+        self.bn_eps = network.spec.bn_eps
+        self.head = network.layout.head
+        self.table = network.layout.infer_table
+        self.units_per_row = network.layout.infer_units_per_row
+        self.params = network.flat_params.copy()
+        self.stats = network.flat_stats.copy()
+        self.shift = np.array(shift, dtype=network.dtype)
+        self.inv_scale = np.array(inv_scale, dtype=network.dtype)
+        for a in (self.params, self.stats, self.shift, self.inv_scale):
+            a.flags.writeable = False
+
+    def new_workspace(self):
+        return Workspace(self.units_per_row, self.dtype)
+
+    def predict_into(self, X, out, workspace):
+        """Head outputs for X (m, n0) into out (m, K); X must be checked by the caller."""
+        buf = workspace.ensure(X.shape[0])
+        K.predict_forward(X, self.shift, self.inv_scale, self.params, self.stats, self.table,
+                          self.head, self.bn_eps, buf, workspace.cap, out)
+        return out

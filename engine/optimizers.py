@@ -1,0 +1,92 @@
+"""Optimizers: each a small class whose `step` updates the flat parameter buffer.
+
+State (moments) is created lazily on the first step, sized like the parameters.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from .kernels import optim
+
+
+class Optimizer(ABC):
+    """θ ← θ − update(g).  Subclasses name their moment buffers in `moments`."""
+
+    name = ""
+    moments: tuple = ()
+
+    def __init__(self, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.t = 0                      # steps applied so far
+        self.state: dict[str, np.ndarray] = {}
+
+    def _moment(self, name, like):
+        buf = self.state.get(name)
+        if buf is None:
+            buf = self.state[name] = np.zeros_like(like)
+        return buf
+
+    def step(self, theta, g, lr, g_scale=1.0):
+        """One update of theta (flat) from gradient g (flat), g scaled by g_scale."""
+        self.t += 1
+        self._apply(theta, g, lr, g_scale)
+
+    @abstractmethod
+    def _apply(self, theta, g, lr, g_scale):
+        """The update itself, by the subclass's kernel."""
+
+    def get_state(self):
+        return {"t": self.t, "moments": {k: v.copy() for k, v in self.state.items()}}
+
+    def set_state(self, state, like):
+        self.t = int(state["t"])
+        self.state = {}
+        for k, v in state["moments"].items():
+            self._moment(k, like)[...] = v
+
+
+class SGD(Optimizer):
+    """θ -= α g."""
+
+    name = "sgd"
+
+    def _apply(self, theta, g, lr, g_scale):
+        optim.sgd_step(theta, g, g_scale, lr)
+
+
+class Momentum(Optimizer):
+    """v = β1 v + (1-β1) g;  θ -= α v."""
+
+    name = "momentum"
+    moments = ("v",)
+
+    def _apply(self, theta, g, lr, g_scale):
+        optim.momentum_step(theta, g, self._moment("v", theta), g_scale, lr, self.beta1)
+
+
+class RMSprop(Optimizer):
+    """s = β2 s + (1-β2) g²;  θ -= α g / (√s + ε)."""
+
+    name = "rmsprop"
+    moments = ("s",)
+
+    def _apply(self, theta, g, lr, g_scale):
+        optim.rmsprop_step(theta, g, self._moment("s", theta), g_scale, lr, self.beta2, self.eps)
+
+
+class Adam(Optimizer):
+    """Momentum and RMSprop moments with bias correction: θ -= α v̂ / (√ŝ + ε)."""
+
+    name = "adam"
+    moments = ("v", "s")
+
+    def _apply(self, theta, g, lr, g_scale):
+        optim.adam_step(theta, g, self._moment("v", theta), self._moment("s", theta),
+                        g_scale, lr, self.beta1, self.beta2, self.eps, self.t)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, RMSprop, Adam)}
