@@ -1,0 +1,1 @@
+"""The long-running learnd process: sockets, trainer, predictor, control, metrics, state."""

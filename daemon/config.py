@@ -1,0 +1,167 @@
+"""Configuration: a TOML file, then LEARND_* environment variables, then flags.
+
+The Config object only stores typed values; `load()` resolves them.  Daemon settings
+are top-level keys of the file (LEARND_<KEY> in the environment); model settings live
+in its [model] table (LEARND_MODEL_<KEY>), and are the keyword arguments of
+engine.Model.  With no file at all the daemon runs on the defaults below, and the
+first training batch fixes the input size and task.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from engine import EngineError
+from engine.spec import ModelSpec
+
+from .errors import ConfigError
+
+
+@dataclass
+class Config:
+    # Sockets (ZeroMQ endpoints) and the metrics HTTP server.
+    ingest: str = "tcp://127.0.0.1:5555"
+    predict: str = "tcp://127.0.0.1:5556"
+    control: str = "tcp://127.0.0.1:5557"
+    metrics: str = "127.0.0.1:9500"
+    state_dir: str = "learnd-state"
+    # Training.
+    batch_size: int = 64            # rows per optimizer step after re-batching
+    batch_linger_ms: float = 50.0   # train a smaller batch (>= 2 rows) after this wait
+    queue_size: int = 256           # train messages held between ingest and the trainer
+    publish_interval_ms: float = 10.0   # at most this long between snapshots for serving
+    blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core
+    # State.
+    checkpoint_interval_s: float = 60.0
+    checkpoint_keep: int = 3
+    wal: bool = True
+    wal_fsync_ms: float = 5.0
+    dedupe_window: int = 65536      # (producer, seq) pairs remembered per producer
+    # Evaluation.
+    eval_interval_s: float = 5.0
+    reservoir_size: int = 2000      # rows kept per held-out split
+    # Delayed labels: inputs kept by predict requests that carry ids.
+    id_store_size: int = 100_000
+    id_ttl_s: float = 3600.0
+    # Limits on what a peer may send.
+    max_header_bytes: int = 64 * 1024
+    max_array_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 256 * 1024 * 1024
+    max_rows: int = 1_000_000
+    # Logging.
+    log_json: bool = False
+    log_level: str = "info"
+    # engine.Model keyword arguments; task/n_outputs/input_dim may be left to the first batch.
+    model: dict = field(default_factory=dict)
+
+    def validate(self):
+        for f in dataclasses.fields(self):
+            if f.name == "model":
+                continue
+            value = getattr(self, f.name)
+            kind = {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ConfigError(f"setting {f.name!r} must be {f.type}, got {value!r}")
+            if kind in (int, float) and value < 0:
+                raise ConfigError(f"setting {f.name!r} must be >= 0, got {value!r}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be >= 2 (batch norm needs 2 rows), got {self.batch_size}")
+        if self.queue_size < 1 or self.checkpoint_keep < 1:
+            raise ConfigError("queue_size and checkpoint_keep must be >= 1")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        host, sep, port = self.metrics.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"metrics must be HOST:PORT, got {self.metrics!r}")
+        try:
+            ModelSpec(**{"task": "binary", **self.model} if "task" not in self.model else self.model)
+        except TypeError as exc:
+            raise ConfigError(f"[model]: {exc}") from None
+        except EngineError as exc:
+            raise ConfigError(f"[model]: {exc}") from None
+        return self
+
+    @property
+    def metrics_host(self):
+        return self.metrics.rpartition(":")[0]
+
+    @property
+    def metrics_port(self):
+        return int(self.metrics.rpartition(":")[2])
+
+
+DAEMON_KEYS = {f.name for f in dataclasses.fields(Config)} - {"model"}
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelSpec) if f.init}
+
+
+def _parse_env_value(text):
+    """An environment value read as a TOML value (numbers, bools, lists), else a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _check_keys(source, daemon, model):
+    unknown = set(daemon) - DAEMON_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown settings {sorted(unknown)}")
+    unknown = set(model) - MODEL_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown [model] settings {sorted(unknown)}")
+
+
+def load(path=None, env=None, flags=None):
+    """Resolve a Config from a TOML file (optional), the environment and flags.
+
+    flags: {daemon_key: value} and {"model": {model_key: value}}; None values are ignored.
+    """
+    env = os.environ if env is None else env
+    daemon, model = {}, {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        file_model = data.pop("model", {})
+        if not isinstance(file_model, dict):
+            raise ConfigError(f"{path}: [model] must be a table")
+        _check_keys(str(path), data, file_model)
+        daemon.update(data)
+        model.update(file_model)
+    for key, text in env.items():
+        if not key.startswith("LEARND_") or key == "LEARND_CONFIG":
+            continue
+        name = key[len("LEARND_"):].lower()
+        if name.startswith("model_"):
+            mname = name[len("model_"):]
+            if mname not in MODEL_KEYS:
+                raise ConfigError(f"environment {key}: unknown model setting {mname!r}")
+            model[mname] = _parse_env_value(text)
+        elif name in DAEMON_KEYS:
+            value = _parse_env_value(text)
+            if name in ("ingest", "predict", "control", "metrics", "state_dir", "log_level"):
+                value = text   # addresses and paths are strings even when they look numeric
+            daemon[name] = value
+        else:
+            raise ConfigError(f"environment {key}: unknown setting {name!r}")
+    flags = dict(flags or {})
+    flag_model = flags.pop("model", None) or {}
+    _check_keys("flags", {k: v for k, v in flags.items() if v is not None}, flag_model)
+    daemon.update({k: v for k, v in flags.items() if v is not None})
+    model.update(flag_model)
+    if isinstance(model.get("hidden"), list):
+        model["hidden"] = tuple(model["hidden"])
+    return Config(**daemon, model=model).validate()

@@ -1,0 +1,76 @@
+"""Control ops: status, set, checkpoint, gradcheck, shutdown.
+
+`handle` returns either a reply header now or a Future the server answers when the
+trainer thread has run the op between steps.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from clients.protocol import ProtocolError
+from engine import EngineError
+
+from .errors import ConfigError
+
+OPS = ("status", "set", "checkpoint", "gradcheck", "shutdown")
+
+
+class Control:
+    def __init__(self, server):
+        self.server = server
+
+    def handle(self, message):
+        """(result dict) or a Future resolving to one; raises ProtocolError."""
+        op = message.op
+        if op not in OPS:
+            raise ProtocolError("unknown_op", f"control ops are {', '.join(OPS)}; got {op!r}")
+        if message.arrays:
+            raise ProtocolError("bad_array", "control messages carry no arrays")
+        return getattr(self, "op_" + op)(message.header)
+
+    def op_status(self, header):
+        return self.server.status()
+
+    def op_set(self, header):
+        settings = header.get("settings")
+        if not isinstance(settings, dict) or not settings:
+            raise ProtocolError("bad_header", "'set' needs 'settings': a non-empty map of name to value")
+        return self.server.trainer.submit(lambda t: t.apply_settings(settings))
+
+    def op_checkpoint(self, header):
+        def write(trainer):
+            path = trainer.write_checkpoint("command")
+            if path is None:
+                raise OSError("checkpoint could not be written (see the daemon's log)")
+            return {"path": path, "batches_trained": trainer.batches_trained}
+        return self.server.trainer.submit(write)
+
+    def op_gradcheck(self, header):
+        return self.server.trainer.submit(lambda t: t.gradient_check())
+
+    def op_shutdown(self, header):
+        self.server.should_exit = True
+        return {"shutting_down": True}
+
+
+def error_for(exc):
+    """The (code, message) reply for an exception a control Future raised."""
+    if isinstance(exc, (KeyError, ConfigError, EngineError)):
+        return "bad_setting", str(exc).strip('"')
+    if isinstance(exc, LookupError):
+        return "not_ready", str(exc)
+    return "internal", f"{type(exc).__name__}: {exc}"
+
+
+def clean(value):
+    """NaN and inf become None so a status reply is valid JSON as well as msgpack."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    return value
+
+
+def uptime(start):
+    return time.monotonic() - start

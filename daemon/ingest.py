@@ -1,0 +1,71 @@
+"""Turns a train message into a TrainItem, or refuses it with a protocol error."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from clients.protocol import ProtocolError
+
+from . import schema as checks
+from .trainer import TrainItem
+
+SPLITS = ("auto", "train", "dev", "test")
+MAX_PRODUCER_LEN = 256
+
+
+def train_fields(header):
+    """(producer, seq, split) of a train header, type-checked."""
+    producer, seq, split = header.get("producer"), header.get("seq"), header.get("split", "auto")
+    if not isinstance(producer, str) or not 0 < len(producer) <= MAX_PRODUCER_LEN:
+        raise ProtocolError("bad_header", f"'producer' must be a string of 1..{MAX_PRODUCER_LEN} chars")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError("bad_header", "'seq' must be a non-negative int")
+    if split not in SPLITS:
+        raise ProtocolError("bad_header", f"'split' must be one of {', '.join(SPLITS)}, got {split!r}")
+    return producer, seq, split
+
+
+class IngestChecker:
+    """Checks train messages against the stream's schema (fixing it on the first one)."""
+
+    def __init__(self, schema, dtype, id_store, limits):
+        self.schema = schema
+        self.dtype = np.dtype(dtype)
+        self.id_store = id_store
+        self.limits = limits
+
+    def item(self, message, lsn=0):
+        """A TrainItem for a decoded train message; raises ProtocolError, changing nothing."""
+        header, arrays = message.header, message.arrays
+        producer, seq, split = train_fields(header)
+        extra = set(arrays) - {"x", "y", "w", "ids"}
+        if extra or "y" not in arrays:
+            raise ProtocolError("bad_array", "a train message carries y, and x (or ids), optionally w")
+        x, y, w, ids = arrays.get("x"), arrays["y"], arrays.get("w"), arrays.get("ids")
+        if x is None:
+            if ids is None:
+                raise ProtocolError("bad_array", "a train message needs x, or ids of earlier predictions")
+            x = self._stored_inputs(ids)
+        schema = self.schema if self.schema.known else copy.copy(self.schema)
+        if not schema.known:
+            schema.infer(x, y, header)
+        checks.check_x(x, schema, self.limits.max_rows)
+        Y = checks.targets(y, schema, x.shape[0], self.dtype)
+        w = None if w is None else checks.weights(w, x.shape[0])
+        if schema is not self.schema:  # the first valid batch fixes the schema
+            self.schema.__dict__.update(schema.__dict__)
+        x = np.array(x, dtype=self.dtype)  # a copy: the message frames are released
+        if "x" not in arrays:
+            self.id_store.discard(ids)
+        return TrainItem(lsn=lsn, producer=producer, seq=seq,
+                         split="train" if split == "auto" else split, x=x, Y=Y, w=w)
+
+    def _stored_inputs(self, ids):
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise ProtocolError("bad_array", "ids must be a 1-D integer array")
+        x, missing = self.id_store.get(ids)
+        if missing:
+            raise ProtocolError("unknown_id", f"{len(missing)} ids are not stored or have expired, "
+                                              f"e.g. {missing[:5]}")
+        return x

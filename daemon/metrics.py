@@ -1,0 +1,106 @@
+"""Every Prometheus metric learnd exports, declared together on one registry.
+
+Values that already live elsewhere (queue depth, model version, learning rate,
+uptime) are read at scrape time by a custom collector; event counts and latencies
+are counted where they happen.  docs/metrics.md lists each one.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+
+from clients.protocol import ERROR_CODES
+
+# Latency buckets from 25 µs to 2.5 s: predict replies take tens of microseconds.
+LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
+                   50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5)
+STEP_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 1.0)
+# The *_created series double the exposition and say nothing an operator reads.
+disable_created_metrics()
+
+SPLITS = ("train", "dev", "test")
+PREDICT_OUTCOMES = ("ok", "error")
+CHECKPOINT_OUTCOMES = ("ok", "error")
+
+
+class Metrics:
+    """The daemon's metrics on `registry` (tests pass a private CollectorRegistry)."""
+
+    def __init__(self, registry=None):
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.samples_trained = Counter("learnd_samples_trained_total", "Rows trained on.", registry=r)
+        self.batches_trained = Counter("learnd_batches_trained_total", "Optimizer steps applied.",
+                                       registry=r)
+        self.ingest_messages = Counter("learnd_ingest_messages_total",
+                                       "Train messages by outcome (accepted, duplicate, rejected).",
+                                       ["outcome"], registry=r)
+        self.ingest_rows = Counter("learnd_ingest_rows_total", "Rows accepted on the ingest socket.",
+                                   ["split"], registry=r)
+        self.rejected = Counter("learnd_rejected_total", "Messages refused, by error code.",
+                                ["reason"], registry=r)
+        self.step_seconds = Histogram("learnd_step_seconds", "Time of one training step.",
+                                      buckets=STEP_BUCKETS, registry=r)
+        self.train_loss = Gauge("learnd_train_loss",
+                                "EWMA (beta 0.98, bias-corrected) of the training loss per step.",
+                                registry=r)
+        self.nonfinite_steps = Counter("learnd_nonfinite_steps_total",
+                                       "Steps skipped because their loss or gradient was not finite.",
+                                       registry=r)
+        self.predict_requests = Counter("learnd_predict_requests_total", "Predict requests by outcome.",
+                                        ["outcome"], registry=r)
+        self.predict_rows = Counter("learnd_predict_rows_total", "Rows predicted.", registry=r)
+        self.predict_latency = Histogram("learnd_predict_latency_seconds",
+                                         "Time from receiving a predict request to sending its reply.",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.eval_error = Gauge("learnd_eval_error", "Error on the last evaluation, per split.",
+                                ["split"], registry=r)
+        self.eval_loss = Gauge("learnd_eval_loss", "Loss on the last evaluation, per split.",
+                               ["split"], registry=r)
+        self.eval_rows = Gauge("learnd_eval_rows", "Rows in the last evaluation, per split.",
+                               ["split"], registry=r)
+        self.grad_norm = Gauge("learnd_grad_norm", "L2 norm of the last gradient, per parameter array.",
+                               ["param"], registry=r)
+        self.weight_norm = Gauge("learnd_weight_norm", "L2 norm of each parameter array.",
+                                 ["param"], registry=r)
+        self.checkpoints = Counter("learnd_checkpoints_total", "Checkpoints written, by outcome.",
+                                   ["outcome"], registry=r)
+        self.checkpoint_seconds = Histogram("learnd_checkpoint_seconds", "Time to write a checkpoint.",
+                                            buckets=STEP_BUCKETS, registry=r)
+        self.checkpoint_load_failures = Counter(
+            "learnd_checkpoint_load_failures_total",
+            "Checkpoints found unreadable at start (an older one was used).", registry=r)
+        self.wal_fsync_seconds = Histogram("learnd_wal_fsync_seconds",
+                                           "Time of one grouped write-ahead-log fsync.",
+                                           buckets=LATENCY_BUCKETS, registry=r)
+        self.wal_replayed = Counter("learnd_wal_replayed_messages_total",
+                                    "Write-ahead-log messages trained again at start.", registry=r)
+        self.expired_ids = Counter("learnd_delayed_label_misses_total",
+                                   "Delayed labels whose stored inputs were unknown or expired.",
+                                   registry=r)
+        for code in ERROR_CODES:
+            self.rejected.labels(code)
+        for outcome in ("accepted", "duplicate", "rejected"):
+            self.ingest_messages.labels(outcome)
+        for split in SPLITS:
+            self.ingest_rows.labels(split)
+        for outcome in PREDICT_OUTCOMES:
+            self.predict_requests.labels(outcome)
+        for outcome in CHECKPOINT_OUTCOMES:
+            self.checkpoints.labels(outcome)
+
+    def add_live_collector(self, read):
+        """Register gauges read at scrape time: read() -> {name: (help, value)}."""
+        self.registry.register(_LiveCollector(read))
+
+
+class _LiveCollector:
+    def __init__(self, read):
+        self._read = read
+
+    def collect(self):
+        for name, (doc, value) in self._read().items():
+            yield GaugeMetricFamily(name, doc, value=value)
+
+    def describe(self):
+        return []

@@ -1,0 +1,384 @@
+"""`learnd serve`: startup, the ingest/control loop, and an orderly shutdown.
+
+Threads: this one runs the ingest and control sockets; the trainer thread owns the
+model; the predict thread serves snapshots; the metrics HTTP server has its own.
+Signal handlers only set `should_exit`.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from clients import protocol
+from clients.protocol import Limits, ProtocolError
+
+from . import control as control_ops
+from .checkpoints import CheckpointStore
+from .errors import StartupError
+from .httpd import make_server, serve_in_thread
+from .idstore import IdStore
+from .ingest import IngestChecker, train_fields
+from .metrics import Metrics
+from .predictor import PredictServer
+from .schema import Schema
+from .trainer import Trainer
+from .wal import WriteAheadLog
+
+log = logging.getLogger("learnd.server")
+
+EXIT_PORT_IN_USE = 3
+EXIT_STATE_DIR = 4
+EXIT_TRAINER_FAILED = 5
+
+
+class Server:
+    IDLE_POLL_MS = 100
+    BUSY_POLL_MS = 2
+    DRAIN_TIMEOUT_S = 60.0
+    HWM = 1000           # messages ZeroMQ buffers per peer before pushing back
+    REJECT_LOG_INTERVAL_S = 10.0
+
+    def __init__(self, config, registry=None, install_signals=True):
+        self.config = config
+        self.metrics = Metrics(registry)
+        self.install_signals = install_signals
+        self.should_exit = False
+        self.started = time.monotonic()
+        self.limits = Limits(max_header_bytes=config.max_header_bytes,
+                             max_array_bytes=config.max_array_bytes,
+                             max_message_bytes=config.max_message_bytes,
+                             max_rows=config.max_rows)
+        self.schema = Schema(config.model.get("input_dim"),
+                             config.model.get("task"),
+                             config.model.get("n_outputs") if "task" in config.model else None)
+        self.id_store = IdStore(config.id_store_size, config.id_ttl_s)
+        self.ctx = None
+        self.trainer = None
+        self.predictor = None
+        self.wal = None
+        self.http = None
+        self._pending_acks = []          # (identity, reply, item) waiting for the log's fsync
+        self._pending_since = 0.0
+        self._control_futures = []       # (identity, echo, future)
+        self._loop_tick = time.monotonic()
+        self._rejects_since_log = 0
+        self._last_reject_log = 0.0
+        self.bound = {}
+        self.control_ops = control_ops.Control(self)
+
+    # -- startup ---------------------------------------------------------------------------
+    def startup(self):
+        cfg = self.config
+        self._prepare_state_dir()
+        self.checkpoints = CheckpointStore(cfg.state_dir, keep=cfg.checkpoint_keep)
+        if cfg.wal:
+            self.wal = WriteAheadLog(os.path.join(cfg.state_dir, "wal")).open()
+        self.trainer = Trainer(cfg, self.schema, self.metrics, self.checkpoints, self.wal)
+        dtype = cfg.model.get("dtype", "float32")
+        self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits)
+        self.accepted = None
+        self._restore()
+        self.metrics.add_live_collector(self._live_values)
+        self.ctx = zmq.Context()
+        self.ingest = self._bind(zmq.ROUTER, cfg.ingest, "ingest")
+        self.control = self._bind(zmq.ROUTER, cfg.control, "control")
+        predict = self._bind(zmq.ROUTER, cfg.predict, "predict")
+        try:
+            self.http = make_server(cfg.metrics_host, cfg.metrics_port, self.metrics.registry,
+                                    self.healthy, self.ready)
+        except OSError as exc:
+            raise StartupError(f"cannot serve metrics on {cfg.metrics}: {exc.strerror}",
+                               EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
+        self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
+        serve_in_thread(self.http)
+        log.info("metrics on %s", self.bound["metrics"])
+        self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store)
+        self.trainer.start()
+        self.predictor.start()
+        if self.install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        log.info("learnd started (pid %d), state in %s", os.getpid(), os.path.abspath(cfg.state_dir))
+
+    def _prepare_state_dir(self):
+        d = self.config.state_dir
+        try:
+            os.makedirs(d, exist_ok=True)
+            probe = os.path.join(d, ".write-probe")
+            with open(probe, "wb") as f:
+                f.write(b"x")
+            os.unlink(probe)
+        except OSError as exc:
+            raise StartupError(f"state dir {d} is not writable: {exc.strerror}", EXIT_STATE_DIR) from None
+
+    def _restore(self):
+        def failed(path, exc):
+            self.metrics.checkpoint_load_failures.inc()
+
+        payload, path = self.checkpoints.load_newest(lambda p: (self.trainer.restore(p), p)[1], failed)
+        if path is not None:
+            log.info("resumed from %s: %d batches, %d samples trained", path,
+                     self.trainer.batches_trained, self.trainer.samples_trained)
+        self.accepted = self.trainer.dedupe.copy()
+        if self.wal is not None:
+            self._replay_wal()
+
+    def _replay_wal(self):
+        """Train again what the log holds past the checkpoint: every acknowledged row once."""
+        replayed = 0
+        for lsn, frames in self.wal.replay(self.trainer.last_lsn):
+            try:
+                message = protocol.decode([b"", *frames], self.limits)
+                producer, seq, _ = train_fields(message.header)
+                if self.accepted.seen(producer, seq):
+                    continue
+                item = self.checker.item(message, lsn)
+            except ProtocolError as exc:  # it passed these checks when it was logged
+                log.error("write-ahead log record %d no longer passes its checks: %s", lsn, exc)
+                continue
+            self.accepted.add(producer, seq)
+            now = time.monotonic()
+            self.trainer.consume(item, now)
+            self.trainer._train_ready_batches(now)
+            replayed += 1
+        if replayed:
+            self.metrics.wal_replayed.inc(replayed)
+            log.info("replayed %d logged messages newer than the checkpoint", replayed)
+            self.trainer.write_checkpoint("after log replay")
+
+    def _bind(self, kind, address, name):
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self.HWM)
+        sock.setsockopt(zmq.SNDHWM, self.HWM)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise StartupError(f"cannot bind the {name} socket to {address}: {exc}",
+                               EXIT_PORT_IN_USE if exc.errno == zmq.EADDRINUSE else 1) from None
+        endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.bound[name] = endpoint
+        log.info("%s socket bound to %s", name, endpoint)
+        return sock
+
+    def _on_signal(self, signum, frame):
+        self.should_exit = True
+
+    # -- health ---------------------------------------------------------------------------------
+    def healthy(self):
+        return (not self.trainer.stopped.is_set() and self.predictor.is_alive()
+                and time.monotonic() - self._loop_tick < 10.0)
+
+    def ready(self):
+        return self.healthy() and self.trainer.ready.is_set() and self.trainer.snapshot is not None
+
+    def status(self):
+        t = self.trainer
+        model = t.model
+        snap = t.snapshot
+        return control_ops.clean({
+            "model_version": snap.version if snap is not None else None,
+            "samples_trained": t.samples_trained,
+            "batches_trained": t.batches_trained,
+            "nonfinite_steps": t.nonfinite_steps,
+            "queue_depth": t.queue.qsize(),
+            "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", 1e-3),
+            "train_loss": t.train_loss,
+            "uptime_seconds": time.monotonic() - self.started,
+            "task": self.schema.task,
+            "input_dim": self.schema.input_dim,
+            "n_outputs": self.schema.n_outputs,
+            "ready": self.ready(),
+            "wal": self.wal is not None,
+            "last_checkpoint": t.last_checkpoint_path,
+            "evaluation": t.last_eval,
+            "bound": dict(self.bound),
+        })
+
+    def _live_values(self):
+        t = self.trainer
+        snap = t.snapshot
+        model = t.model
+        return {
+            "learnd_queue_depth": ("Train messages waiting for the trainer.", t.queue.qsize()),
+            "learnd_model_version": ("Version of the snapshot serving predictions.",
+                                     snap.version if snap is not None else 0),
+            "learnd_learning_rate": ("Learning rate of the next step.",
+                                     model.learning_rate if model is not None else 0.0),
+            "learnd_uptime_seconds": ("Seconds since the daemon started.", time.monotonic() - self.started),
+            "learnd_ready": ("1 when the model exists and its kernels are compiled.", float(self.ready())),
+            "learnd_delayed_label_store_rows": ("Inputs kept for delayed labels.", len(self.id_store)),
+        }
+
+    # -- the loop -------------------------------------------------------------------------------
+    def main_loop(self):
+        poller = zmq.Poller()
+        poller.register(self.control, zmq.POLLIN)
+        poller.register(self.ingest, zmq.POLLIN)
+        reading_ingest = True
+        while not self.should_exit:
+            self._loop_tick = time.monotonic()
+            if self.trainer.stopped.is_set():
+                log.error("the trainer thread stopped; shutting down")
+                break
+            room = self.trainer.queue.maxsize - self.trainer.queue.qsize() - len(self._pending_acks)
+            if (room > 0) != reading_ingest:
+                # A full queue stops reads; ZeroMQ's high-water mark then pushes back on producers.
+                reading_ingest = room > 0
+                poller.modify(self.ingest, zmq.POLLIN if reading_ingest else 0)
+            busy = self._pending_acks or self._control_futures or not reading_ingest
+            events = dict(poller.poll(self.BUSY_POLL_MS if busy else self.IDLE_POLL_MS))
+            if self.control in events:
+                self._drain(self.control, self._on_control, 100)
+            if self.ingest in events and reading_ingest:
+                self._drain(self.ingest, self._on_ingest, max(room, 0))
+            self._flush_acks()
+            self._answer_control()
+            self._log_rejects()
+
+    def _drain(self, sock, handler, limit):
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handler(frames)
+
+    def _reply(self, sock, identity, header, arrays=None):
+        sock.send_multipart([identity, *protocol.encode(header, arrays)], copy=False)
+
+    def _reject(self, sock, identity, exc, echo):
+        self.metrics.rejected.labels(exc.code).inc()
+        self._rejects_since_log += 1
+        self._reply(sock, identity, protocol.error(exc.code, exc.message, **echo))
+
+    def _log_rejects(self):
+        now = time.monotonic()
+        if self._rejects_since_log and now - self._last_reject_log >= self.REJECT_LOG_INTERVAL_S:
+            log.warning("%d messages rejected in the last %.0f s (learnd_rejected_total has the reasons)",
+                        self._rejects_since_log, now - self._last_reject_log if self._last_reject_log else 0)
+            self._rejects_since_log = 0
+            self._last_reject_log = now
+
+    def _on_ingest(self, frames):
+        identity, echo = frames[0], {}
+        try:
+            message = protocol.decode(frames[1:], self.limits)
+            if isinstance(message.header.get("seq"), int):
+                echo["seq"] = message.header["seq"]
+            if message.op != "train":
+                raise ProtocolError("unknown_op", f"the ingest socket takes 'train', not {message.op!r}")
+            producer, seq, _ = train_fields(message.header)
+            if self.accepted.seen(producer, seq):
+                self.metrics.ingest_messages.labels("duplicate").inc()
+                self._reply(self.ingest, identity, protocol.ok(seq=seq, accepted=0, duplicate=True))
+                return
+            item = self.checker.item(message)
+        except ProtocolError as exc:
+            self.metrics.ingest_messages.labels("rejected").inc()
+            self._reject(self.ingest, identity, exc, echo)
+            return
+        self.accepted.add(producer, seq)
+        self.metrics.ingest_messages.labels("accepted").inc()
+        self.metrics.ingest_rows.labels(item.split).inc(item.x.shape[0])
+        reply = protocol.ok(seq=seq, accepted=int(item.x.shape[0]))
+        if self.wal is None:
+            self.trainer.queue.put_nowait(item)
+            self._reply(self.ingest, identity, reply)
+            return
+        if "x" not in message.arrays:   # log the resolved inputs: the id store is not durable
+            logged = protocol.encode(message.header, {"x": item.x, "y": message.arrays["y"],
+                                                      **({"w": message.arrays["w"]} if "w" in message.arrays else {})})
+        else:
+            logged = frames[1:]
+        item.lsn = self.wal.append([bytes(f.buffer if hasattr(f, "buffer") else f) for f in logged[1:]])
+        if not self._pending_acks:
+            self._pending_since = time.monotonic()
+        self._pending_acks.append((identity, reply, item))
+
+    def _flush_acks(self, force=False):
+        """fsync the log once for every message waiting, then hand them on and ack them."""
+        if not self._pending_acks:
+            return
+        if not force and time.monotonic() - self._pending_since < self.config.wal_fsync_ms / 1e3:
+            return
+        t0 = time.perf_counter()
+        self.wal.sync()
+        self.metrics.wal_fsync_seconds.observe(time.perf_counter() - t0)
+        for identity, reply, item in self._pending_acks:
+            self.trainer.queue.put(item)
+            self._reply(self.ingest, identity, reply)
+        self._pending_acks.clear()
+
+    def _on_control(self, frames):
+        identity, echo = frames[0], {}
+        try:
+            message = protocol.decode(frames[1:], self.limits)
+            if "id" in message.header:
+                echo["id"] = message.header["id"]
+            result = self.control_ops.handle(message)
+        except ProtocolError as exc:
+            self._reject(self.control, identity, exc, echo)
+            return
+        if hasattr(result, "add_done_callback"):
+            self._control_futures.append((identity, echo, result))
+        else:
+            self._reply(self.control, identity, protocol.ok(**echo, result=result))
+
+    def _answer_control(self):
+        waiting = []
+        for identity, echo, fut in self._control_futures:
+            if not fut.done():
+                waiting.append((identity, echo, fut))
+                continue
+            exc = fut.exception()
+            if exc is None:
+                self._reply(self.control, identity, protocol.ok(**echo, result=control_ops.clean(fut.result())))
+            else:
+                code, text = control_ops.error_for(exc)
+                self.metrics.rejected.labels(code).inc()
+                self._reply(self.control, identity, protocol.error(code, text, **echo))
+        self._control_futures = waiting
+
+    # -- shutdown ----------------------------------------------------------------------------------
+    def shutdown(self):
+        log.info("shutting down: draining the training queue")
+        if self.wal is not None and self._pending_acks:
+            self._flush_acks(force=True)
+        if self.trainer is not None and self.trainer.is_alive():
+            self.trainer.stop_requested.set()
+            self.trainer.stopped.wait(self.DRAIN_TIMEOUT_S)
+            self._answer_control()
+        if self.predictor is not None:
+            self.predictor.should_exit.set()
+            self.predictor.join(5)
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()
+        for name in ("ingest", "control"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close(linger=0)
+        if self.wal is not None:
+            self.wal.close()
+        if self.ctx is not None:
+            self.ctx.term()
+        log.info("learnd stopped")
+
+    def run(self):
+        """startup, main loop, shutdown; returns the process exit code."""
+        self.startup()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+        return EXIT_TRAINER_FAILED if self.trainer.failure is not None else 0

@@ -1,0 +1,138 @@
+"""Write-ahead log of accepted train messages, so an acknowledged batch survives a crash.
+
+Records are appended to segment files `wal-<first lsn>.log` in the state dir's wal/
+folder; each record is  u32 length | u32 crc32 | payload,  where the payload is
+msgpack [lsn, [frame, ...]] holding the message's own frames (header and arrays), so
+replay decodes it again through the same path as a live message.  Writes are grouped:
+the caller appends, then calls `sync()` once for many records before acknowledging
+them.  A torn record at the end (a crash mid-write) is cut off when the log is opened.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+
+import msgpack
+
+log = logging.getLogger("learnd.wal")
+
+_HEAD = struct.Struct("<II")
+SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+class WriteAheadLog:
+    def __init__(self, directory, segment_bytes=SEGMENT_BYTES):
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self.last_lsn = 0
+        self._fd = None
+        self._size = 0
+        self._dirty = False
+
+    # -- files ---------------------------------------------------------------------------
+    def _segments(self):
+        """[(first_lsn, path)] sorted by first lsn."""
+        out = []
+        for name in os.listdir(self.directory):
+            if name.startswith("wal-") and name.endswith(".log"):
+                try:
+                    out.append((int(name[4:-4]), os.path.join(self.directory, name)))
+                except ValueError:
+                    continue
+        return sorted(out)
+
+    def _read(self, path, repair):
+        """Yield (lsn, frames) of the whole records in one segment; cut a torn tail."""
+        with open(path, "rb") as f:
+            data = f.read()
+        pos = 0
+        while pos < len(data):
+            if pos + _HEAD.size > len(data):
+                break
+            length, crc = _HEAD.unpack_from(data, pos)
+            body = data[pos + _HEAD.size:pos + _HEAD.size + length]
+            if len(body) != length or zlib.crc32(body) != crc:
+                break
+            lsn, frames = msgpack.unpackb(body, raw=False)
+            yield lsn, frames
+            pos += _HEAD.size + length
+        if pos < len(data):
+            log.warning("write-ahead log %s: %d bytes after the last whole record%s",
+                        path, len(data) - pos, " cut off" if repair else "")
+            if repair:
+                with open(path, "r+b") as f:
+                    f.truncate(pos)
+                    os.fsync(f.fileno())
+
+    def open(self):
+        """Find the last lsn (repairing a torn tail) and open the newest segment for appends."""
+        os.makedirs(self.directory, exist_ok=True)
+        segments = self._segments()
+        for i, (_, path) in enumerate(segments):
+            for lsn, _frames in self._read(path, repair=(i == len(segments) - 1)):
+                self.last_lsn = max(self.last_lsn, lsn)
+        if segments:
+            self._open_segment(segments[-1][1])
+        return self
+
+    def _open_segment(self, path):
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    # -- writing -----------------------------------------------------------------------
+    def append(self, frames):
+        """Append one message's frames (bytes-like); returns its lsn.  Not yet durable."""
+        lsn = self.last_lsn + 1
+        if self._fd is None or self._size >= self.segment_bytes:
+            self._open_segment(os.path.join(self.directory, f"wal-{lsn:016d}.log"))
+        body = msgpack.packb([lsn, [bytes(f) for f in frames]], use_bin_type=True)
+        record = _HEAD.pack(len(body), zlib.crc32(body)) + body
+        written = os.write(self._fd, record)
+        if written != len(record):  # a short write on a full disk: undo, report
+            os.ftruncate(self._fd, self._size)
+            raise OSError(f"short write to the write-ahead log ({written} of {len(record)} bytes)")
+        self._size += len(record)
+        self.last_lsn = lsn
+        self._dirty = True
+        return lsn
+
+    def sync(self):
+        """Make every appended record durable."""
+        if self._dirty and self._fd is not None:
+            os.fdatasync(self._fd)
+            self._dirty = False
+
+    # -- reading and trimming --------------------------------------------------------------
+    def replay(self, after_lsn):
+        """Yield (lsn, frames) of every record with lsn > after_lsn, in order."""
+        segments = self._segments()
+        for i, (first, path) in enumerate(segments):
+            nxt = segments[i + 1][0] if i + 1 < len(segments) else None
+            if nxt is not None and nxt - 1 <= after_lsn:
+                continue
+            for lsn, frames in self._read(path, repair=False):
+                if lsn > after_lsn:
+                    yield lsn, frames
+
+    def trim(self, upto_lsn):
+        """Delete segments whose records all have lsn <= upto_lsn (never the open one)."""
+        segments = self._segments()
+        for i, (first, path) in enumerate(segments[:-1]):
+            if segments[i + 1][0] - 1 <= upto_lsn:
+                os.unlink(path)
+
+    def close(self):
+        if self._fd is not None:
+            self.sync()
+            os.close(self._fd)
+            self._fd = None
