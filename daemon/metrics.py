@@ -37,6 +37,9 @@ class Metrics:
                                        ["outcome"], registry=r)
         self.ingest_rows = Counter("learnd_ingest_rows_total", "Rows accepted on the ingest socket.",
                                    ["split"], registry=r)
+        self.ingest_paused = Counter("learnd_ingest_paused_total",
+                                     "Times ingest stopped reading because the training queue was full.",
+                                     registry=r)
         self.rejected = Counter("learnd_rejected_total", "Messages refused, by error code.",
                                 ["reason"], registry=r)
         self.step_seconds = Histogram("learnd_step_seconds", "Time of one training step.",

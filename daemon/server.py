@@ -7,6 +7,7 @@ Signal handlers only set `should_exit`.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,8 @@ from clients import protocol
 from clients.protocol import Limits, ProtocolError
 
 from . import control as control_ops
+from engine.state import write_atomic
+
 from .checkpoints import CheckpointStore
 from .errors import StartupError
 from .httpd import make_server, serve_in_thread
@@ -33,6 +36,7 @@ from .wal import WriteAheadLog
 
 log = logging.getLogger("learnd.server")
 
+ENDPOINTS_FILE = "endpoints.json"
 EXIT_PORT_IN_USE = 3
 EXIT_STATE_DIR = 4
 EXIT_TRAINER_FAILED = 5
@@ -44,6 +48,7 @@ class Server:
     DRAIN_TIMEOUT_S = 60.0
     HWM = 1000           # messages ZeroMQ buffers per peer before pushing back
     REJECT_LOG_INTERVAL_S = 10.0
+    MAX_PENDING_CONTROL = 8      # control ops waiting for the trainer before 'busy'
 
     def __init__(self, config, registry=None, install_signals=True):
         self.config = config
@@ -98,6 +103,9 @@ class Server:
                                EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
         self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
         serve_in_thread(self.http)
+        # Where everything listens, for operators and tools (ports may have been chosen by the OS).
+        write_atomic(os.path.join(cfg.state_dir, ENDPOINTS_FILE),
+                     json.dumps({**self.bound, "pid": os.getpid()}, indent=1).encode())
         log.info("metrics on %s", self.bound["metrics"])
         self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store)
         self.trainer.start()
@@ -151,6 +159,7 @@ class Server:
         if replayed:
             self.metrics.wal_replayed.inc(replayed)
             log.info("replayed %d logged messages newer than the checkpoint", replayed)
+            self.trainer.publish()
             self.trainer.write_checkpoint("after log replay")
 
     def _bind(self, kind, address, name):
@@ -234,6 +243,8 @@ class Server:
             if (room > 0) != reading_ingest:
                 # A full queue stops reads; ZeroMQ's high-water mark then pushes back on producers.
                 reading_ingest = room > 0
+                if not reading_ingest:
+                    self.metrics.ingest_paused.inc()
                 poller.modify(self.ingest, zmq.POLLIN if reading_ingest else 0)
             busy = self._pending_acks or self._control_futures or not reading_ingest
             events = dict(poller.poll(self.BUSY_POLL_MS if busy else self.IDLE_POLL_MS))
@@ -331,6 +342,11 @@ class Server:
             return
         if hasattr(result, "add_done_callback"):
             self._control_futures.append((identity, echo, result))
+            if len(self._control_futures) > self.MAX_PENDING_CONTROL:
+                self._control_futures.pop()
+                result.cancel()
+                self._reject(self.control, identity, ProtocolError(
+                    "busy", f"{self.MAX_PENDING_CONTROL} control operations are already waiting"), echo)
         else:
             self._reply(self.control, identity, protocol.ok(**echo, result=result))
 

@@ -110,7 +110,9 @@ class Trainer(threading.Thread):
                            for i, split in enumerate(("dev", "test"))}
         self.recent = RecentWindow(size, s.input_dim, s.n_outputs, dtype)
 
-    def _publish(self, now):
+    def publish(self, now=None):
+        """Make the model as it is now the one that serves (a new immutable snapshot)."""
+        now = time.monotonic() if now is None else now
         self.snapshot = self.model.snapshot(version=self.batches_trained)
         self._last_publish = now
 
@@ -148,7 +150,7 @@ class Trainer(threading.Thread):
                                       time.monotonic())
             for k, r in self.reservoirs.items():
                 r.load_state(d["reservoirs"][k])
-            self._publish(time.monotonic())
+            self.publish(time.monotonic())
 
     def write_checkpoint(self, reason):
         t0 = time.perf_counter()
@@ -241,7 +243,7 @@ class Trainer(threading.Thread):
             return
         if self.snapshot is None or (self.snapshot.version != self.batches_trained
                                      and now - self._last_publish >= cfg.publish_interval_ms / 1e3):
-            self._publish(now)
+            self.publish(now)
         if math.isfinite(self.train_loss):
             self.metrics.train_loss.set(self.train_loss)
         if now - self._last_norms >= NORM_INTERVAL_S:
@@ -381,5 +383,5 @@ class Trainer(threading.Thread):
                 break
         self._run_commands()
         if self.model is not None:
-            self._publish(time.monotonic())
+            self.publish(time.monotonic())
         self.write_checkpoint("shutdown")

@@ -1,0 +1,143 @@
+"""Shared fixtures: real learnd daemons in subprocesses on ephemeral loopback ports."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+START_TIMEOUT_S = 90.0     # a cold Numba cache compiles every kernel first
+
+
+class Daemon:
+    """One `learnd serve` process with every socket on an ephemeral 127.0.0.1 port."""
+
+    def __init__(self, state_dir, args=(), env=None):
+        self.state_dir = str(state_dir)
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc = None
+        self.endpoints = {}
+        self.log_path = os.path.join(os.path.dirname(self.state_dir),
+                                     os.path.basename(self.state_dir) + ".log")
+
+    def start(self, timeout=START_TIMEOUT_S):
+        endpoints = os.path.join(self.state_dir, "endpoints.json")
+        if os.path.exists(endpoints):
+            os.unlink(endpoints)
+        cmd = [sys.executable, "-m", "clients.cli", "serve", "--state-dir", self.state_dir,
+               "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
+               "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *self.args]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with open(endpoints) as f:
+                    data = json.load(f)
+                if data.get("pid") == self.proc.pid:
+                    self.endpoints = data
+                    return self
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"daemon did not start in {timeout} s:\n{self.log()}")
+
+    @property
+    def ingest(self):
+        return self.endpoints["ingest"]
+
+    @property
+    def predict(self):
+        return self.endpoints["predict"]
+
+    @property
+    def control(self):
+        return self.endpoints["control"]
+
+    @property
+    def metrics_url(self):
+        return self.endpoints["metrics"]
+
+    def http(self, path):
+        """(status, body) of GET path on the metrics server."""
+        url = self.metrics_url.rsplit("/", 1)[0] + path
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def metrics(self):
+        """{sample name with sorted labels: value} from a real scrape."""
+        _, text = self.http("/metrics")
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def wait_until(self, predicate, timeout=60.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{what} not reached in {timeout} s")
+
+    def stop(self, sig=signal.SIGTERM, timeout=60.0):
+        """Send `sig`, wait for the exit, return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """A factory of started daemons; every one is killed at the end of the test."""
+    started = []
+
+    def start(name="state", args=(), env=None, state_dir=None):
+        d = Daemon(state_dir or tmp_path / name, args, env)
+        started.append(d)
+        return d.start()
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def seed():
+    return 12345
