@@ -1,0 +1,84 @@
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clients import protocol
+from clients.protocol import Limits, ProtocolError, decode, encode
+
+
+def test_round_trip_keeps_arrays_bit_for_bit():
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.standard_normal((5, 3)).astype(np.float32), "y": np.arange(5),
+              "w": rng.random(5), "ids": np.arange(5, dtype=np.int64)}
+    msg = decode(encode({"op": "train", "producer": "p", "seq": 3}, arrays))
+    assert msg.header == {"v": 1, "op": "train", "producer": "p", "seq": 3}
+    for name, arr in arrays.items():
+        assert msg.arrays[name].dtype == arr.dtype and np.array_equal(msg.arrays[name], arr)
+
+
+def test_big_endian_arrays_travel_little_endian():
+    x = np.arange(6, dtype=">f8").reshape(2, 3)
+    msg = decode(encode({"op": "predict"}, {"x": x}))
+    assert msg.arrays["x"].dtype.str == "<f8" and np.array_equal(msg.arrays["x"], x)
+
+
+def test_replies_need_ok_not_op():
+    frames = encode(protocol.ok(seq=1, accepted=3))
+    assert decode(frames, reply=True).header["accepted"] == 3
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert err.value.code == "bad_header"
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([], "bad_frame"),
+    ([b"x", b"y"], "bad_frame"),
+    ([b"", b"\xc1"], "bad_header"),
+    ([b"", msgpack.packb({"v": 1, "op": "a", "k": 1}) + b"trailing"], "bad_header"),
+    ([b"", msgpack.packb({"v": "1", "op": "a"})], "bad_version"),
+    ([b"", msgpack.packb({"v": 1, "op": "a", "arrays": {"x": 1}})], "bad_header"),
+    ([b"", msgpack.packb({"v": 1, "op": "a", "arrays": [{"name": "x", "dtype": "<f4", "shape": [2, 2, 2]}]}),
+      b"\0" * 32], "bad_array"),
+    ([b"", msgpack.packb({"v": 1, "op": "a", "arrays": [{"name": "x", "dtype": "O", "shape": [1]}]}),
+      b"\0" * 8], "bad_array"),
+    ([b"", msgpack.packb({"v": 1, "op": "a", "arrays": [{"name": "x", "dtype": "<f4", "shape": [True]}]}),
+      b"\0" * 4], "bad_array"),
+    ([b"", msgpack.packb({"v": 1, "op": "a", "arrays": [{"name": "x", "dtype": "<f4", "shape": [1]}] * 2}),
+      b"\0" * 4, b"\0" * 4], "bad_array"),
+])
+def test_malformed_frames_get_their_code(frames, code):
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert err.value.code == code and err.value.message
+
+
+def test_limits_refuse_before_parsing():
+    limits = Limits(max_header_bytes=100, max_array_bytes=64, max_message_bytes=10_000, max_rows=5)
+    for arrays, header in (({"x": np.zeros((3, 3))}, {}), ({"x": np.zeros((6, 1), np.float32)}, {}),
+                           ({}, {"pad": "x" * 200})):
+        with pytest.raises(ProtocolError) as err:
+            decode(encode({"op": "a", **header}, arrays), limits)
+        assert err.value.code == "too_large"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=200), min_size=0, max_size=7))
+def test_random_frames_never_escape_as_anything_but_protocol_errors(frames):
+    try:
+        decode(frames)
+    except ProtocolError as exc:
+        assert exc.code in protocol.ERROR_CODES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=20), max_size=6))
+def test_random_headers_decode_or_fail_with_a_code(header):
+    try:
+        decode([b"", msgpack.packb(header)])
+    except ProtocolError as exc:
+        assert exc.code in protocol.ERROR_CODES

@@ -1,0 +1,150 @@
+"""A barrage of malformed messages: each answered with its error code and counted,
+the daemon keeps serving, and the model does not change by a single bit."""
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from clients import protocol
+from clients.client import Control, Predictor, Producer
+from engine.datasets import split
+
+MAX_ARRAY_BYTES = 200_000
+
+
+def raw(header, arrays=None):
+    return protocol.encode(header, arrays)
+
+
+def train(**fields):
+    return {"op": "train", "producer": "bad", "seq": 1, **fields}
+
+
+X_OK = np.zeros((4, 64), np.float32)
+Y_OK = np.zeros(4, np.int64)
+
+
+def barrage():
+    """(socket, frames, expected error code) for every kind of bad message."""
+    nan_x = X_OK.copy()
+    nan_x[1, 3] = np.nan
+    inf_x = X_OK.copy()
+    inf_x[0, 0] = np.inf
+    header = msgpack.packb({"v": 1, "op": "train", "producer": "bad", "seq": 1,
+                            "arrays": [{"name": "x", "dtype": "<f4", "shape": [4, 64]}]})
+    cases = [
+        # framing and header
+        ("ingest", [b"not-empty", b"x"], "bad_frame"),
+        ("ingest", [b""], "bad_frame"),
+        ("ingest", [b"", b"\xc1\xc1 not msgpack"], "bad_header"),
+        ("ingest", [b"", msgpack.packb([1, 2, 3])], "bad_header"),
+        ("ingest", [b"", msgpack.packb({"v": 2, "op": "train"})], "bad_version"),
+        ("ingest", [b"", msgpack.packb({"op": "train"})], "bad_version"),
+        ("ingest", [b"", msgpack.packb({"v": 1, "op": 7})], "bad_header"),
+        ("ingest", raw({"op": "predict"}), "unknown_op"),
+        ("ingest", raw(train(producer=5), {"x": X_OK, "y": Y_OK}), "bad_header"),
+        ("ingest", raw(train(seq=-1), {"x": X_OK, "y": Y_OK}), "bad_header"),
+        ("ingest", raw(train(split="validation"), {"x": X_OK, "y": Y_OK}), "bad_header"),
+        ("ingest", [b"", msgpack.packb({"v": 1, "op": "x", "deep": [[[[[[[[[[1]]]]]]]]]]})], "bad_header"),
+        # arrays and frames
+        ("ingest", [b"", header], "bad_array"),                                   # missing frame
+        ("ingest", [b"", header, X_OK.tobytes(), b"extra"], "bad_array"),         # extra frame
+        ("ingest", [b"", header, X_OK.tobytes()[:-4]], "bad_array"),              # byte size
+        ("ingest", [b"", msgpack.packb({"v": 1, "op": "train", "arrays": [
+            {"name": "x", "dtype": "<c16", "shape": [1]}]}), b"\0" * 16], "bad_array"),
+        ("ingest", [b"", msgpack.packb({"v": 1, "op": "train", "arrays": [
+            {"name": "z", "dtype": "<f4", "shape": [1]}]}), b"\0" * 4], "bad_array"),
+        ("ingest", raw(train(), {"x": X_OK}), "bad_array"),                       # no labels
+        ("ingest", raw(train(), {"x": X_OK[:, :10], "y": Y_OK}), "shape_mismatch"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK[:3]}), "shape_mismatch"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK, "w": np.ones(3)}), "shape_mismatch"),
+        ("ingest", raw(train(), {"x": nan_x, "y": Y_OK}), "non_finite"),
+        ("ingest", raw(train(), {"x": inf_x, "y": Y_OK}), "non_finite"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK, "w": np.array([1, np.nan, 1, 1.0])}), "non_finite"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK + 10}), "bad_label"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK - 1}), "bad_label"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK + 0.5}), "bad_label"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK, "w": -np.ones(4)}), "bad_array"),
+        ("ingest", raw(train(), {"x": np.zeros((1000, 64)), "y": np.zeros(1000, np.int64)}), "too_large"),
+        ("ingest", [b"", msgpack.packb({"v": 1, "op": "train", "pad": "x" * 70_000})], "too_large"),
+        ("ingest", raw(train(), {"ids": np.array([123456789]), "y": Y_OK[:1]}), "unknown_id"),
+        # predict socket
+        ("predict", raw({"op": "train"}), "unknown_op"),
+        ("predict", raw({"op": "predict", "id": 1}, {"x": X_OK[:, :5]}), "shape_mismatch"),
+        ("predict", raw({"op": "predict", "id": 2}, {"x": nan_x}), "non_finite"),
+        ("predict", raw({"op": "predict", "id": 3, "output": "banana"}, {"x": X_OK}), "bad_header"),
+        ("predict", raw({"op": "predict", "id": 4}), "bad_array"),
+        ("predict", [b"", b"\x92\x01"], "bad_header"),
+        ("predict", raw({"op": "predict"}, {"x": np.zeros((1000, 64))}), "too_large"),
+        # control socket
+        ("control", raw({"op": "reboot"}), "unknown_op"),
+        ("control", raw({"op": "set", "settings": {"lr": -3}}), "bad_setting"),
+        ("control", raw({"op": "set", "settings": {"hidden": [1]}}), "bad_setting"),
+        ("control", raw({"op": "set", "settings": []}), "bad_header"),
+        ("control", raw({"op": "status"}, {"x": X_OK}), "bad_array"),
+    ]
+    return cases
+
+
+@pytest.fixture
+def busy_daemon(daemons):
+    return daemons(env={"LEARND_MAX_ARRAY_BYTES": str(MAX_ARRAY_BYTES)})
+
+
+def test_a_barrage_of_bad_messages_changes_nothing(busy_daemon):
+    d = busy_daemon
+    Xtr, ytr, Xte, _ = split("digits")
+    with Producer(d.ingest, producer_id="good", timeout=20) as prod:
+        for k in range(8):
+            prod.send(Xtr[k * 64:(k + 1) * 64], ytr[k * 64:(k + 1) * 64])
+    with Control(d.control) as c:
+        d.wait_until(lambda: c.status()["batches_trained"] == 8, what="8 batches")
+    with Predictor(d.predict) as p:
+        d.wait_until(lambda: p.predict(Xte[:1]).model_version == 8, what="last snapshot")
+        before = p.predict(Xte, output="proba")
+    metrics_before = d.metrics()
+
+    ctx = zmq.Context()
+    socks = {}
+    seen = {}
+    try:
+        for name in ("ingest", "predict", "control"):
+            socks[name] = ctx.socket(zmq.DEALER)
+            socks[name].setsockopt(zmq.LINGER, 0)
+            socks[name].connect(d.endpoints[name])
+        for name, frames, expected in barrage():
+            socks[name].send_multipart(frames)
+            assert socks[name].poll(20_000), (name, expected)
+            reply = protocol.decode(socks[name].recv_multipart(), reply=True)
+            assert reply.header["ok"] is False, (name, expected)
+            code = reply.header["error"]["code"]
+            assert code == expected, (name, expected, reply.header["error"])
+            assert reply.header["error"]["message"]
+            seen[code] = seen.get(code, 0) + 1
+    finally:
+        for s in socks.values():
+            s.close()
+        ctx.term()
+
+    with Predictor(d.predict) as p:
+        after = p.predict(Xte, output="proba")
+    with Control(d.control) as c:
+        status = c.status()
+    assert after.model_version == before.model_version == 8
+    assert np.array_equal(after.y, before.y)
+    assert status["batches_trained"] == 8 and status["samples_trained"] == 8 * 64
+    metrics = d.metrics()
+    for code, count in seen.items():
+        key = f"learnd_rejected_total{{reason={code}}}"
+        assert metrics[key] - metrics_before[key] == count, code
+    assert d.http("/healthz")[0] == 200
+
+
+def test_every_error_code_is_produced_by_some_test():
+    # busy: test_daemon.test_busy_when_too_many_control_ops_wait; not_ready:
+    # test_daemon.test_embedded_default_infers_the_stream_and_learns; internal:
+    # tests/daemon/test_predictor.py.  Everything else: the barrage above.
+    produced = {code for _, _, code in barrage()} | {"busy", "not_ready", "internal"}
+    assert produced == set(protocol.ERROR_CODES)
