@@ -58,11 +58,10 @@ ERROR_CODES = {
     "non_finite": "an input holds NaN or Inf",
     "bad_label": "a label is not valid for the task (out of range, not 0/1, ...)",
     "too_large": "the message, header or an array is over a configured limit",
-    "busy": "the daemon cannot take the request now (queue full, shutting down); retry later",
+    "busy": "the daemon has too many control operations waiting; retry later",
     "not_ready": "there is no model yet: the first training batch fixes its size and task",
     "unknown_id": "a delayed-label id is not (or no longer) stored",
     "bad_setting": "a control 'set' names an unknown setting or gives a bad value",
-    "unauthorized": "the peer is not allowed to use this socket",
     "internal": "the daemon failed on a valid request; it keeps running (see its log)",
 }
 
