@@ -1,41 +1,21 @@
-"""The `learnd` command line.  Only this module maps errors to exit codes."""
+"""The `learnd` command line.  Only this module maps errors to exit codes.
+
+Exit codes of the client commands: 0 done; 1 the daemon refused some batches or
+requests; 2 usage, config or input-file errors; 3 the daemon did not answer;
+130 interrupted (after flushing what was sent).
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 
+EXIT_OK = 0
+EXIT_REFUSED = 1
 EXIT_USAGE = 2
-
-
-def _serve(args):
-    from daemon import logs
-    from daemon.config import load
-    from daemon.errors import ConfigError, StartupError
-    from daemon.server import Server
-
-    flags = {"ingest": args.ingest, "predict": args.predict, "control": args.control,
-             "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
-             "log_json": True if args.log_json else None, "log_level": args.log_level,
-             "wal": False if args.no_wal else None}
-    model = {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"learnd serve: --set takes KEY=VALUE, got {item!r}", file=sys.stderr)
-            return EXIT_USAGE
-        model[key] = _parse_value(value)
-    flags["model"] = model
-    try:
-        config = load(args.config, flags=flags)
-    except ConfigError as exc:
-        print(f"learnd serve: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    logs.setup(config.log_json, config.log_level)
-    try:
-        return Server(config).run()
-    except StartupError as exc:
-        print(f"learnd serve: {exc}", file=sys.stderr)
-        return exc.exit_code
+EXIT_UNREACHABLE = 3
+EXIT_INTERRUPTED = 130
 
 
 def _parse_value(text):
@@ -50,10 +30,192 @@ def _parse_value(text):
         return text
 
 
+def _key_values(items, command):
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"learnd {command}: expected KEY=VALUE, got {item!r}")
+        out[key] = _parse_value(value)
+    return out
+
+
+# -- serve -------------------------------------------------------------------------------
+def cmd_serve(args):
+    from daemon import logs
+    from daemon.config import load
+    from daemon.errors import ConfigError, StartupError
+    from daemon.server import Server
+
+    flags = {"ingest": args.ingest, "predict": args.predict, "control": args.control,
+             "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
+             "log_json": True if args.log_json else None, "log_level": args.log_level,
+             "wal": False if args.no_wal else None, "model": _key_values(args.set, "serve")}
+    try:
+        config = load(args.config, flags=flags)
+    except ConfigError as exc:
+        print(f"learnd serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(config.log_json, config.log_level)
+    try:
+        return Server(config).run()
+    except StartupError as exc:
+        print(f"learnd serve: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+# -- client commands -------------------------------------------------------------------------
+def cmd_replay(args):
+    import numpy as np
+    from tqdm import tqdm
+
+    from .client import Producer
+    from .datafiles import load_rows
+
+    X, y = load_rows(args.file, label=args.label, labels_path=args.labels)
+    total = len(X) * args.passes
+    interrupted = False
+    with Producer(args.ingest, producer_id=args.producer, window=args.window,
+                  timeout=args.timeout) as prod:
+        bar = tqdm(total=total, unit="rows", desc="replay", disable=args.quiet,
+                   dynamic_ncols=True, smoothing=0.1)
+        t0 = time.monotonic()
+        sent = 0
+        try:
+            for _ in range(args.passes):
+                for i in range(0, len(X), args.batch):
+                    xb, yb = X[i:i + args.batch], y[i:i + args.batch]
+                    if args.rate:
+                        # Hold the average at --rate rows/s: sleep until this batch is due.
+                        delay = t0 + sent / args.rate - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)
+                    prod.send(xb, yb, split=args.split)
+                    sent += len(xb)
+                    bar.update(len(xb))
+                    bar.set_postfix(acked=prod.acked_rows, refused=len(prod.rejected), refresh=False)
+        except KeyboardInterrupt:
+            interrupted = True
+        prod.flush()
+        bar.set_postfix(acked=prod.acked_rows, refused=len(prod.rejected))
+        bar.close()
+    elapsed = time.monotonic() - t0
+    print(f"sent {sent} rows in {elapsed:.1f} s ({sent / max(elapsed, 1e-9):,.0f} rows/s); "
+          f"acknowledged {prod.acked_rows}, duplicates {prod.duplicates}, refused batches {len(prod.rejected)}",
+          file=sys.stderr)
+    for r in prod.rejected[:5]:
+        print(f"  seq {r.seq}: {r.code}: {r.message}", file=sys.stderr)
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_REFUSED if prod.rejected else EXIT_OK
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from .client import Predictor
+    from .datafiles import load_rows, read_json_lines
+
+    if args.file == "-":
+        X = read_json_lines(sys.stdin)
+    else:
+        X, _ = load_rows(args.file, need_labels=False)
+    with Predictor(args.predict, timeout=args.timeout) as p:
+        batches = [X[i:i + args.batch] for i in range(0, len(X), args.batch)]
+        results = p.predict_many(batches, output=args.output)
+    for r in results:
+        for row in r.y:
+            value = row.tolist() if isinstance(row, np.ndarray) else row.item()
+            print(json.dumps({"y": value, "model_version": r.model_version}))
+    return EXIT_OK
+
+
+STATUS_ORDER = ("task", "input_dim", "n_outputs", "model_version", "samples_trained", "batches_trained",
+                "nonfinite_steps", "queue_depth", "learning_rate", "train_loss", "uptime_seconds", "ready",
+                "wal", "last_checkpoint")
+
+
+def cmd_status(args):
+    from .client import Control
+
+    with Control(args.control, timeout=args.timeout) as c:
+        status = c.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    rows = [(k, status.get(k)) for k in STATUS_ORDER if k in status]
+    for split, figures in (status.get("evaluation") or {}).items():
+        rows.append((f"eval[{split}]", ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())))
+    for name, address in (status.get("bound") or {}).items():
+        rows.append((f"{name} at", address))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {_fmt(v)}")
+    return EXIT_OK
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "-" if v is None else str(v)
+
+
+def cmd_set(args):
+    from .client import Control
+
+    settings = _key_values(args.settings, "set")
+    with Control(args.control, timeout=args.timeout) as c:
+        print(json.dumps(c.set(**settings)))
+    return EXIT_OK
+
+
+def cmd_checkpoint(args):
+    from .client import Control
+
+    with Control(args.control, timeout=args.timeout) as c:
+        result = c.checkpoint()
+    print(f"checkpoint {result['path']} ({result['batches_trained']} batches trained)")
+    return EXIT_OK
+
+
+def cmd_gradcheck(args):
+    from .client import Control
+
+    with Control(args.control, timeout=max(args.timeout, 60.0)) as c:
+        report = c.gradcheck()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"gradient check (eps {report['eps']:g}): overall {report['overall']:.3e}  {report['verdict']}")
+    for name, value in report["per_param"].items():
+        print(f"  {name:<14} {value:.3e}  ({report['checked'][name]} entries)")
+    return EXIT_OK if report["verdict"] != "BUG" else EXIT_REFUSED
+
+
+def cmd_demo(args):
+    from .demo import run_demo
+
+    return run_demo(passes=args.passes, quiet=args.quiet)
+
+
+# -- parser ------------------------------------------------------------------------------------
 def build_parser():
+    from .client import DEFAULT_CONTROL, DEFAULT_INGEST, DEFAULT_PREDICT
+
     parser = argparse.ArgumentParser(prog="learnd", description="Train a neural network online "
                                      "from ZeroMQ streams and serve it while it learns.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def client(name, help_text, func, sockets):
+        p = sub.add_parser(name, help=help_text)
+        defaults = {"ingest": DEFAULT_INGEST, "predict": DEFAULT_PREDICT, "control": DEFAULT_CONTROL}
+        for s in ("ingest", "predict", "control"):
+            p.add_argument(f"--{s}", default=defaults[s],
+                           help=f"the daemon's {s} address" + ("" if s in sockets else " (unused here)"))
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+        p.set_defaults(func=func)
+        return p
+
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", help="TOML file (daemon keys at top level, model keys in [model])")
     serve.add_argument("--ingest", help="ingest ROUTER address (default tcp://127.0.0.1:5555)")
@@ -67,13 +229,58 @@ def build_parser():
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="a model setting, e.g. --set hidden=[64,64] --set lr=0.01")
-    serve.set_defaults(func=_serve)
+    serve.set_defaults(func=cmd_serve)
+
+    replay = client("replay", "stream a data file into the daemon", cmd_replay, ("ingest",))
+    replay.add_argument("file", help=".npz (X, y), .csv (header row) or .npy (with --labels)")
+    replay.add_argument("--label", help="csv label column, by name or index (default: the last)")
+    replay.add_argument("--labels", help=".npy of labels for an .npy of inputs")
+    replay.add_argument("--batch", type=int, default=64, help="rows per message (default 64)")
+    replay.add_argument("--rate", type=float, default=0.0, help="rows per second (default: as fast as acked)")
+    replay.add_argument("--passes", type=int, default=1, help="times through the file (default 1)")
+    replay.add_argument("--split", default="auto", choices=("auto", "train", "dev", "test"))
+    replay.add_argument("--producer", help="producer id (default: host-pid-random)")
+    replay.add_argument("--window", type=int, default=16, help="batches in flight before waiting for acks")
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    predict = client("predict", "predictions for a file or JSON lines on stdin", cmd_predict, ("predict",))
+    predict.add_argument("file", help=".npz, .csv, .npy, or - for JSON lines on stdin")
+    predict.add_argument("--output", default="label", choices=("label", "proba", "value"))
+    predict.add_argument("--batch", type=int, default=256, help="rows per request")
+
+    status = client("status", "what the daemon is doing", cmd_status, ("control",))
+    status.add_argument("--json", action="store_true")
+    setp = client("set", "change live settings (lr, l2, batch_size, ...)", cmd_set, ("control",))
+    setp.add_argument("settings", nargs="+", metavar="KEY=VALUE")
+    client("checkpoint", "write a checkpoint now", cmd_checkpoint, ("control",))
+    grad = client("gradcheck", "check the model's gradients on recent rows", cmd_gradcheck, ("control",))
+    grad.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="start a daemon, stream digits into it while predicting, report")
+    demo.add_argument("--passes", type=int, default=8, help="passes over the training rows")
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv=None):
+    from .client import LearndError, Unreachable
+    from .datafiles import DataFileError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DataFileError as exc:
+        print(f"learnd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except LearndError as exc:
+        print(f"learnd {args.command}: the daemon refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Unreachable as exc:
+        print(f"learnd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
