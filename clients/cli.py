@@ -119,7 +119,7 @@ def cmd_predict(args):
     if args.file == "-":
         X = read_json_lines(sys.stdin)
     else:
-        X, _ = load_rows(args.file, need_labels=False)
+        X, _ = load_rows(args.file, label=args.label, need_labels=False)
     with Predictor(args.predict, timeout=args.timeout) as p:
         batches = [X[i:i + args.batch] for i in range(0, len(X), args.batch)]
         results = p.predict_many(batches, output=args.output)
@@ -245,6 +245,7 @@ def build_parser():
 
     predict = client("predict", "predictions for a file or JSON lines on stdin", cmd_predict, ("predict",))
     predict.add_argument("file", help=".npz, .csv, .npy, or - for JSON lines on stdin")
+    predict.add_argument("--label", help="a csv column to leave out (labels), by name or index")
     predict.add_argument("--output", default="label", choices=("label", "proba", "value"))
     predict.add_argument("--batch", type=int, default=256, help="rows per request")
 

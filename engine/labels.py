@@ -21,6 +21,11 @@ def _as_array(y, name):
         raise EngineError(f"{name} must be an array, got {type(y).__name__}: {exc}") from None
     if arr.dtype.kind not in "biuf":
         raise EngineError(f"{name} must hold numbers or bools, got dtype {arr.dtype}")
+    # The kernels take native-endian arrays, and of the floats only float32/64.
+    if arr.dtype.kind == "f" and arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float64)
+    elif not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 
@@ -50,8 +55,13 @@ def write_targets(task, n_outputs, y, m, Y):
     if y.ndim == 1 and K == 1 and task in ("binary", "regression", "multilabel"):
         y = y.reshape(m, 1)
     if y.ndim != 2 or y.shape[1] != K:
-        raise EngineError(f"{task} labels must have shape ({m},{' ' + str(K) if K > 1 else ''}) "
-                          f"or ({m}, {K}), got {y.shape}")
+        if task == "multiclass":
+            expected = f"({m},) class ids or ({m}, {K}) one-hot rows"
+        elif K == 1:
+            expected = f"({m},) or ({m}, 1)"
+        else:
+            expected = f"({m}, {K})"
+        raise EngineError(f"{task} labels must have shape {expected}, got {y.shape}")
     y = np.ascontiguousarray(y)
     if task == "regression":
         if y.dtype.kind in "b":

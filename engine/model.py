@@ -127,7 +127,8 @@ class Model:
             raise EngineError(f"X must be 2-D (m, n_features), got shape {X.shape}")
         if X.dtype.kind not in "biuf":
             raise EngineError(f"X must hold numbers, got dtype {X.dtype}")
-        if X.dtype.kind != "f":
+        if X.dtype not in (np.float32, np.float64):
+            # ints, bools, float16, big-endian floats: the kernels take native float32/64.
             X = X.astype(self.dtype)
         m, n = X.shape
         if m == 0:
@@ -178,7 +179,11 @@ class Model:
         self._rng_backup[:] = self.rng_state
         loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
         norm = global_norm(net.flat_grads)
-        if not (math.isfinite(loss) and math.isfinite(norm)):
+        # Batch statistics can overflow (float32 variance of a large but finite input)
+        # while J and the gradient stay finite; folding them in would poison the running
+        # statistics for good, so such a step counts as non-finite too.
+        if not (math.isfinite(loss) and math.isfinite(norm)
+                and count_nonfinite(net.feat.reshape(1, -1)) == 0):
             self.rng_state[:] = self._rng_backup
             self.nonfinite_steps += 1
             return float(loss)
@@ -282,7 +287,20 @@ class Model:
 
     @classmethod
     def from_state(cls, state):
-        """A Model that continues exactly where the one that gave `state` stood."""
+        """A Model that continues exactly where the one that gave `state` stood.
+
+        Raises EngineError if the state is incomplete or its arrays do not fit.
+        """
+        try:
+            return cls._from_state(state)
+        except EngineError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # a damaged or foreign state: missing keys, wrong shapes, unconvertible values
+            raise EngineError(f"not a usable learnd model state: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _from_state(cls, state):
         meta = state["meta"]
         if meta.get("format") != state_io.FORMAT or meta.get("version") != state_io.VERSION:
             raise EngineError(f"not a learnd model state of version {state_io.VERSION}")
@@ -302,6 +320,10 @@ class Model:
                                           f"the model needs {view.shape}")
                     view[...] = state[group][name]
             model.normalizer.set_state({"count": meta["normalizer_count"], **state["norm"]})
+            expected = set(model.optimizer.moments) if int(meta["optimizer_t"]) > 0 else set()
+            if set(state["opt"]) != expected:
+                raise EngineError(f"state optimizer moments {sorted(state['opt'])} do not match "
+                                  f"{model.spec.optimizer}'s {sorted(expected)}")
             model.optimizer.set_state({"t": meta["optimizer_t"], "moments": state["opt"]},
                                       net.flat_params)
         return model
