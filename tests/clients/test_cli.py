@@ -92,3 +92,28 @@ def test_demo_runs_and_reports_the_held_out_score():
     accuracy = float(r.stdout.split("held-out accuracy ")[1].split()[0])
     assert accuracy >= 0.93
     assert "metrics: http://127.0.0.1:" in r.stdout
+
+
+def test_ctrl_c_during_replay_flushes_and_exits_130(daemons, data_files):
+    import signal
+    import time
+
+    from clients.client import Control
+
+    tmp, _, _ = data_files
+    d = daemons()
+    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "replay", str(tmp / "train.npz"),
+                             "--rate", "1000", "--passes", "50", f"--ingest={d.ingest}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with Control(d.control) as c:
+            d.wait_until(lambda: c.status()["samples_trained"] >= 512, what="some rows trained")
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 130, err
+            acked = int(err.split("acknowledged ")[1].split(",")[0])
+            sent = int(err.split("sent ")[1].split()[0])
+            assert acked == sent and sent < 50 * 1438
+            d.wait_until(lambda: c.status()["samples_trained"] >= acked - 1, what="acked rows trained")
+    finally:
+        proc.kill()
