@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -15,9 +14,9 @@ import time
 import numpy as np
 
 from .client import Control, Predictor, Producer
+from .launch import start_daemon
 
 DATASET = "digits"
-START_TIMEOUT_S = 120.0
 REFRESH_S = 0.5
 
 
@@ -26,29 +25,6 @@ def _dataset_path(name):
     spec = importlib.util.find_spec("engine")
     return os.path.join(spec.submodule_search_locations[0], "datasets", f"{name}.npz"), \
         os.path.join(spec.submodule_search_locations[0], "datasets", f"{name}.json")
-
-
-def _start_daemon(state_dir):
-    log = open(os.path.join(state_dir, "daemon.log"), "wb")
-    cmd = [sys.executable, "-m", "clients.cli", "serve", "--state-dir", state_dir,
-           "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
-           "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0"]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    endpoints = os.path.join(state_dir, "endpoints.json")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the daemon exited with {proc.returncode}; see {log.name}")
-        try:
-            with open(endpoints) as f:
-                data = json.load(f)
-            if data.get("pid") == proc.pid:
-                return proc, data, log
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the daemon did not start in time")
 
 
 class _Asker(threading.Thread):
@@ -92,7 +68,7 @@ def run_demo(passes=8, quiet=False):
           f"{len(Xtr)} rows to train on, {len(Xte)} held out", flush=True)
     with tempfile.TemporaryDirectory(prefix="learnd-demo-") as state_dir:
         t_start = time.monotonic()
-        proc, ends, log = _start_daemon(state_dir)
+        proc, ends, log = start_daemon(state_dir)
         print(f"daemon started (pid {proc.pid}) on the embedded default; metrics at {ends['metrics']}",
               flush=True)
         try:

@@ -31,6 +31,7 @@ from .ingest import IngestChecker, train_fields
 from .metrics import Metrics
 from .predictor import PredictServer
 from .schema import Schema
+from engine.spec import ModelSpec
 from .trainer import Trainer
 from .wal import WriteAheadLog
 
@@ -200,7 +201,7 @@ class Server:
             "batches_trained": t.batches_trained,
             "nonfinite_steps": t.nonfinite_steps,
             "queue_depth": t.queue.qsize(),
-            "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", 1e-3),
+            "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", ModelSpec.lr),
             "train_loss": t.train_loss,
             "uptime_seconds": time.monotonic() - self.started,
             "task": self.schema.task,

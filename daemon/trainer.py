@@ -347,6 +347,9 @@ class Trainer(threading.Thread):
 
     def run(self):
         try:
+            # Numba's np.dot calls SciPy's OpenBLAS: load it before limiting its threads,
+            # or the limit would miss the library that does all of training's GEMMs.
+            import scipy.linalg.cython_blas  # noqa: F401
             with threadpool_limits(limits=self.config.blas_threads, user_api="blas"):
                 self.warm_up()
                 if self.model is not None:

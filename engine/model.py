@@ -44,9 +44,9 @@ class Model:
     """
 
     def __init__(self, hidden=(256, 128), activation="relu", task="multiclass", n_outputs=None,
-                 input_dim=None, normalize_inputs=True, init="he", batch_norm=True, bn_beta=0.9,
+                 input_dim=None, normalize_inputs=True, init="glorot", batch_norm=False, bn_beta=0.9,
                  bn_eps=1e-5, keep_prob=1.0, l2=0.0, l1=0.0, clip_norm=None, optimizer="adam",
-                 lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule="constant", decay_rate=0.0,
+                 lr=5e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule="constant", decay_rate=0.0,
                  epoch_size=10_000, step_epochs=1, dtype="float32", seed=0):
         self.spec = ModelSpec(
             hidden=hidden, activation=activation, task=task, n_outputs=n_outputs,

@@ -11,7 +11,7 @@ M, N = 6, 5
 
 
 def trained(task="multiclass", n_outputs=3, **kw):
-    settings = dict(hidden=(4, 3), task=task, n_outputs=n_outputs, keep_prob=0.8, seed=1)
+    settings = dict(hidden=(4, 3), task=task, n_outputs=n_outputs, keep_prob=0.8, batch_norm=True, seed=1)
     settings.update(kw)
     model = Model(**settings)
     rng = np.random.default_rng(0)

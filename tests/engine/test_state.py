@@ -205,7 +205,7 @@ def test_non_finite_step_changes_nothing_and_is_counted(rng, optimizer, kind):
     # (linear hidden units for "loss": relu maps NaN to 0 and would hide the overflow
     # from J, leaving only the gradient to catch it)
     model = Model(hidden=(6, 4), task="regression", keep_prob=0.7, optimizer=optimizer,
-                  dtype="float32", seed=2, normalize_inputs=kind == "gradient",
+                  dtype="float32", seed=2, init="he", lr=1e-3, normalize_inputs=kind == "gradient",
                   batch_norm=kind != "loss", activation="linear" if kind == "loss" else "relu")
     good = [batch("regression", 8, 5, rng, n_outputs=1) for _ in range(4)]
     for X, y in good[:2]:

@@ -1,0 +1,177 @@
+"""Predict latency over ZeroMQ with the daemon idle and while it trains at full speed,
+against the bare pyzmq round trip carrying the same payload, all in one run.
+
+    python -m benchmarks.daemon [--seconds S] [--rounds R] [--json PATH]
+
+The model is W1 (784-256-128-10, batch norm, keep_prob 0.8, Adam, L2 1e-4, batch 128).
+Rounds interleave the three measurements and medians are quoted, because this machine
+is shared and noisy.  Training runs in a separate producer process, so the client that
+measures latency is never slowed by the producer's own Python.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import signal
+import tempfile
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from clients.client import Control, Predictor, Producer
+from clients.launch import start_daemon
+
+W1_ARGS = ["--set", "hidden=[256,128]", "--set", "keep_prob=0.8", "--set", "l2=0.0001",
+           "--batch-size", "128", "--no-wal"]
+DIM, CLASSES, BATCH = 784, 10, 128
+
+
+def _echo_server(address_queue, stop):
+    """The baseline: a ROUTER that answers each request with a 10-float reply."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    address_queue.put(f"tcp://127.0.0.1:{port}")
+    reply = np.zeros(CLASSES, np.float32).tobytes()
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while not stop.is_set():
+        if poller.poll(100):
+            frames = sock.recv_multipart(copy=False)
+            sock.send_multipart([frames[0], b"", frames[1].bytes, reply], copy=False)
+    sock.close(0)
+    ctx.term()
+
+
+def _produce(address, stop, counter):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((BATCH * 64, DIM)).astype(np.float32)
+    y = rng.integers(0, CLASSES, len(X))
+    with Producer(address, producer_id="bench", window=32, timeout=30) as prod:
+        k = 0
+        while not stop.is_set():
+            i = (k % 64) * BATCH
+            prod.send(X[i:i + BATCH], y[i:i + BATCH])
+            k += 1
+        counter.value = k
+
+
+def _bare_latencies(address, x, seconds):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(address)
+    import msgpack
+    header = msgpack.packb({"v": 1, "op": "predict", "arrays": [{"name": "x", "dtype": "<f4", "shape": [1, DIM]}]})
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        sock.send_multipart([b"", header, x], copy=False)
+        sock.recv_multipart()
+        out.append(time.perf_counter() - t0)
+    sock.close(0)
+    ctx.term()
+    return out
+
+
+def _predict_latencies(pred, x, seconds):
+    out = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        pred.predict(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+
+    x = np.random.default_rng(0).standard_normal((1, DIM)).astype(np.float32)
+    stop_echo = mp.Event()
+    q = mp.Queue()
+    echo = mp.Process(target=_echo_server, args=(q, stop_echo), daemon=True)
+    echo.start()
+    echo_address = q.get(timeout=30)
+
+    with tempfile.TemporaryDirectory(prefix="learnd-bench-") as state_dir:
+        proc, ends, log = start_daemon(state_dir, W1_ARGS)
+        try:
+            figures = _measure(ends, echo_address, x, args)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            log.close()
+            stop_echo.set()
+            echo.join(5)
+    _print(figures)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+def _measure(ends, echo_address, x, args):
+    rng = np.random.default_rng(2)
+    with Producer(ends["ingest"], producer_id="warm") as prod:   # create the model
+        prod.send(rng.standard_normal((BATCH, DIM)).astype(np.float32), rng.integers(0, CLASSES, BATCH))
+    control = Control(ends["control"])
+    pred = Predictor(ends["predict"])
+    deadline = time.monotonic() + 60
+    while control.status()["batches_trained"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runs = {"bare": [], "idle": [], "training": []}
+    throughput = []
+    for _ in range(args.rounds):
+        runs["bare"].append(_bare_latencies(echo_address, x, args.seconds))
+        runs["idle"].append(_predict_latencies(pred, x, args.seconds))
+        stop, counter = mp.Event(), mp.Value("q", 0)
+        producer = mp.Process(target=_produce, args=(ends["ingest"], stop, counter), daemon=True)
+        before = control.status()["samples_trained"]
+        producer.start()
+        time.sleep(1.0)                                  # let training reach full speed
+        t0, s0 = time.monotonic(), control.status()["samples_trained"]
+        runs["training"].append(_predict_latencies(pred, x, args.seconds))
+        s1, t1 = control.status()["samples_trained"], time.monotonic()
+        throughput.append((s1 - s0) / (t1 - t0))
+        stop.set()
+        producer.join(60)
+    pred.close()
+    control.close()
+
+    def stats(rounds):
+        p50 = float(np.median([np.percentile(r, 50) for r in rounds]) * 1e6)
+        p99 = float(np.median([np.percentile(r, 99) for r in rounds]) * 1e6)
+        return {"p50_us": p50, "p99_us": p99, "requests": int(sum(len(r) for r in rounds))}
+
+    out = {name: stats(r) for name, r in runs.items()}
+    out["training_samples_per_s"] = float(np.median(throughput))
+    bare = out["bare"]
+    out["ratios"] = {
+        "idle_p50_vs_bare": out["idle"]["p50_us"] / bare["p50_us"],
+        "idle_p99_vs_bare": out["idle"]["p99_us"] / bare["p99_us"],
+        "training_p50_vs_bare": out["training"]["p50_us"] / bare["p50_us"],
+        "training_p99_vs_bare": out["training"]["p99_us"] / bare["p99_us"],
+    }
+    return out
+
+
+def _print(f):
+    print(f"{'one W1 sample over ZeroMQ':<34} {'p50 µs':>9} {'p99 µs':>9} {'requests':>9}")
+    for name, label in (("bare", "bare pyzmq round trip (baseline)"), ("idle", "learnd, idle"),
+                        ("training", "learnd, training at full speed")):
+        s = f[name]
+        print(f"{label:<34} {s['p50_us']:>9.1f} {s['p99_us']:>9.1f} {s['requests']:>9}")
+    print(f"training throughput while serving: {f['training_samples_per_s']:,.0f} samples/s")
+    for k, v in f["ratios"].items():
+        print(f"  {k:<24} {v:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

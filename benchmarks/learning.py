@@ -1,0 +1,292 @@
+"""Learning quality: learnd's engine against scikit-learn's MLPClassifier, online.
+
+Each data set is streamed once, in file order, in mini-batches of 64, test-then-train:
+every batch is predicted before the model trains on it, and the prequential accuracy
+is the share of those predictions that were right.  Rows [0, heldout.start) are
+streamed; after that single pass the model is scored on the held-out rows
+[heldout.start, n), which it never trained on.
+
+- learnd: ``Model(hidden=(64, 64), task=..., n_outputs=..., seed=s)`` with every other
+  setting at its default, fed RAW inputs (its own running normalizer scales them).
+- scikit-learn: ``MLPClassifier(hidden_layer_sizes=(64, 64), random_state=s)`` (all
+  else default: adam, lr 1e-3, alpha 1e-4, Glorot init, no batch norm) trained with
+  ``partial_fit``, one optimizer step per call, on inputs standardized by a running
+  (all-time, Chan/Welford) mean and biased variance that is updated with each batch
+  before the batch is trained on - the same rule as learnd's normalizer: prediction
+  uses the statistics of the rows trained so far; a feature whose standard deviation
+  is below 1e-8 is only centred.
+
+Neither model can predict before its first training batch (scikit-learn has no
+classes or weights yet; learnd has no input size), so the first batch of each stream
+is trained on but not scored: prequential accuracy covers rows [64, heldout.start).
+
+Seeds 0-4 by default; the table gives mean and sample standard deviation (ddof=1)
+over seeds.
+
+    python -m benchmarks.learning                       # the comparison at the defaults
+    python -m benchmarks.learning --json out.json
+    python -m benchmarks.learning --set lr=3e-3 batch_norm=False --no-sklearn
+    python -m benchmarks.learning --datasets digits --hidden 256 128
+
+``--set key=value`` overrides Model settings (values are Python literals: 3e-3, False,
+'xavier', (0.9, 0.8)); it exists to choose the defaults by measurement.
+``--hidden`` changes the hidden sizes of both learners.  ``--jobs N`` runs N
+(data set, seed) runs in parallel processes (BLAS kept to one thread each).
+
+scikit-learn is a benchmark-only extra (``pip install scikit-learn``); the package
+never imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+import warnings
+
+# One BLAS thread per process: numbers are per-core, and --jobs adds processes.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+DATASETS = {
+    # name: (task, n_outputs)
+    "digits": ("multiclass", 10),
+    "breast_cancer": ("binary", 1),
+    "sea_drift": ("binary", 1),
+}
+BATCH = 64
+HIDDEN = (64, 64)
+SEEDS = (0, 1, 2, 3, 4)
+MIN_STD = 1e-8
+
+
+class RunningScaler:
+    """All-time running mean and biased variance (Chan et al.'s merge), float64."""
+
+    def __init__(self, n):
+        self.count = 0
+        self.mean = np.zeros(n)
+        self.m2 = np.zeros(n)
+
+    def update(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        m = X.shape[0]
+        bmean = X.mean(axis=0)
+        bm2 = ((X - bmean) ** 2).sum(axis=0)
+        total = self.count + m
+        delta = bmean - self.mean
+        self.mean = self.mean + delta * (m / total)
+        self.m2 = self.m2 + bm2 + delta ** 2 * (self.count * m / total)
+        self.count = total
+
+    def transform(self, X):
+        if self.count == 0:
+            return np.asarray(X, dtype=np.float64)
+        std = np.sqrt(self.m2 / self.count)
+        scale = np.where(std < MIN_STD, 1.0, std)
+        return (np.asarray(X, dtype=np.float64) - self.mean) / scale
+
+
+def _batches(n):
+    """Batch boundaries over n rows; a trailing single row joins the batch before it
+    (batch norm cannot train on one row; no shipped set has such a remainder)."""
+    edges = list(range(0, n, BATCH)) + [n]
+    if len(edges) > 2 and edges[-1] - edges[-2] == 1:
+        del edges[-2]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _correct(pred, y):
+    return int(np.sum(np.asarray(pred).reshape(-1) == y))
+
+
+def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides):
+    from engine import Model
+
+    model = Model(hidden=hidden, task=task, n_outputs=n_outputs, seed=seed, **overrides)
+    right = scored = 0
+    t0 = time.perf_counter()
+    for i, (a, b) in enumerate(_batches(start)):
+        if i > 0:
+            right += _correct(model.predict(X[a:b]), y[a:b])
+            scored += b - a
+        model.partial_fit(X[a:b], y[a:b])
+    seconds = time.perf_counter() - t0
+    held = _correct(model.predict(X[start:]), y[start:]) / (len(y) - start)
+    return {"prequential": right / scored, "heldout": held, "seconds": seconds,
+            "nonfinite_steps": model.nonfinite_steps}
+
+
+def run_sklearn(X, y, start, task, n_outputs, seed, hidden):
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    classes = np.arange(n_outputs if task == "multiclass" else 2)
+    clf = MLPClassifier(hidden_layer_sizes=hidden, random_state=seed)
+    scaler = RunningScaler(X.shape[1])
+    right = scored = 0
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for i, (a, b) in enumerate(_batches(start)):
+            if i > 0:
+                right += _correct(clf.predict(scaler.transform(X[a:b])), y[a:b])
+                scored += b - a
+            scaler.update(X[a:b])
+            if i == 0:
+                clf.partial_fit(scaler.transform(X[a:b]), y[a:b], classes=classes)
+            else:
+                clf.partial_fit(scaler.transform(X[a:b]), y[a:b])
+    seconds = time.perf_counter() - t0
+    held = _correct(clf.predict(scaler.transform(X[start:])), y[start:]) / (len(y) - start)
+    return {"prequential": right / scored, "heldout": held, "seconds": seconds}
+
+
+def _one(job):
+    """One (learner, data set, seed) run; a top-level function so a pool can call it."""
+    learner, name, seed, hidden, overrides = job
+    from engine.datasets import load
+
+    X, y, meta = load(name)
+    start = meta["heldout"]["start"]
+    task, k = DATASETS[name]
+    if learner == "learnd":
+        out = run_learnd(X, y, start, task, k, seed, hidden, overrides)
+    else:
+        out = run_sklearn(X, y, start, task, k, seed, hidden)
+    return {"learner": learner, "dataset": name, "seed": seed, **out}
+
+
+def _summary(runs, key):
+    v = np.array([r[key] for r in runs], dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "values": [float(x) for x in v]}
+
+
+def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1):
+    learners = ["learnd"] + (["sklearn"] if sklearn else [])
+    todo = [(lr, d, s, hidden, overrides) for d in datasets for lr in learners for s in seeds]
+    # Warm Numba's cache (and compile once) before timing anything.
+    _warm(hidden, overrides)
+    if jobs > 1:
+        import multiprocessing as mp
+        with mp.get_context("fork").Pool(jobs) as pool:
+            results = pool.map(_one, todo, chunksize=1)
+    else:
+        results = [_one(j) for j in todo]
+    table = {}
+    for d in datasets:
+        for lr in learners:
+            rs = [r for r in results if r["dataset"] == d and r["learner"] == lr]
+            table.setdefault(d, {})[lr] = {
+                "prequential": _summary(rs, "prequential"),
+                "heldout": _summary(rs, "heldout"),
+                "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
+            }
+            if lr == "learnd":
+                table[d][lr]["nonfinite_steps"] = int(sum(r["nonfinite_steps"] for r in rs))
+    return table, results
+
+
+def _warm(hidden, overrides):
+    from engine import Model
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(8, 3)).astype(np.float32)
+    for task, k, y in (("binary", 1, rng.integers(0, 2, 8)),
+                       ("multiclass", 3, rng.integers(0, 3, 8))):
+        m = Model(hidden=hidden, task=task, n_outputs=k, **overrides)
+        m.partial_fit(X, y)
+        m.predict(X)
+
+
+def format_table(table, hidden, overrides, seeds):
+    lines = []
+    settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
+    lines.append(f"hidden={hidden}, learnd settings: {settings}; batch {BATCH}, "
+                 f"one pass, seeds {list(seeds)}; mean ± std over seeds")
+    head = f"{'data set':<14} {'learner':<8} {'prequential':>17} {'held-out':>17} {'s/run':>7}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for d, by in table.items():
+        for lr, r in by.items():
+            p, h = r["prequential"], r["heldout"]
+            lines.append(f"{d:<14} {lr:<8} {p['mean']:>9.4f} ± {p['std']:.4f} "
+                         f"{h['mean']:>9.4f} ± {h['std']:.4f} {r['seconds_per_run']:>7.2f}")
+        if "sklearn" in by:
+            dp = by["learnd"]["prequential"]["mean"] - by["sklearn"]["prequential"]["mean"]
+            dh = by["learnd"]["heldout"]["mean"] - by["sklearn"]["heldout"]["mean"]
+            lines.append(f"{'':<14} {'diff':<8} {dp:>+9.4f}{'':8} {dh:>+9.4f}")
+    return "\n".join(lines)
+
+
+def _parse_set(items):
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set takes key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v  # a bare word: xavier, momentum, ...
+    return out
+
+
+def check_overrides(overrides):
+    """Reject --set keys that are not Model settings (or are fixed by the benchmark)."""
+    import inspect
+
+    from engine import Model
+    allowed = set(inspect.signature(Model.__init__).parameters) - {
+        "self", "hidden", "task", "n_outputs", "seed"}
+    bad = sorted(set(overrides) - allowed)
+    if bad:
+        raise SystemExit(f"--set: not a Model setting the benchmark lets you change: {bad}; "
+                         f"choose from {', '.join(sorted(allowed))} (use --hidden for hidden)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.learning",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--hidden", type=int, nargs="+", default=list(HIDDEN))
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override learnd Model settings (exploration)")
+    ap.add_argument("--no-sklearn", action="store_true", help="run learnd only")
+    ap.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+
+    hidden = tuple(args.hidden)
+    overrides = _parse_set(args.set)
+    check_overrides(overrides)
+    t0 = time.perf_counter()
+    table, results = run(args.datasets, args.seeds, hidden, overrides,
+                         sklearn=not args.no_sklearn, jobs=args.jobs)
+    wall = time.perf_counter() - t0
+    print(format_table(table, hidden, overrides, args.seeds))
+    print(f"wall time {wall:.1f} s")
+    if args.json:
+        import platform
+        import sklearn
+        doc = {"benchmark": "learning", "batch": BATCH, "hidden": list(hidden),
+               "seeds": list(args.seeds), "learnd_overrides": overrides,
+               "protocol": "one pass in file order, test-then-train on rows [0, heldout.start) "
+                           "(first batch trained, not scored); held-out accuracy on rows "
+                           "[heldout.start, n) after the pass",
+               "table": table, "runs": results, "wall_seconds": wall,
+               "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                            "sklearn": sklearn.__version__}}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2, default=repr)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

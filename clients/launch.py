@@ -1,0 +1,41 @@
+"""Starting a local `learnd serve` subprocess on ephemeral loopback ports (demo, benchmarks)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+START_TIMEOUT_S = 120.0   # a cold Numba cache compiles every kernel first
+
+
+def start_daemon(state_dir, extra_args=(), env=None):
+    """(process, endpoints dict, log file) of a daemon whose sockets are all bound.
+
+    The daemon writes its bound addresses to <state_dir>/endpoints.json; its log goes
+    to <state_dir>/daemon.log.
+    """
+    log = open(os.path.join(state_dir, "daemon.log"), "wb")
+    cmd = [sys.executable, "-m", "clients.cli", "serve", "--state-dir", state_dir,
+           "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
+           "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *extra_args]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env=None if env is None else {**os.environ, **env})
+    endpoints = os.path.join(state_dir, "endpoints.json")
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log.close()
+            raise RuntimeError(f"the daemon exited with {proc.returncode}; see {log.name}")
+        try:
+            with open(endpoints) as f:
+                data = json.load(f)
+            if data.get("pid") == proc.pid:
+                return proc, data, log
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    log.close()
+    raise RuntimeError("the daemon did not start in time")
