@@ -49,13 +49,19 @@ class Optimizer(ABC):
             self._moment(k, like)[...] = v
 
 
+def _typed(theta, *values):
+    """The scalars in theta's dtype, so the kernels compute in it throughout."""
+    kind = theta.dtype.type
+    return tuple(kind(v) for v in values)
+
+
 class SGD(Optimizer):
     """θ -= α g."""
 
     name = "sgd"
 
     def _apply(self, theta, g, lr, g_scale):
-        optim.sgd_step(theta, g, g_scale, lr)
+        optim.sgd_step(theta, g, *_typed(theta, g_scale, lr))
 
 
 class Momentum(Optimizer):
@@ -65,7 +71,8 @@ class Momentum(Optimizer):
     moments = ("v",)
 
     def _apply(self, theta, g, lr, g_scale):
-        optim.momentum_step(theta, g, self._moment("v", theta), g_scale, lr, self.beta1)
+        optim.momentum_step(theta, g, self._moment("v", theta),
+                            *_typed(theta, g_scale, lr, self.beta1, 1.0 - self.beta1))
 
 
 class RMSprop(Optimizer):
@@ -75,7 +82,8 @@ class RMSprop(Optimizer):
     moments = ("s",)
 
     def _apply(self, theta, g, lr, g_scale):
-        optim.rmsprop_step(theta, g, self._moment("s", theta), g_scale, lr, self.beta2, self.eps)
+        optim.rmsprop_step(theta, g, self._moment("s", theta),
+                           *_typed(theta, g_scale, lr, self.beta2, 1.0 - self.beta2, self.eps))
 
 
 class Adam(Optimizer):
@@ -85,8 +93,11 @@ class Adam(Optimizer):
     moments = ("v", "s")
 
     def _apply(self, theta, g, lr, g_scale):
+        c1 = 1.0 - self.beta1 ** self.t
+        c2 = 1.0 - self.beta2 ** self.t
         optim.adam_step(theta, g, self._moment("v", theta), self._moment("s", theta),
-                        g_scale, lr, self.beta1, self.beta2, self.eps, self.t)
+                        *_typed(theta, g_scale, lr / c1, self.beta1, 1.0 - self.beta1,
+                                self.beta2, 1.0 - self.beta2, 1.0 / c2, self.eps))
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, RMSprop, Adam)}

@@ -14,7 +14,7 @@ ACTIVATIONS = {"relu": RELU, "leaky_relu": LEAKY_RELU, "tanh": TANH,
 LEAKY_SLOPE = 0.01
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def sigmoid(z):
     # Two branches so exp never overflows: exp(-|z|) <= 1.
     if z >= 0:
@@ -23,7 +23,7 @@ def sigmoid(z):
     return e / (1.0 + e)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def activation_forward(Z, A, kind):
     """A = g(Z), elementwise.  Z, A: (m, n)."""
     m, n = Z.shape
@@ -42,7 +42,7 @@ def activation_forward(Z, A, kind):
                 A[i, j] = z
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def activation_backward(dA, A, dZ, kind):
     """dZ = dA * g'(Z), with g' taken from the stored A = g(Z).  May run in place.
 

@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def batchnorm_forward_train(Z, gamma, beta, Zhat, Out, mean, var, inv_std, eps):
     """Normalize with the batch's own statistics.
 
@@ -34,7 +34,7 @@ def batchnorm_forward_train(Z, gamma, beta, Zhat, Out, mean, var, inv_std, eps):
             Out[i, j] = gamma[j] * zh + beta[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def batchnorm_backward(dOut, Zhat, gamma, inv_std, dgamma, dbeta, dZ, sum_buf):
     """Backward of Out = gamma * (Z - mean) * inv_std + beta, batch statistics included.
 
@@ -59,7 +59,7 @@ def batchnorm_backward(dOut, Zhat, gamma, inv_std, dgamma, dbeta, dZ, sum_buf):
             dZ[i, j] = sum_buf[j] * (m * dOut[i, j] - dbeta[j] - Zhat[i, j] * dgamma[j])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def batchnorm_forward_eval(Z, gamma, beta, running_mean, running_var, eps, Out):
     """Inference: Out = gamma * (Z - running_mean) / sqrt(running_var + eps) + beta.
 
@@ -72,7 +72,7 @@ def batchnorm_forward_eval(Z, gamma, beta, running_mean, running_var, eps, Out):
             Out[i, j] = (Z[i, j] - running_mean[j]) * scale + beta[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def batchnorm_update_running(running_mean, running_var, mean, var, m, momentum_beta):
     """EWMA of the batch statistics: running = beta * running + (1 - beta) * batch.
 

@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def dense_forward(A_prev, W, b, Z):
     """Z = A_prev @ W.T + b.
 
@@ -17,7 +17,7 @@ def dense_forward(A_prev, W, b, Z):
                 Z[i, j] += b[j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def dense_backward(dZ, A_prev, W, dW, db, dA_prev):
     """Backward of Z = A_prev @ W.T + b.
 

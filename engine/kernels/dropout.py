@@ -4,7 +4,7 @@ from numba import njit
 from .rng import next_uniform
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def dropout_forward(A, mask, Out, keep_prob, rng_state):
     """Keep each unit with probability keep_prob and scale the kept ones by 1/keep_prob,
     so the expected activation is unchanged and inference needs no rescaling.
@@ -22,7 +22,7 @@ def dropout_forward(A, mask, Out, keep_prob, rng_state):
             Out[i, j] = A[i, j] * mask[i, j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def dropout_backward(dOut, mask, dA):
     """Backward of Out = A * mask: dA = dOut * mask.  May run in place.  All (m, n)."""
     m, n = dOut.shape

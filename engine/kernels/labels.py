@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def class_ids_to_onehot(y, n_classes, Y):
     """Y[i] = one-hot(y[i]).  Returns the index of the first id outside [0, K), or -1.
     y: (m,) integer ids  Y: (m, K).  Y is untouched when an id is out of range.
@@ -19,7 +19,7 @@ def class_ids_to_onehot(y, n_classes, Y):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def first_bad_binary(y, allow_nan):
     """Index of the first entry of y (m, K) that is not 0 or 1 (or NaN when allowed), or -1."""
     m, K = y.shape
@@ -34,7 +34,7 @@ def first_bad_binary(y, allow_nan):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def first_bad_onehot(y, tol):
     """Index of the first row of y (m, K) that is not a probability row, or -1."""
     m, K = y.shape
@@ -50,7 +50,7 @@ def first_bad_onehot(y, tol):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def copy_into(src, dst):
     """dst[...] = src with a dtype cast.  src, dst: (m, K)."""
     m, K = src.shape

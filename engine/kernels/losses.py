@@ -16,7 +16,7 @@ HEADS = {"multiclass": SOFTMAX, "binary": SIGMOID, "multilabel": SIGMOID,
          "regression": IDENTITY}
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def softmax_rows(Z, P):
     """P = softmax(Z) per row, shifted by the row max so exp never overflows.  (m, K)."""
     m, K = Z.shape
@@ -34,7 +34,7 @@ def softmax_rows(Z, P):
             P[i, k] /= total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def head_output(head, Z, P):
     """Inference output of a head: softmax rows, sigmoid, or identity.  Z, P: (m, K)."""
     if head == SOFTMAX:
@@ -46,7 +46,7 @@ def head_output(head, Z, P):
             P[i, k] = sigmoid(Z[i, k]) if head == SIGMOID else Z[i, k]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def softmax_cross_entropy(Z, Y, w, P, dZ):
     """L_i = -sum_k Y_ik log softmax(Z_i)_k;  dZ = (P - Y) w_i / m.
 
@@ -77,7 +77,7 @@ def softmax_cross_entropy(Z, Y, w, P, dZ):
     return total / m
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def sigmoid_cross_entropy(Z, Y, w, P, dZ):
     """Binary cross-entropy per output, summed over outputs; NaN labels count nothing.
 
@@ -104,7 +104,7 @@ def sigmoid_cross_entropy(Z, Y, w, P, dZ):
     return total / m
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def squared_error(Z, Y, w, P, dZ):
     """L_i = sum_k 1/2 (z - y)^2 with a linear output;  dZ = (Z - Y) w_i / m.
 
@@ -124,7 +124,7 @@ def squared_error(Z, Y, w, P, dZ):
     return total / m
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def head_loss(head, Z, Y, w, P, dZ):
     """Loss of the given head and its dZ; see the per-head kernels."""
     if head == SOFTMAX:

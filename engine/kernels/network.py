@@ -40,25 +40,25 @@ N_COLUMNS = 16
 SLOT_INPUT = 0    # the normalized input A0 always starts the workspace
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _rows(buf, slot, cap, m, n):
     o = slot * cap
     return buf[o:o + m * n].reshape((m, n))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _seg(buf, off, size):
     if off < 0:
         return buf[0:0]
     return buf[off:off + size]
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _matrix(buf, off, n_out, n_in):
     return buf[off:off + n_out * n_in].reshape((n_out, n_in))
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _layer_input(work, layers, l, cap, m, dropout_on, keep):
     """The (m, n_in) array layer l reads: A0, or the previous layer's (dropped) output."""
     if l == 0:
@@ -69,7 +69,7 @@ def _layer_input(work, layers, l, cap, m, dropout_on, keep):
     return _rows(work, layers[p, SLOT_A], cap, m, layers[p, N_OUT])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
                   bn_eps, l2, l1, work, cap, feat, rng_state, dropout_on, compute_grad):
     """J on a training batch (batch statistics, dropout when dropout_on) and, when
@@ -146,7 +146,7 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
     return loss
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def update_running_stats(stats, feat, layers, m, bn_beta):
     """Fold the last training batch's statistics into every batch-norm layer's EWMA."""
     for l in range(layers.shape[0]):
@@ -158,7 +158,7 @@ def update_running_stats(stats, feat, layers, m, bn_beta):
                                  feat[f:f + n], feat[f + n:f + 2 * n], m, bn_beta)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, work, cap, P):
     """Inference: running statistics, no dropout, the head's output into P (m, K).
 

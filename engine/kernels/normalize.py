@@ -5,7 +5,7 @@ from numba import njit
 MIN_STD = 1e-8
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def count_nonfinite(X):
     """How many entries of X (m, n) are NaN or +-Inf."""
     m, n = X.shape
@@ -17,7 +17,7 @@ def count_nonfinite(X):
     return bad
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def welford_merge(X, count, mean, m2, new_mean, new_m2):
     """Merge the batch X (m, n) into running statistics (count, mean (n,), m2 (n,)),
     writing the result to new_mean, new_m2 and returning the new count.
@@ -47,7 +47,7 @@ def welford_merge(X, count, mean, m2, new_mean, new_m2):
     return total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def normalizer_scale(count, mean, m2, shift, inv_scale):
     """shift = mean; inv_scale = 1/std (biased), or 1 where std < 1e-8 (centre only).
     Before any data (count 0): shift 0, inv_scale 1, so inputs pass unchanged.
@@ -62,7 +62,7 @@ def normalizer_scale(count, mean, m2, shift, inv_scale):
         inv_scale[j] = 1.0 / std if std >= MIN_STD else 1.0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def normalize_into(X, shift, inv_scale, Out):
     """Out = (X - shift) * inv_scale, casting to Out's dtype.  X, Out: (m, n)."""
     m, n = X.shape

@@ -2,12 +2,16 @@
 
 theta, g and the moment buffers are 1-D and equally long; g_scale multiplies the
 gradient first (global-norm clipping folds in here, so clipping costs no extra pass).
+Callers pass every scalar already in theta's dtype, and the kernels hold no float
+literals, so a float32 update runs in float32 SIMD lanes from end to end.
 """
 import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+# Reassociating the sum lets it vectorize; it changes only the order of rounding (NaN and
+# inf still propagate: no nnan/ninf flags), which tests/engine pin against NumPy.
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
 def global_norm(g):
     """||g||_2 of a 1-D array, accumulated in float64; inf or nan if any entry is."""
     s = 0.0
@@ -16,40 +20,42 @@ def global_norm(g):
     return np.sqrt(s)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def sgd_step(theta, g, g_scale, lr):
     """theta -= lr g."""
+    step = lr * g_scale
     for i in range(theta.shape[0]):
-        theta[i] -= lr * (g_scale * g[i])
+        theta[i] -= step * g[i]
 
 
-@njit(cache=True, nogil=True)
-def momentum_step(theta, g, v, g_scale, lr, beta1):
+@njit(cache=True, nogil=True, error_model="numpy")
+def momentum_step(theta, g, v, g_scale, lr, beta1, one_minus_beta1):
     """v = beta1 v + (1 - beta1) g;  theta -= lr v."""
+    c = one_minus_beta1 * g_scale
     for i in range(theta.shape[0]):
-        v[i] = beta1 * v[i] + (1.0 - beta1) * (g_scale * g[i])
+        v[i] = beta1 * v[i] + c * g[i]
         theta[i] -= lr * v[i]
 
 
-@njit(cache=True, nogil=True)
-def rmsprop_step(theta, g, s, g_scale, lr, beta2, eps):
+@njit(cache=True, nogil=True, error_model="numpy")
+def rmsprop_step(theta, g, s, g_scale, lr, beta2, one_minus_beta2, eps):
     """s = beta2 s + (1 - beta2) g^2;  theta -= lr g / (sqrt(s) + eps)."""
     for i in range(theta.shape[0]):
         gi = g_scale * g[i]
-        s[i] = beta2 * s[i] + (1.0 - beta2) * gi * gi
+        s[i] = beta2 * s[i] + one_minus_beta2 * gi * gi
         theta[i] -= lr * gi / (np.sqrt(s[i]) + eps)
 
 
-@njit(cache=True, nogil=True)
-def adam_step(theta, g, v, s, g_scale, lr, beta1, beta2, eps, t):
+@njit(cache=True, nogil=True, error_model="numpy")
+def adam_step(theta, g, v, s, g_scale, lr_over_c1, beta1, one_minus_beta1, beta2,
+              one_minus_beta2, inv_c2, eps):
     """v, s as momentum and rmsprop; theta -= lr v_hat / (sqrt(s_hat) + eps), where
-    v_hat = v / (1 - beta1^t) and s_hat = s / (1 - beta2^t) undo the moments' bias
-    toward their zero start.  t counts steps from 1.
+    v_hat = v / c1 and s_hat = s / c2 with c1 = 1 - beta1^t, c2 = 1 - beta2^t undo the
+    moments' bias toward their zero start (t counts steps from 1).  The caller passes
+    lr / c1 and 1 / c2.
     """
-    c1 = 1.0 / (1.0 - beta1 ** t)
-    c2 = 1.0 / (1.0 - beta2 ** t)
     for i in range(theta.shape[0]):
         gi = g_scale * g[i]
-        v[i] = beta1 * v[i] + (1.0 - beta1) * gi
-        s[i] = beta2 * s[i] + (1.0 - beta2) * gi * gi
-        theta[i] -= lr * (v[i] * c1) / (np.sqrt(s[i] * c2) + eps)
+        v[i] = beta1 * v[i] + one_minus_beta1 * gi
+        s[i] = beta2 * s[i] + one_minus_beta2 * gi * gi
+        theta[i] -= lr_over_c1 * v[i] / (np.sqrt(s[i] * inv_c2) + eps)

@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def weight_penalty(W, l2, l1):
     """(l2 / 2) ||W||_F^2 + l1 sum |W|.  W: any contiguous 1-D view of weights."""
     sq = 0.0
@@ -14,7 +14,7 @@ def weight_penalty(W, l2, l1):
     return 0.5 * l2 * sq + l1 * ab
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def add_weight_penalty_grad(W, dW, l2, l1):
     """dW += l2 W + l1 sign(W), with sign(0) = 0.  W, dW: 1-D views of equal size."""
     for i in range(W.shape[0]):

@@ -9,12 +9,12 @@ from numba import njit
 _U53 = 1.0 / 9007199254740992.0  # 2**-53
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _rotl(x, k):
     return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def next_uint64(state):
     """Advance `state` (uint64[4]) one step and return the next 64-bit output."""
     s0 = state[0]
@@ -36,7 +36,7 @@ def next_uint64(state):
     return result
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def next_uniform(state):
     """A float64 uniform on [0, 1) from the top 53 bits of the next output."""
     return np.float64(next_uint64(state) >> np.uint64(11)) * _U53

@@ -286,19 +286,20 @@ def test_optimizer_kernels_match_formulas_with_gradient_scale(rng):
 
     th, v = theta0.copy(), rng.normal(size=n)
     v0 = v.copy()
-    momentum_step(th, g, v, scale, lr, b1)
+    momentum_step(th, g, v, scale, lr, b1, 1 - b1)
     assert_allclose(v, b1 * v0 + (1 - b1) * gs, **TIGHT)
     assert_allclose(th, theta0 - lr * v, **TIGHT)
 
     th, s = theta0.copy(), rng.uniform(0, 1, size=n)
     s0 = s.copy()
-    rmsprop_step(th, g, s, scale, lr, b2, eps)
+    rmsprop_step(th, g, s, scale, lr, b2, 1 - b2, eps)
     assert_allclose(s, b2 * s0 + (1 - b2) * gs ** 2, **TIGHT)
     assert_allclose(th, theta0 - lr * gs / (np.sqrt(s) + eps), **TIGHT)
 
     t = 4
     th, v, s = theta0.copy(), v0.copy(), s0.copy()
-    adam_step(th, g, v, s, scale, lr, b1, b2, eps, t)
+    c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+    adam_step(th, g, v, s, scale, lr / c1, b1, 1 - b1, b2, 1 - b2, 1 / c2, eps)
     v_ref, s_ref = b1 * v0 + (1 - b1) * gs, b2 * s0 + (1 - b2) * gs ** 2
     assert_allclose(v, v_ref, **TIGHT)
     assert_allclose(s, s_ref, **TIGHT)
