@@ -6,9 +6,9 @@ benchmarks use, with the same shapes, layouts and float32 arithmetic:
 
 - running (all-time, Welford/Chan) z-score of the inputs, statistics in float64,
   staged with each batch before its step;
-- per layer ``Z = A W^T (+ b)`` with ``W`` of shape (n_out, n_in); on hidden layers batch
-  norm with the batch's mean and biased variance (no bias there), ReLU, inverted
-  dropout;
+- per layer ``Z = A W^T + b`` with ``W`` of shape (n_out, n_in); on hidden layers, when
+  batch norm is on, batch norm with the batch's mean and biased variance instead of the
+  bias; ReLU; inverted dropout;
 - a softmax + cross-entropy head (multiclass) or a sigmoid + binary cross-entropy head
   (binary), each with its fused ``dZ = (P - Y) / m``;
 - the L2 penalty ``(l2/2) sum ||W||^2`` in J and ``l2 W`` in dW (weights only);
@@ -82,7 +82,7 @@ class NumpyMLP:
             self.p[name] = self.flat[o:o + n].reshape(shape)
             self.g[name] = self.flat_grad[o:o + n].reshape(shape)
             o += n
-        init = np.random.default_rng(seed)
+        init = np.random.default_rng(seed)   # He; the benchmarks load the engine's values
         for l in range(1, self.L + 1):
             n_in = self.sizes[l - 1]
             self.p[f"W{l}"][...] = init.standard_normal(self.p[f"W{l}"].shape) * np.sqrt(2.0 / n_in)
@@ -174,8 +174,9 @@ class NumpyMLP:
             np.matmul(A, W.T, out=Z)
             if self.l2:
                 penalty += 0.5 * self.l2 * float(np.vdot(W, W))
-            if l == self.L:
+            if not self._has_bn(l):
                 Z += self.p[f"b{l}"]
+            if l == self.L:
                 break
             entry = {}
             if self._has_bn(l):
@@ -297,8 +298,9 @@ class NumpyMLP:
         A = (X - self.shift) * self.inv_scale
         for l in range(1, self.L + 1):
             Z = A @ self.p[f"W{l}"].T
-            if l == self.L:
+            if not self._has_bn(l):
                 Z += self.p[f"b{l}"]
+            if l == self.L:
                 break
             if self._has_bn(l):
                 rm, rv = self.running[f"running_mean{l}"], self.running[f"running_var{l}"]

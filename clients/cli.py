@@ -18,6 +18,10 @@ EXIT_UNREACHABLE = 3
 EXIT_INTERRUPTED = 130
 
 
+class UsageError(ValueError):
+    """A command line that cannot be acted on (exit code 2)."""
+
+
 def _parse_value(text):
     """A command-line value read as a TOML value (numbers, bools, lists), else a string."""
     try:
@@ -35,7 +39,7 @@ def _key_values(items, command):
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"learnd {command}: expected KEY=VALUE, got {item!r}")
+            raise UsageError(f"expected KEY=VALUE, got {item!r}")
         out[key] = _parse_value(value)
     return out
 
@@ -271,7 +275,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataFileError as exc:
+    except (DataFileError, UsageError) as exc:
         print(f"learnd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LearndError as exc:

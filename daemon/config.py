@@ -82,8 +82,11 @@ class Config:
         host, sep, port = self.metrics.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f"metrics must be HOST:PORT, got {self.metrics!r}")
+        # Without a task (the first batch gives it) check the rest against a task that
+        # takes any number of outputs.
         try:
-            ModelSpec(**{"task": "binary", **self.model} if "task" not in self.model else self.model)
+            ModelSpec(**{"task": "multilabel", "n_outputs": 1, **self.model}
+                      if "task" not in self.model else self.model)
         except TypeError as exc:
             raise ConfigError(f"[model]: {exc}") from None
         except EngineError as exc:
@@ -126,6 +129,8 @@ def load(path=None, env=None, flags=None):
     flags: {daemon_key: value} and {"model": {model_key: value}}; None values are ignored.
     """
     env = os.environ if env is None else env
+    if path is None:
+        path = env.get("LEARND_CONFIG") or None
     daemon, model = {}, {}
     if path is not None:
         try:

@@ -73,3 +73,9 @@ class RecentWindow:
 
     def rows(self):
         return self.x[:self.filled], self.Y[:self.filled]
+
+    def latest(self, k):
+        """The k most recent rows, oldest first (copies)."""
+        k = min(k, self.filled)
+        idx = (self.pos - k + np.arange(k)) % self.size
+        return self.x[idx], self.Y[idx]

@@ -6,6 +6,8 @@ import copy
 import numpy as np
 
 from clients.protocol import ProtocolError
+from engine import EngineError
+from engine.spec import ModelSpec
 
 from . import schema as checks
 from .trainer import TrainItem
@@ -29,8 +31,9 @@ def train_fields(header):
 class IngestChecker:
     """Checks train messages against the stream's schema (fixing it on the first one)."""
 
-    def __init__(self, schema, dtype, id_store, limits):
+    def __init__(self, schema, dtype, id_store, limits, model_settings):
         self.schema = schema
+        self.model_settings = model_settings
         self.dtype = np.dtype(dtype)
         self.id_store = id_store
         self.limits = limits
@@ -54,12 +57,21 @@ class IngestChecker:
         Y = checks.targets(y, schema, x.shape[0], self.dtype)
         w = None if w is None else checks.weights(w, x.shape[0])
         if schema is not self.schema:  # the first valid batch fixes the schema
+            self._check_model_settings(schema)
             self.schema.__dict__.update(schema.__dict__)
         x = np.array(x, dtype=self.dtype)  # a copy: the message frames are released
         if "x" not in arrays:
             self.id_store.discard(ids)
         return TrainItem(lsn=lsn, producer=producer, seq=seq,
                          split="train" if split == "auto" else split, x=x, Y=Y, w=w)
+
+    def _check_model_settings(self, schema):
+        """The configured model must be buildable for what the first batch implies."""
+        try:
+            ModelSpec(**{**self.model_settings, **schema.to_dict()})
+        except EngineError as exc:
+            raise ProtocolError("bad_label", f"the first batch implies {schema.to_dict()}, which the "
+                                             f"configured model cannot take: {exc}") from None
 
     def _stored_inputs(self, ids):
         if ids.ndim != 1 or ids.dtype.kind not in "iu":

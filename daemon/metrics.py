@@ -47,6 +47,7 @@ class Metrics:
         self.train_loss = Gauge("learnd_train_loss",
                                 "EWMA (beta 0.98, bias-corrected) of the training loss per step.",
                                 registry=r)
+        self.train_loss.set(float("nan"))     # no step yet: no loss, rather than a false 0
         self.nonfinite_steps = Counter("learnd_nonfinite_steps_total",
                                        "Steps skipped because their loss or gradient was not finite.",
                                        registry=r)

@@ -91,10 +91,11 @@ class PredictServer(threading.Thread):
                                                   f"got {list(x.shape)}")
         if x.dtype.kind not in "iuf":
             raise ProtocolError("bad_array", f"x must be numbers, got dtype {x.dtype.str}")
-        if x.dtype.kind != "f":
-            x = x.astype(snap.dtype)
-        elif not np.isfinite(x).all():
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise ProtocolError("non_finite", "x holds NaN or Inf")
+        if x.dtype != snap.dtype:
+            # One kernel per dtype is compiled at start; other inputs are cast, not compiled for.
+            x = x.astype(snap.dtype)
         ids = arrays.get("ids")
         if ids is not None:
             if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.shape[0] != x.shape[0]:

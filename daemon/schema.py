@@ -13,6 +13,10 @@ from engine.spec import TASKS
 
 log = logging.getLogger("learnd.schema")
 
+# Guessing more classes than this from one batch's largest id is more likely a bad label
+# than a real task; a producer with that many classes says so with header "n_outputs".
+MAX_GUESSED_CLASSES = 10_000
+
 
 class Schema:
     """input_dim, task and n_outputs of the model; None until known."""
@@ -52,6 +56,12 @@ class Schema:
             n_out = _guess_outputs(task, y)
         if task == "binary":
             n_out = 1
+        if x.ndim != 2 or x.shape[1] < 1:
+            raise ProtocolError("shape_mismatch", f"x must be 2-D with at least one feature, got "
+                                                  f"shape {list(x.shape)}")
+        if n_out > MAX_GUESSED_CLASSES and not header.get("n_outputs"):
+            raise ProtocolError("bad_label", f"the labels imply {n_out} outputs; give header "
+                                             "'n_outputs' if that is really meant")
         self.input_dim = self.input_dim or int(x.shape[1])
         self.task, self.n_outputs = task, int(n_out)
         log.info("stream schema fixed by the first batch: input_dim=%d task=%s n_outputs=%d",
@@ -92,8 +102,8 @@ def check_x(x, schema, limits_rows):
     if x.dtype.kind not in "iuf":
         raise ProtocolError("bad_array", f"x must be numbers, got dtype {x.dtype.str}")
     m, n = x.shape
-    if m == 0:
-        raise ProtocolError("shape_mismatch", "x has no rows")
+    if m == 0 or n == 0:
+        raise ProtocolError("shape_mismatch", f"x needs at least one row and one feature, got {list(x.shape)}")
     if schema.input_dim is not None and n != schema.input_dim:
         raise ProtocolError("shape_mismatch", f"x must have {schema.input_dim} features, got {n}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():

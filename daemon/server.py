@@ -61,9 +61,8 @@ class Server:
                              max_array_bytes=config.max_array_bytes,
                              max_message_bytes=config.max_message_bytes,
                              max_rows=config.max_rows)
-        self.schema = Schema(config.model.get("input_dim"),
-                             config.model.get("task"),
-                             config.model.get("n_outputs") if "task" in config.model else None)
+        self.schema = Schema(config.model.get("input_dim"), config.model.get("task"),
+                             config.model.get("n_outputs"))
         self.id_store = IdStore(config.id_store_size, config.id_ttl_s)
         self.ctx = None
         self.trainer = None
@@ -87,9 +86,6 @@ class Server:
         if cfg.wal:
             self.wal = WriteAheadLog(os.path.join(cfg.state_dir, "wal")).open()
         self.trainer = Trainer(cfg, self.schema, self.metrics, self.checkpoints, self.wal)
-        dtype = cfg.model.get("dtype", "float32")
-        self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits)
-        self.accepted = None
         self._restore()
         self.metrics.add_live_collector(self._live_values)
         self.ctx = zmq.Context()
@@ -135,6 +131,10 @@ class Server:
         if path is not None:
             log.info("resumed from %s: %d batches, %d samples trained", path,
                      self.trainer.batches_trained, self.trainer.samples_trained)
+            self.trainer.apply_configured_settings()
+        model = self.trainer.model
+        dtype = model.dtype if model is not None else self.config.model.get("dtype", "float32")
+        self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, self.config.model)
         self.accepted = self.trainer.dedupe.copy()
         if self.wal is not None:
             self._replay_wal()
@@ -149,7 +149,7 @@ class Server:
                 if self.accepted.seen(producer, seq):
                     continue
                 item = self.checker.item(message, lsn)
-            except ProtocolError as exc:  # it passed these checks when it was logged
+            except Exception as exc:  # it passed these checks when it was logged
                 log.error("write-ahead log record %d no longer passes its checks: %s", lsn, exc)
                 continue
             self.accepted.add(producer, seq)
@@ -223,7 +223,8 @@ class Server:
             "learnd_model_version": ("Version of the snapshot serving predictions.",
                                      snap.version if snap is not None else 0),
             "learnd_learning_rate": ("Learning rate of the next step.",
-                                     model.learning_rate if model is not None else 0.0),
+                                     model.learning_rate if model is not None
+                                     else self.config.model.get("lr", ModelSpec.lr)),
             "learnd_uptime_seconds": ("Seconds since the daemon started.", time.monotonic() - self.started),
             "learnd_ready": ("1 when the model exists and its kernels are compiled.", float(self.ready())),
             "learnd_delayed_label_store_rows": ("Inputs kept for delayed labels.", len(self.id_store)),
@@ -241,6 +242,7 @@ class Server:
                 log.error("the trainer thread stopped; shutting down")
                 break
             room = self.trainer.queue.maxsize - self.trainer.queue.qsize() - len(self._pending_acks)
+            room = max(room, 0)
             if (room > 0) != reading_ingest:
                 # A full queue stops reads; ZeroMQ's high-water mark then pushes back on producers.
                 reading_ingest = room > 0
@@ -263,13 +265,19 @@ class Server:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            handler(frames)
+            try:
+                handler(frames)
+            except Exception as exc:  # a bug or a full disk must not stop the daemon: answer, count, log
+                log.exception("failed to handle a message")
+                self._reject(sock, frames[0], ProtocolError("internal", f"{type(exc).__name__}: {exc}"), {})
 
     def _reply(self, sock, identity, header, arrays=None):
         sock.send_multipart([identity, *protocol.encode(header, arrays)], copy=False)
 
     def _reject(self, sock, identity, exc, echo):
         self.metrics.rejected.labels(exc.code).inc()
+        if exc.code == "unknown_id":
+            self.metrics.expired_ids.inc()
         self._rejects_since_log += 1
         self._reply(sock, identity, protocol.error(exc.code, exc.message, **echo))
 
@@ -292,7 +300,11 @@ class Server:
             producer, seq, _ = train_fields(message.header)
             if self.accepted.seen(producer, seq):
                 self.metrics.ingest_messages.labels("duplicate").inc()
-                self._reply(self.ingest, identity, protocol.ok(seq=seq, accepted=0, duplicate=True))
+                reply = protocol.ok(seq=seq, accepted=0, duplicate=True)
+                if self._pending_acks:   # the original may still await its fsync: ack after it
+                    self._pending_acks.append((identity, reply, None))
+                else:
+                    self._reply(self.ingest, identity, reply)
                 return
             item = self.checker.item(message)
         except ProtocolError as exc:
@@ -327,7 +339,8 @@ class Server:
         self.wal.sync()
         self.metrics.wal_fsync_seconds.observe(time.perf_counter() - t0)
         for identity, reply, item in self._pending_acks:
-            self.trainer.queue.put(item)
+            if item is not None:
+                self.trainer.queue.put(item)
             self._reply(self.ingest, identity, reply)
         self._pending_acks.clear()
 
@@ -343,9 +356,8 @@ class Server:
             return
         if hasattr(result, "add_done_callback"):
             self._control_futures.append((identity, echo, result))
-            if len(self._control_futures) > self.MAX_PENDING_CONTROL:
+            if len(self._control_futures) > self.MAX_PENDING_CONTROL and result.cancel():
                 self._control_futures.pop()
-                result.cancel()
                 self._reject(self.control, identity, ProtocolError(
                     "busy", f"{self.MAX_PENDING_CONTROL} control operations are already waiting"), echo)
         else:

@@ -152,6 +152,23 @@ class Trainer(threading.Thread):
                 r.load_state(d["reservoirs"][k])
             self.publish(time.monotonic())
 
+    def apply_configured_settings(self):
+        """After a restore, take the live settings the configuration names (an operator
+        who changed lr in the config and restarted means it); the architecture stays the
+        checkpoint's, and a configuration that disagrees with it is logged."""
+        if self.model is None:
+            return
+        spec = self.model.spec.to_dict()
+        live = {k: v for k, v in self.config.model.items() if k in LIVE_SETTINGS and spec.get(k) != v}
+        if live:
+            self.model.set(**live)
+            log.info("configured settings applied to the resumed model: %s", live)
+        fixed = {k: v for k, v in self.config.model.items()
+                 if k not in LIVE_SETTINGS and k in spec and spec[k] != (list(v) if isinstance(v, tuple) else v)}
+        if fixed:
+            log.warning("the checkpoint's model keeps its own %s; the configuration's %s apply only "
+                        "to a new state dir", sorted(fixed), fixed)
+
     def write_checkpoint(self, reason):
         t0 = time.perf_counter()
         try:
@@ -323,10 +340,9 @@ class Trainer(threading.Thread):
                 for k in settings}
 
     def gradient_check(self):
-        x, Y = self.recent.rows() if self.recent is not None else (None, None)
-        if x is None or x.shape[0] < 2:
+        if self.recent is None or self.recent.filled < 2:
             raise LookupError("no trained rows yet to check the gradient on")
-        x, Y = x[-GRADCHECK_ROWS:], Y[-GRADCHECK_ROWS:]
+        x, Y = self.recent.latest(GRADCHECK_ROWS)
         return self.model.gradient_check(x, Y, max_entries=GRADCHECK_ENTRIES).to_dict()
 
     # -- the thread ---------------------------------------------------------------------------

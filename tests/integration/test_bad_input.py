@@ -148,3 +148,30 @@ def test_every_error_code_is_produced_by_some_test():
     # tests/daemon/test_predictor.py.  Everything else: the barrage above.
     produced = {code for _, _, code in barrage()} | {"busy", "not_ready", "internal"}
     assert produced == set(protocol.ERROR_CODES)
+
+
+@pytest.mark.parametrize("x, y, header", [
+    (np.zeros((4, 0), np.float32), np.zeros(4, np.int64), {}),            # no features
+    (np.zeros((2, 3), np.float32), np.array([0, 2 ** 62]), {}),            # absurd class count
+    (np.zeros((2, 3), np.float32), np.array([0, 1]), {"task": "binary", "n_outputs": 0}),
+])
+def test_a_bad_first_batch_is_refused_and_the_daemon_lives_on(daemons, x, y, header):
+    d = daemons()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(d.ingest)
+    try:
+        sock.send_multipart(raw({"op": "train", "producer": "p", "seq": 0, **header}, {"x": x, "y": y}))
+        assert sock.poll(20_000)
+        reply = protocol.decode(sock.recv_multipart(), reply=True)
+    finally:
+        sock.close()
+        ctx.term()
+    assert reply.header["ok"] is False
+    with Control(d.control) as c:
+        status = c.status()
+    assert status["task"] is None and status["input_dim"] is None     # the schema is still open
+    with Producer(d.ingest, timeout=20) as prod:
+        prod.send(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]))
+    assert prod.rejected == []

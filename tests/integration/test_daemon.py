@@ -155,10 +155,12 @@ def test_signal_checkpoints_and_a_restart_resumes_exactly(daemons, digits, tmp_p
     Xtr, ytr, Xte, _ = digits
     d = daemons()
     send_batches(d.ingest, Xtr, ytr, 12)
-    before = trained(d, 12)
+    trained(d, 12)
     with Predictor(d.predict) as p:
         d.wait_until(lambda: p.predict(Xte[:1]).model_version == 12, what="last snapshot")
         proba = p.predict(Xte, output="proba").y
+    with Control(d.control) as c:
+        before = c.status()
     assert d.stop(sig) == 0
     assert glob.glob(str(tmp_path / "state" / "checkpoint-*.ckpt"))
     assert "checkpoint written (shutdown)" in d.log()
