@@ -88,7 +88,7 @@ class Daemon:
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return out
 
-    def wait_until(self, predicate, timeout=60.0, what="condition"):
+    def wait_until(self, predicate, timeout=120.0, what="condition"):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():

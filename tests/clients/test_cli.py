@@ -41,6 +41,10 @@ def test_every_command(daemons, data_files):
     r = learnd("replay", str(tmp / "test.csv"), "--label", "digit", "--split", "test", "--quiet", ing)
     assert r.returncode == 0, r.stderr
 
+    from clients.client import Control
+    with Control(d.control) as c:   # acked is not yet trained: with a cold cache the trainer compiles first
+        d.wait_until(lambda: c.status()["samples_trained"] >= 3 * 1438 + 128 - 1, timeout=120,
+                     what="replayed rows trained")
     r = learnd("status", ctl)
     assert r.returncode == 0 and "samples_trained" in r.stdout and "multiclass" in r.stdout
     status = json.loads(learnd("status", "--json", ctl).stdout)
