@@ -10,20 +10,22 @@ import time
 START_TIMEOUT_S = 120.0   # a cold Numba cache compiles every kernel first
 
 
-def start_daemon(state_dir, extra_args=(), env=None):
+def start_daemon(state_dir, extra_args=(), env=None, log_path=None, timeout=START_TIMEOUT_S):
     """(process, endpoints dict, log file) of a daemon whose sockets are all bound.
 
-    The daemon writes its bound addresses to <state_dir>/endpoints.json; its log goes
-    to <state_dir>/daemon.log.
+    The daemon writes its bound addresses to <state_dir>/endpoints.json; its output is
+    appended to log_path (default <state_dir>/daemon.log).  Later arguments in
+    extra_args override the ephemeral addresses.
     """
-    log = open(os.path.join(state_dir, "daemon.log"), "wb")
+    os.makedirs(state_dir, exist_ok=True)
+    log = open(log_path or os.path.join(state_dir, "daemon.log"), "ab")
     cmd = [sys.executable, "-m", "clients.cli", "serve", "--state-dir", state_dir,
            "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
            "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *extra_args]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                             env=None if env is None else {**os.environ, **env})
     endpoints = os.path.join(state_dir, "endpoints.json")
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.close()

@@ -6,7 +6,6 @@ trainer thread has run the op between steps.
 from __future__ import annotations
 
 import math
-import time
 
 from clients.protocol import ProtocolError
 from engine import EngineError
@@ -70,7 +69,3 @@ def clean(value):
     if isinstance(value, dict):
         return {k: clean(v) for k, v in value.items()}
     return value
-
-
-def uptime(start):
-    return time.monotonic() - start

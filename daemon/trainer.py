@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -22,7 +22,7 @@ from engine import EngineError, Model
 from engine.model import LIVE_SETTINGS
 from engine.state import state_from_bytes, state_to_bytes
 
-from .checkpoints import pack_array, unpack_array
+from .checkpoints import decode, pack_array, unpack_array
 from .dedupe import Dedupe
 from .evaluation import RecentWindow, Reservoir
 from .rebatch import Rebatcher
@@ -192,7 +192,6 @@ class Trainer(threading.Thread):
 
     def _trim_wal(self):
         """Drop log segments that even the oldest kept checkpoint no longer needs."""
-        from .checkpoints import decode
         files = self.checkpoints.files()
         if not files:
             return
@@ -216,7 +215,7 @@ class Trainer(threading.Thread):
         self.last_lsn = max(self.last_lsn, item.lsn)
         self._dirty_since_checkpoint = True
 
-    def _train_ready_batches(self, now, final=False):
+    def _train_ready_batches(self, now):
         bs = self.config.batch_size
         rb = self.rebatcher
         if rb is None:
@@ -224,7 +223,7 @@ class Trainer(threading.Thread):
         while len(rb) >= bs:
             self._step(*rb.take(bs, now))
         linger = self.config.batch_linger_ms / 1e3
-        if len(rb) >= 2 and (final or now - rb.oldest_time >= linger):
+        if len(rb) >= 2 and now - rb.oldest_time >= linger:
             self._step(*rb.take(len(rb), now))
 
     def _step(self, x, Y, w):
@@ -325,7 +324,6 @@ class Trainer(threading.Thread):
                            f"{', '.join(LIVE_SETTINGS + LIVE_DAEMON_SETTINGS)}")
         model_part = {k: v for k, v in settings.items() if k in LIVE_SETTINGS}
         daemon_part = {k: v for k, v in settings.items() if k in LIVE_DAEMON_SETTINGS}
-        from dataclasses import replace
         candidate = replace(self.config, **daemon_part).validate() if daemon_part else self.config
         if model_part:
             if self.model is not None:

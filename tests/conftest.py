@@ -1,17 +1,17 @@
 """Shared fixtures: real learnd daemons in subprocesses on ephemeral loopback ports."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from clients.launch import start_daemon
 
 START_TIMEOUT_S = 90.0     # a cold Numba cache compiles every kernel first
 
@@ -22,36 +22,19 @@ class Daemon:
     def __init__(self, state_dir, args=(), env=None):
         self.state_dir = str(state_dir)
         self.args = list(args)
-        self.env = {**os.environ, **(env or {})}
+        self.env = env
         self.proc = None
         self.endpoints = {}
         self.log_path = os.path.join(os.path.dirname(self.state_dir),
                                      os.path.basename(self.state_dir) + ".log")
 
     def start(self, timeout=START_TIMEOUT_S):
-        endpoints = os.path.join(self.state_dir, "endpoints.json")
-        if os.path.exists(endpoints):
-            os.unlink(endpoints)
-        cmd = [sys.executable, "-m", "clients.cli", "serve", "--state-dir", self.state_dir,
-               "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
-               "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *self.args]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with open(endpoints) as f:
-                    data = json.load(f)
-                if data.get("pid") == self.proc.pid:
-                    self.endpoints = data
-                    return self
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise TimeoutError(f"daemon did not start in {timeout} s:\n{self.log()}")
+        try:
+            self.proc, self.endpoints, self._log = start_daemon(
+                self.state_dir, self.args, self.env, log_path=self.log_path, timeout=timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{self.log()}") from None
+        return self
 
     @property
     def ingest(self):

@@ -2,6 +2,8 @@
 import numpy as np
 from numba import njit
 
+from .moments import column_moments
+
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def batchnorm_forward_train(Z, gamma, beta, Zhat, Out, mean, var, inv_std, eps):
@@ -12,18 +14,7 @@ def batchnorm_forward_train(Z, gamma, beta, Zhat, Out, mean, var, inv_std, eps):
     Z, Zhat, Out: (m, n)  gamma, beta, mean, var, inv_std: (n,).  Out may alias Z.
     """
     m, n = Z.shape
-    mean[:] = 0.0
-    var[:] = 0.0
-    for i in range(m):
-        for j in range(n):
-            mean[j] += Z[i, j]
-    for j in range(n):
-        mean[j] /= m
-    # Two passes (mean, then squared deviations) so var never goes negative from cancellation.
-    for i in range(m):
-        for j in range(n):
-            d = Z[i, j] - mean[j]
-            var[j] += d * d
+    column_moments(Z, mean, var)
     for j in range(n):
         var[j] /= m
         inv_std[j] = 1.0 / np.sqrt(var[j] + eps)

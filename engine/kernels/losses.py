@@ -16,22 +16,30 @@ HEADS = {"multiclass": SOFTMAX, "binary": SIGMOID, "multilabel": SIGMOID,
          "regression": IDENTITY}
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _softmax_row(Z, P, i):
+    """P[i] = softmax(Z[i]), shifted by the row max so exp never overflows; returns
+    (max, log of the shifted sum), with which log softmax is z - max - log_sum."""
+    K = Z.shape[1]
+    zmax = Z[i, 0]
+    for k in range(1, K):
+        if Z[i, k] > zmax:
+            zmax = Z[i, k]
+    total = 0.0
+    for k in range(K):
+        e = np.exp(Z[i, k] - zmax)
+        P[i, k] = e
+        total += e
+    for k in range(K):
+        P[i, k] /= total
+    return zmax, np.log(total)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def softmax_rows(Z, P):
-    """P = softmax(Z) per row, shifted by the row max so exp never overflows.  (m, K)."""
-    m, K = Z.shape
-    for i in range(m):
-        zmax = Z[i, 0]
-        for k in range(1, K):
-            if Z[i, k] > zmax:
-                zmax = Z[i, k]
-        total = 0.0
-        for k in range(K):
-            e = np.exp(Z[i, k] - zmax)
-            P[i, k] = e
-            total += e
-        for k in range(K):
-            P[i, k] /= total
+    """P = softmax(Z) per row.  Z, P: (m, K)."""
+    for i in range(Z.shape[0]):
+        _softmax_row(Z, P, i)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -56,20 +64,10 @@ def softmax_cross_entropy(Z, Y, w, P, dZ):
     m, K = Z.shape
     total = 0.0
     for i in range(m):
-        zmax = Z[i, 0]
-        for k in range(1, K):
-            if Z[i, k] > zmax:
-                zmax = Z[i, k]
-        s = 0.0
-        for k in range(K):
-            e = np.exp(Z[i, k] - zmax)
-            P[i, k] = e
-            s += e
-        log_s = np.log(s)
+        zmax, log_s = _softmax_row(Z, P, i)
         wi = w[i] if w.shape[0] > 0 else 1.0
         li = 0.0
         for k in range(K):
-            P[i, k] /= s
             if Y[i, k] != 0.0:
                 li -= Y[i, k] * (Z[i, k] - zmax - log_s)
             dZ[i, k] = (P[i, k] - Y[i, k]) * (wi / m)

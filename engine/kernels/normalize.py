@@ -2,6 +2,8 @@
 import numpy as np
 from numba import njit
 
+from .moments import column_moments
+
 MIN_STD = 1e-8
 
 
@@ -28,18 +30,7 @@ def welford_merge(X, count, mean, m2, new_mean, new_m2):
     """
     m, n = X.shape
     total = count + m
-    for j in range(n):
-        new_mean[j] = 0.0
-        new_m2[j] = 0.0
-    for i in range(m):
-        for j in range(n):
-            new_mean[j] += X[i, j]
-    for j in range(n):
-        new_mean[j] /= m
-    for i in range(m):
-        for j in range(n):
-            d = X[i, j] - new_mean[j]
-            new_m2[j] += d * d
+    column_moments(X, new_mean, new_m2)
     for j in range(n):
         delta = new_mean[j] - mean[j]
         new_m2[j] = m2[j] + new_m2[j] + delta * delta * count * m / total

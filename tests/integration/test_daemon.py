@@ -77,7 +77,7 @@ def test_predictions_equal_the_embedded_engine_trained_on_the_same_batches(daemo
         for k in range(n):
             model.partial_fit(Xtr[k * BATCH:(k + 1) * BATCH], ytr[k * BATCH:(k + 1) * BATCH])
         local = model.predict_proba(Xte)
-    assert served.model_version == n == status["model_version"]
+    assert served.model_version == n == status["batches_trained"]
     assert np.array_equal(served.y, local)
 
 
