@@ -22,15 +22,23 @@ layers and dA for layers 2 and 3 backward).
 Method.  The machine is small (2 cores) and shared, so single runs differ by tens of
 percent.  Everything is warmed first (Numba compilation or cache load, PyTorch's first
 calls, BLAS thread pools).  Then the measurements run in rounds; each round runs one
-block of every measurement, in an order rotated from round to round, with a short
-pause between blocks so that the spinning worker threads of one BLAS/OpenMP pool do not
-steal the core from the next block.  Each figure is the median over rounds, with the
-half inter-quartile range as its spread; each ratio is the median of the per-round
-ratios of blocks that ran next to each other (latency percentiles pool every call of
-every round).  BLAS threads are set explicitly with threadpoolctl for the engine (which
-calls SciPy's OpenBLAS through Numba) and NumPy (NumPy's OpenBLAS); PyTorch's threads
-with torch.set_num_threads.  Python's cyclic GC is off inside timed blocks, as timeit
-does.  Data are synthetic, from numpy.random.default_rng(seed).
+block (~--block seconds) of every measurement, in an order rotated from round to round,
+with a short pause between blocks so that the spinning worker threads of one
+BLAS/OpenMP pool do not steal the core from the next block.  Around every block the
+CPU time the rest of the machine used is read from /proc/stat; a block is "quiet" when
+other processes kept fewer than --quiet-threshold cores busy.  Each figure is the
+median over the quiet rounds (over every round, marked "!", when fewer than 3 were
+quiet), with the half inter-quartile range as its spread; each ratio is the median of
+the per-round ratios of blocks of the same round (for one-row latency, of the rounds'
+p50s); pooled latency percentiles use every call of the quiet rounds.  The ratios of
+each side's best round are printed too.  BLAS threads are set explicitly with
+threadpoolctl for the engine (which calls SciPy's OpenBLAS through Numba) and NumPy
+(NumPy's OpenBLAS), PyTorch's with torch.set_num_threads: --blas-threads and
+--torch-threads (2) for W1 training and batch-1024 predict; W2 training and the
+one-row predict run at 1 and at 2 threads for both learnd and PyTorch and report each
+side's better setting.  Python's cyclic GC is off inside timed blocks, as timeit does.
+Data are synthetic, from numpy.random.default_rng(seed).  A full run takes about 80 s
+on an idle machine; --budget caps it.
 
 All three implementations start from the engine's initial parameters, and a short
 check at start-up (dropout off) confirms they compute the same losses and updates.
@@ -399,7 +407,8 @@ def main(argv=None):
     ap.add_argument("--blas-threads", type=int, default=2,
                     help="BLAS threads for the engine and NumPy (default 2)")
     ap.add_argument("--torch-threads", type=int, default=2,
-                    help="PyTorch threads for W1 and predict (default 2); W2 tries 1 and 2")
+                    help="PyTorch threads for W1 training and batch-1024 predict (default 2); "
+                         "W2 training and 1-row predict try 1 and 2")
     ap.add_argument("--budget", type=float, default=170.0,
                     help="stop adding rounds when the run would pass this many seconds "
                          "(default 170; at least 5 rounds run)")
@@ -453,6 +462,11 @@ def main(argv=None):
                 tm.eval()
         return pre
 
+    def blas(n):
+        """Set the BLAS pools (NumPy's and SciPy's OpenBLAS) to n threads for a block."""
+        return lambda: threadpool_limits(limits=n, user_api="blas")
+
+    B = args.blas_threads
     counters = {}
 
     def stepper(fn, key):
@@ -464,20 +478,23 @@ def main(argv=None):
         return run
 
     blocks = [
-        Block("w1_train/learnd", "learnd", stepper(w1.learnd_steps, "w1l"), W1_BATCH),
-        Block("w1_train/numpy", "numpy", stepper(w1.numpy_steps, "w1n"), W1_BATCH),
-        Block("w1_gemm/numpy", "gemm", gemm.run, W1_BATCH),
-        Block("w2_train/learnd", "learnd", stepper(w2.learnd_steps, "w2l"), W2_BATCH),
-        Block("w2_train/numpy", "numpy", stepper(w2.numpy_steps, "w2n"), W2_BATCH),
-        Block("w1_predict1/learnd", "learnd", latency_runner(w1.model.predict_proba, pred_rows), 1,
-              kind="latency", warm=20),
+        Block("w1_train/learnd", "learnd", stepper(w1.learnd_steps, "w1l"), W1_BATCH, pre=blas(B)),
+        Block("w1_train/numpy", "numpy", stepper(w1.numpy_steps, "w1n"), W1_BATCH, pre=blas(B)),
+        Block("w1_gemm/numpy", "gemm", gemm.run, W1_BATCH, pre=blas(B)),
+        Block("w2_train/numpy", "numpy", stepper(w2.numpy_steps, "w2n"), W2_BATCH, pre=blas(B)),
         Block("w1_predict1/numpy", "numpy", latency_runner(w1.ref.predict_proba, pred_rows), 1,
-              kind="latency", warm=20),
+              kind="latency", warm=20, pre=blas(B)),
         Block("w1_predict1024/learnd", "learnd",
-              lambda n: [w1.model.predict_proba(pred_big) for _ in range(n)], PREDICT_BATCH),
+              lambda n: [w1.model.predict_proba(pred_big) for _ in range(n)], PREDICT_BATCH, pre=blas(B)),
         Block("w1_predict1024/numpy", "numpy",
-              lambda n: [w1.ref.predict_proba(pred_big) for _ in range(n)], PREDICT_BATCH),
+              lambda n: [w1.ref.predict_proba(pred_big) for _ in range(n)], PREDICT_BATCH, pre=blas(B)),
     ]
+    for th in (1, 2):
+        blocks.append(Block(f"w2_train/learnd_{th}t", "learnd", stepper(w2.learnd_steps, f"w2l{th}"),
+                            W2_BATCH, pre=blas(th)))
+        blocks.append(Block(f"w1_predict1/learnd_{th}t", "learnd",
+                            latency_runner(w1.model.predict_proba, pred_rows), 1, kind="latency",
+                            warm=20, pre=blas(th)))
     if use_torch:
         for impl in ("fused", "foreach"):
             blocks.append(Block(f"w1_train/torch_{impl}", f"torch {impl} Adam",
@@ -487,8 +504,9 @@ def main(argv=None):
             blocks.append(Block(f"w2_train/torch_{th}t", f"torch {th} thread(s)",
                                 stepper(lambda n, s: w2.torch_steps("-", n, s), f"w2t{th}"),
                                 W2_BATCH, pre=torch_threads(th)))
-        blocks.append(Block("w1_predict1/torch", "torch", latency_runner(tm1.predict_proba, pred_rows),
-                            1, kind="latency", warm=20, pre=torch_eval(args.torch_threads)))
+        for th in (1, 2):
+            blocks.append(Block(f"w1_predict1/torch_{th}t", "torch", latency_runner(tm1.predict_proba, pred_rows),
+                                1, kind="latency", warm=20, pre=torch_eval(th)))
         blocks.append(Block("w1_predict1024/torch", "torch",
                             lambda n: [tm1.predict_proba(pred_big) for _ in range(n)], PREDICT_BATCH,
                             pre=torch_eval(args.torch_threads)))
@@ -561,6 +579,7 @@ def build_results(blocks, use_torch, quiet_threshold):
         return (q, True) if len(q) >= MIN_QUIET else (list(range(n_rounds)), False)
 
     res = {}
+    ratios, ratio_rounds, choices = {}, {}, {}
     for b in blocks:
         group, who = b.key.split("/")
         idx, is_quiet = rounds_of(b)
@@ -579,14 +598,13 @@ def build_results(blocks, use_torch, quiet_threshold):
         entry["other_load_per_round"] = b.loads
         res.setdefault(group, {})[who] = entry
 
-    ratios, ratio_rounds, choices = {}, {}, {}
 
     def paired(key, a, b):
         """Median over the rounds where both blocks were quiet of a[r] / b[r]."""
-        idx, _ = rounds_of(by[a], by[b])
+        idx, is_quiet = rounds_of(by[a], by[b])
         va, vb = np.asarray(by[a].values), np.asarray(by[b].values)
         ratios[key] = float(np.median(va[idx] / vb[idx]))
-        ratio_rounds[key] = len(idx)
+        ratio_rounds[key] = len(idx) if is_quiet else -len(idx)
 
     def p50_ratio(key, a, b):
         ratios[key] = res[a.split("/")[0]][a.split("/")[1]]["p50_us"] / \
@@ -594,7 +612,14 @@ def build_results(blocks, use_torch, quiet_threshold):
 
     paired("w1_vs_gemm_bound", "w1_train/learnd", "w1_gemm/numpy")
     paired("w1_vs_numpy", "w1_train/learnd", "w1_train/numpy")
+    w2r = res["w2_train"]
+    choices["w2_learnd"] = max(("learnd_1t", "learnd_2t"), key=lambda k: w2r[k]["median"])
+    w2r["learnd"] = w2r[choices["w2_learnd"]]
+    by["w2_train/learnd"] = by["w2_train/" + choices["w2_learnd"]]
     paired("w2_vs_numpy", "w2_train/learnd", "w2_train/numpy")
+    lat = res["w1_predict1"]
+    choices["predict_learnd"] = min(("learnd_1t", "learnd_2t"), key=lambda k: lat[k]["p50_us"])
+    lat["learnd"] = lat[choices["predict_learnd"]]
     p50_ratio("predict_p50_vs_numpy", "w1_predict1/learnd", "w1_predict1/numpy")
     paired("predict1024_vs_numpy", "w1_predict1024/learnd", "w1_predict1024/numpy")
     if use_torch:
@@ -607,7 +632,14 @@ def build_results(blocks, use_torch, quiet_threshold):
         best2 = max(("torch_1t", "torch_2t"), key=lambda k: res["w2_train"][k]["median"])
         choices["w2_torch"] = best2
         paired("w2_vs_torch", "w2_train/learnd", "w2_train/" + best2)
-        p50_ratio("predict_p50_vs_torch", "w1_predict1/learnd", "w1_predict1/torch")
+        choices["predict_torch"] = min(("torch_1t", "torch_2t"), key=lambda k: lat[k]["p50_us"])
+        lat["torch"] = lat[choices["predict_torch"]]
+        # per-round p50s paired like the rates (the host has slow and fast spells
+        # lasting seconds that hit every implementation; pooling alone would let
+        # them decide); the pooled-p50 ratio is kept alongside
+        paired("predict_p50_vs_torch", "w1_predict1/" + choices["predict_learnd"],
+               "w1_predict1/" + choices["predict_torch"])
+        p50_ratio("predict_p50_vs_torch_pooled", "w1_predict1/learnd", "w1_predict1/torch")
         ratios["predict_p99_vs_torch"] = res["w1_predict1"]["learnd"]["p99_us"] / \
             res["w1_predict1"]["torch"]["p99_us"]
         paired("predict1024_vs_torch", "w1_predict1024/learnd", "w1_predict1024/torch")
@@ -619,10 +651,11 @@ def build_results(blocks, use_torch, quiet_threshold):
     if use_torch:
         best_ratios["w1_vs_torch_fused"] = top("w1_train/learnd") / top("w1_train/torch_fused")
         best_ratios["w1_vs_torch"] = top("w1_train/learnd") / top("w1_train/" + choices["w1_torch"])
-        best_ratios["w2_vs_torch"] = top("w2_train/learnd") / max(top("w2_train/torch_1t"),
-                                                                  top("w2_train/torch_2t"))
-        best_ratios["predict_p50_vs_torch"] = min(by["w1_predict1/learnd"].values) / \
-            min(by["w1_predict1/torch"].values)
+        best_ratios["w2_vs_torch"] = max(top("w2_train/learnd_1t"), top("w2_train/learnd_2t")) / \
+            max(top("w2_train/torch_1t"), top("w2_train/torch_2t"))
+        best_ratios["predict_p50_vs_torch"] = \
+            min(min(by["w1_predict1/learnd_1t"].values), min(by["w1_predict1/learnd_2t"].values)) / \
+            min(min(by["w1_predict1/torch_1t"].values), min(by["w1_predict1/torch_2t"].values))
     targets = {}
     for key, (op, goal) in TARGETS.items():
         if key in ratios:
@@ -637,7 +670,8 @@ def build_results(blocks, use_torch, quiet_threshold):
 def _rate(entry):
     v = entry["median"]
     s = f"{v / 1e3:,.1f}k" if v < 1e6 else f"{v / 1e6:,.2f}M"
-    return f"{s} ±{entry['spread_pct']:.0f}% n={entry['rounds_used']}"
+    flag = "" if entry["quiet_rounds_only"] else "!"
+    return f"{s} ±{entry['spread_pct']:.0f}% n={entry['rounds_used']}{flag}"
 
 
 def print_table(out, use_torch):
@@ -646,8 +680,9 @@ def print_table(out, use_torch):
     print()
     print(f"learnd engine benchmark  ({env['cpu']}, {env['cpus']} CPUs, git {env['git_commit'] or '?'}; "
           f"numpy {env['numpy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'})")
-    tt = f", torch threads {env['torch_threads']} (W2: best of 1 and 2)" if use_torch else ""
+    tt = f", torch threads {env['torch_threads']}" if use_torch else ""
     print(f"BLAS threads {env['blas_threads']} (engine via SciPy's OpenBLAS, NumPy's OpenBLAS){tt}; "
+          f"W2 train and 1-row predict: learnd's and torch's better of 1 and 2 threads; "
           f"{out['settings']['rounds']} interleaved rounds; load avg {env['loadavg_start'][0]:.2f} -> "
           f"{env['loadavg_end'][0]:.2f}")
     busy = env.get("other_processes_cores_busy")
@@ -656,7 +691,7 @@ def print_table(out, use_torch):
         print(f"other processes kept {busy:.2f} of {env['cpus']} cores busy on average{note}")
     thr = out["settings"]["quiet_threshold_cores"]
     print(f"figures: median ± half-IQR over the n rounds whose block ran while other processes kept "
-          f"< {thr} cores busy\n(every round when fewer than {MIN_QUIET} were that quiet); "
+          f"< {thr} cores busy\n(n=..! : fewer than {MIN_QUIET} were that quiet, so every round counts); "
           f"latency percentiles pool every call of those rounds")
     cols = ["learnd", "numpy-ref", "torch eager" if use_torch else "torch (n/a)", "learnd/numpy",
             "learnd/torch"]
@@ -682,23 +717,30 @@ def print_table(out, use_torch):
     rows.append([f"W1 GEMM-only bound ({out['settings']['gemm_bound']['gemms']} GEMMs in NumPy)", "",
                  f"{_rate(g)} ({g['us_per_iteration']:,.0f} us)", "",
                  f"{ratios['w1_vs_gemm_bound']:.2f}x of it", ""])
-    rows.append(["W2 train samples/s (b=32)", _rate(res["w2_train"]["learnd"]),
+    rows.append(["W2 train samples/s (b=32)", _rate(res["w2_train"]["learnd"]) + f" [{ch['w2_learnd'][-2:]}]",
                  _rate(res["w2_train"]["numpy"]),
-                 tcell("w2_train", ch.get("w2_torch", "")) + (f" [{ch['w2_torch'][6:]}]" if use_torch else ""),
+                 tcell("w2_train", ch.get("w2_torch", "")) + (f" [{ch['w2_torch'][-2:]}]" if use_torch else ""),
                  f"{ratios['w2_vs_numpy']:.2f}x", f"{ratios['w2_vs_torch']:.2f}x" if use_torch else "-"])
-    if use_torch:
-        other = "torch_2t" if ch["w2_torch"] == "torch_1t" else "torch_1t"
-        rows.append([f"  (torch {other[6:]})", "", "", _rate(res["w2_train"][other]), "", ""])
+    o1 = "learnd_2t" if ch["w2_learnd"] == "learnd_1t" else "learnd_1t"
+    other = ("torch_2t" if ch.get("w2_torch") == "torch_1t" else "torch_1t") if use_torch else None
+    rows.append(["  (other thread setting)", _rate(res["w2_train"][o1]) + f" [{o1[-2:]}]", "",
+                 _rate(res["w2_train"][other]) + f" [{other[-2:]}]" if use_torch else "", "", ""])
     rows.append(["W2 train us/step", f"{res['w2_train']['learnd']['us_per_iteration']:,.1f}",
                  f"{res['w2_train']['numpy']['us_per_iteration']:,.1f}",
                  f"{res['w2_train'][ch['w2_torch']]['us_per_iteration']:,.1f}" if use_torch else "-", "", ""])
     lat = res["w1_predict1"]
+    tl = lambda k: f" [{k.split('_')[-1]}]"  # noqa: E731
     for q in ("p50", "p99"):
-        rows.append([f"W1 predict 1 row {q} us", f"{lat['learnd'][q + '_us']:.1f}",
+        rows.append([f"W1 predict 1 row {q} us", f"{lat['learnd'][q + '_us']:.1f}" + tl(ch["predict_learnd"]),
                      f"{lat['numpy'][q + '_us']:.1f}",
-                     f"{lat['torch'][q + '_us']:.1f}" if use_torch else "-",
+                     f"{lat['torch'][q + '_us']:.1f}" + tl(ch["predict_torch"]) if use_torch else "-",
                      f"{lat['learnd'][q + '_us'] / lat['numpy'][q + '_us']:.2f}x",
                      f"{lat['learnd'][q + '_us'] / lat['torch'][q + '_us']:.2f}x" if use_torch else "-"])
+    if use_torch:
+        o1 = "learnd_2t" if ch["predict_learnd"] == "learnd_1t" else "learnd_1t"
+        o2 = "torch_2t" if ch["predict_torch"] == "torch_1t" else "torch_1t"
+        rows.append([f"  (other thread setting p50)", f"{lat[o1]['p50_us']:.1f}" + tl(o1), "",
+                     f"{lat[o2]['p50_us']:.1f}" + tl(o2), "", ""])
     p = res["w1_predict1024"]
     rows.append(["W1 predict b=1024 samples/s", _rate(p["learnd"]), _rate(p["numpy"]),
                  _rate(p["torch"]) if use_torch else "-", f"{ratios['predict1024_vs_numpy']:.2f}x",
@@ -716,8 +758,8 @@ def print_table(out, use_torch):
              "w1_vs_gemm_bound": "W1 train vs GEMM-only bound",
              "w2_vs_torch": "W2 train vs PyTorch eager (best threads)",
              "predict_p50_vs_torch": "one-sample predict p50 vs PyTorch"}
-    print("targets (ratio = median of per-round paired ratios over rounds where both sides were "
-          "quiet, p50 from pooled calls;\n 'best' = ratio of each side's best round):")
+    print("targets (ratio = median of per-round paired ratios -- for latency, of the rounds' p50s -- over "
+          "rounds where both sides were quiet;\n 'best' = ratio of each side's best round):")
     for key, label in names.items():
         t = out["targets"].get(key)
         if t is None:
@@ -725,7 +767,8 @@ def print_table(out, use_torch):
             continue
         b = t.get("best_rounds_value")
         bs = f"(best {b:5.2f}x)" if b is not None else ""
-        n = f"n={t['rounds_used']}" if t.get("rounds_used") else "pooled"
+        r = t.get("rounds_used")
+        n = (f"n={r}" if r > 0 else f"n={-r}!") if r else "pooled"
         print(f"  {label:<44} {t['value']:6.2f}x {n:<6} {bs}  target {t['target']:<7} "
               f"{'met' if t['met'] else 'NOT met'}")
     eq = out["equivalence_check"]
