@@ -15,7 +15,6 @@ import json
 import multiprocessing as mp
 import signal
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -133,7 +132,6 @@ def _measure(ends, echo_address, x, args):
         runs["idle"].append(_predict_latencies(pred, x, args.seconds))
         stop, counter = mp.Event(), mp.Value("q", 0)
         producer = mp.Process(target=_produce, args=(ends["ingest"], stop, counter), daemon=True)
-        before = control.status()["samples_trained"]
         producer.start()
         time.sleep(1.0)                                  # let training reach full speed
         t0, s0 = time.monotonic(), control.status()["samples_trained"]

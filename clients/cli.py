@@ -70,7 +70,6 @@ def cmd_serve(args):
 
 # -- client commands -------------------------------------------------------------------------
 def cmd_replay(args):
-    import numpy as np
     from tqdm import tqdm
 
     from .client import Producer

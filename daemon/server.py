@@ -11,10 +11,8 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 
-import numpy as np
 import zmq
 
 from clients import protocol

@@ -64,7 +64,6 @@ class Trainer(threading.Thread):
         self.model: Model | None = None
         self.snapshot = None              # the published engine.Snapshot, replaced whole
         self.ready = threading.Event()    # kernels compiled (and model present)
-        self.compiled = threading.Event()
         self.stop_requested = threading.Event()
         self.stopped = threading.Event()
         self.failure: BaseException | None = None
@@ -357,7 +356,6 @@ class Trainer(threading.Thread):
             m.predict_proba(x)
             m.snapshot().predict_into(x, np.empty((8, m.spec.n_outputs), dtype=m.dtype),
                                       m.snapshot().new_workspace())
-        self.compiled.set()
 
     def run(self):
         try:

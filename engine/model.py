@@ -14,7 +14,7 @@ from .kernels.optim import global_norm
 from .kernels.rng import seed_state
 from .labels import write_targets, write_weights
 from .metrics import evaluate_outputs
-from .network import Network, Snapshot, Workspace
+from .network import Network, Snapshot
 from .normalizer import InputNormalizer
 from .optimizers import OPTIMIZERS
 from .schedules import SCHEDULES

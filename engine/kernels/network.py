@@ -7,7 +7,6 @@ holding `cap` rows: a slot of layer l with n units starts at `slot * cap` and is
 viewed as (m, n) for a batch of m <= cap rows. Per-feature batch-norm scratch lives
 in `feat`, and the running statistics in `stats`.
 """
-import numpy as np
 from numba import njit
 
 from .activations import activation_backward, activation_forward

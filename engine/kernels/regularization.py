@@ -1,5 +1,4 @@
 """L2 and L1 penalties on weight matrices (never on b, gamma, beta)."""
-import numpy as np
 from numba import njit
 
 
