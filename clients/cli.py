@@ -47,16 +47,21 @@ def _key_values(items, command):
 # -- serve -------------------------------------------------------------------------------
 def cmd_serve(args):
     from daemon import logs
-    from daemon.config import load
+    from daemon.config import DAEMON_KEYS, load
     from daemon.errors import ConfigError, StartupError
     from daemon.server import Server
 
-    flags = {"ingest": args.ingest, "predict": args.predict, "control": args.control,
-             "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
-             "log_json": True if args.log_json else None, "log_level": args.log_level,
-             "wal": False if args.no_wal else None, "model": _key_values(args.set, "serve")}
     try:
-        config = load(args.config, flags=flags)
+        settings = _key_values(args.set, "serve")
+        # --set takes daemon settings (eval_interval_s=1) and model settings (hidden=[64]).
+        model = {k: v for k, v in settings.items() if k not in DAEMON_KEYS}
+        flags = {k: v for k, v in settings.items() if k in DAEMON_KEYS}
+        flags.update({k: v for k, v in {
+            "ingest": args.ingest, "predict": args.predict, "control": args.control,
+            "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
+            "log_json": True if args.log_json else None, "log_level": args.log_level,
+            "wal": False if args.no_wal else None}.items() if v is not None})
+        config = load(args.config, flags={**flags, "model": model})
     except ConfigError as exc:
         print(f"learnd serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -149,12 +154,42 @@ def cmd_status(args):
     rows = [(k, status.get(k)) for k in STATUS_ORDER if k in status]
     for split, figures in (status.get("evaluation") or {}).items():
         rows.append((f"eval[{split}]", ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())))
+    rows.extend(_evaluation_rows(status))
     for name, address in (status.get("bound") or {}).items():
         rows.append((f"{name} at", address))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {_fmt(v)}")
     return EXIT_OK
+
+
+def _evaluation_rows(status):
+    """(label, text) rows for the diagnosis, progressive validation, early stopping and
+    the satisficing metric of a status reply."""
+    rows = []
+    d = status.get("diagnosis")
+    if d:
+        gaps = ", ".join(f"{k} {_fmt(v)}" for k, v in d["gaps"].items())
+        rows.append(("diagnosis", f"{d['verdict'].upper()} ({d['figure']} gaps over Bayes proxy "
+                                  f"{_fmt(d['bayes_error'])}, tolerance {_fmt(d['tolerance'])}: {gaps})"))
+        rows.append(("what to do", d["recipe"]))
+    p = status.get("progressive")
+    if p and p.get("rows"):
+        rows.append(("progressive", ", ".join(f"{k} {_fmt(v)}" for k, v in p.items())))
+    e = status.get("early_stopping")
+    if e:
+        state = ("frozen" if e["frozen"] else "serving best" if e["serving_best"]
+                 else "stopped" if e["stopped"] else "watching" if e["patience"] else "off")
+        rows.append(("early stopping", f"{state}: best dev {e['metric']} {_fmt(e['best_dev'])} at version "
+                                       f"{_fmt(e['best_version'])}, {e['evaluations_since_best']} evaluations "
+                                       f"since (patience {e['patience']}, action {e['action']})"))
+    sat = status.get("satisficing")
+    if sat:
+        met = {True: "MET", False: "NOT MET", None: "no requests yet"}[sat["met"]]
+        p99 = sat["p99_seconds"]
+        rows.append(("satisficing", f"predict p99 {_fmt(None if p99 is None else p99 * 1e3)} ms "
+                                    f"<= {_fmt(sat['bound_seconds'] * 1e3)} ms: {met}"))
+    return rows
 
 
 def _fmt(v):
@@ -195,6 +230,37 @@ def cmd_gradcheck(args):
     return EXIT_OK if report["verdict"] != "BUG" else EXIT_REFUSED
 
 
+def cmd_rollback(args):
+    from .client import Control
+
+    with Control(args.control, timeout=args.timeout) as c:
+        r = c.rollback()
+    print(f"rolled back to the best model (version {r['best_version']}, dev {r['metric']} "
+          f"{_fmt(r['best_dev'])}); now serving version {r['model_version']}")
+    return EXIT_OK
+
+
+def cmd_freeze(args):
+    from .client import Control
+
+    with Control(args.control, timeout=args.timeout) as c:
+        r = c.freeze() if args.command == "freeze" else c.unfreeze()
+    print("training is frozen" if r["frozen"] else "training goes on")
+    return EXIT_OK
+
+
+def cmd_report(args):
+    from .report import ReportError, write_report
+
+    try:
+        path = write_report(args.state_dir, args.output)
+    except ReportError as exc:
+        print(f"learnd report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(path)
+    return EXIT_OK
+
+
 def cmd_demo(args):
     from .demo import run_demo
 
@@ -231,7 +297,8 @@ def build_parser():
     serve.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="a model setting, e.g. --set hidden=[64,64] --set lr=0.01")
+                       help="a setting: model (--set hidden=[64,64] --set lr=0.01) or daemon "
+                            "(--set eval_interval_s=1); see docs/configuration.md")
     serve.set_defaults(func=cmd_serve)
 
     replay = client("replay", "stream a data file into the daemon", cmd_replay, ("ingest",))
@@ -259,6 +326,14 @@ def build_parser():
     client("checkpoint", "write a checkpoint now", cmd_checkpoint, ("control",))
     grad = client("gradcheck", "check the model's gradients on recent rows", cmd_gradcheck, ("control",))
     grad.add_argument("--json", action="store_true")
+
+    client("rollback", "serve and train on from the best dev model", cmd_rollback, ("control",))
+    client("freeze", "stop training (serving and evaluation go on)", cmd_freeze, ("control",))
+    client("unfreeze", "resume training", cmd_freeze, ("control",))
+    report = sub.add_parser("report", help="PNG learning curves from a state dir's evaluation history")
+    report.add_argument("--state-dir", default="learnd-state", help="the daemon's state dir (default ./learnd-state)")
+    report.add_argument("--output", "-o", help="PNG path (default <state-dir>/learning-curves.png)")
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="start a daemon, stream digits into it while predicting, report")
     demo.add_argument("--passes", type=int, default=8, help="passes over the training rows")

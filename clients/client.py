@@ -159,7 +159,8 @@ class Predictor(_RequestReply):
 
 
 class Control(_RequestReply):
-    """status(), set(**settings), checkpoint(), gradcheck(), shutdown()."""
+    """status(), set(**settings), checkpoint(), gradcheck(), rollback(), freeze(),
+    unfreeze(), shutdown()."""
 
     def __init__(self, address=DEFAULT_CONTROL, timeout=10.0, retries=2, context=None):
         super().__init__(address, timeout, retries, context)
@@ -178,6 +179,16 @@ class Control(_RequestReply):
 
     def gradcheck(self):
         return self._op("gradcheck")
+
+    def rollback(self):
+        """Make the best dev model (early stopping's) the live, serving one."""
+        return self._op("rollback")
+
+    def freeze(self):
+        return self._op("freeze")
+
+    def unfreeze(self):
+        return self._op("unfreeze")
 
     def shutdown(self):
         return self._op("shutdown")

@@ -23,6 +23,10 @@ from engine.spec import ModelSpec
 from .errors import ConfigError
 
 
+EARLY_STOPPING_ACTIONS = ("none", "serve_best", "freeze")
+EARLY_STOPPING_METRICS = ("auto", "error", "loss")
+
+
 @dataclass
 class Config:
     # Sockets (ZeroMQ endpoints) and the metrics HTTP server.
@@ -45,7 +49,21 @@ class Config:
     dedupe_window: int = 65536      # (producer, seq) pairs remembered per producer
     # Evaluation.
     eval_interval_s: float = 5.0
-    reservoir_size: int = 2000      # rows kept per held-out split
+    eval_interval_samples: int = 0  # also evaluate after this many trained rows (0: by time only)
+    reservoir_size: int = 2000      # rows kept per evaluated split
+    dev_fraction: float = 0.02      # of rows sent with split "auto"; train gets the rest
+    test_fraction: float = 0.02
+    train_dev_fraction: float = 0.02    # of auto rows that would train, held out as train-dev
+    bayes_error: float = 0.0        # human-level error: the proxy for Bayes error
+    diagnosis_tolerance: float = 0.02   # a gap below this is no problem
+    progressive_window: int = 10_000    # rows the test-then-train figures average over
+    # Early stopping on the dev split (patience counted in evaluations; 0: off).
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    early_stopping_metric: str = "auto"     # auto (error, or loss for regression) | error | loss
+    early_stopping_action: str = "none"     # none | serve_best | freeze
+    # Satisficing metric: predict latency p99 over the recent requests, against a bound.
+    predict_p99_bound_ms: float = 10.0
     # Delayed labels: inputs kept by predict requests that carry ids.
     id_store_size: int = 100_000
     id_ttl_s: float = 3600.0
@@ -77,6 +95,17 @@ class Config:
             raise ConfigError(f"batch_size must be >= 2 (batch norm needs 2 rows), got {self.batch_size}")
         if self.queue_size < 1 or self.checkpoint_keep < 1:
             raise ConfigError("queue_size and checkpoint_keep must be >= 1")
+        if self.dev_fraction + self.test_fraction > 1.0:
+            raise ConfigError(f"dev_fraction + test_fraction must be <= 1, got "
+                              f"{self.dev_fraction} + {self.test_fraction}")
+        if self.train_dev_fraction >= 1.0:
+            raise ConfigError(f"train_dev_fraction must be < 1, got {self.train_dev_fraction}")
+        if self.early_stopping_action not in EARLY_STOPPING_ACTIONS:
+            raise ConfigError(f"early_stopping_action must be one of {', '.join(EARLY_STOPPING_ACTIONS)}, "
+                              f"got {self.early_stopping_action!r}")
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise ConfigError(f"early_stopping_metric must be one of {', '.join(EARLY_STOPPING_METRICS)}, "
+                              f"got {self.early_stopping_metric!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         host, sep, port = self.metrics.rpartition(":")
@@ -157,7 +186,8 @@ def load(path=None, env=None, flags=None):
             model[mname] = _parse_env_value(text)
         elif name in DAEMON_KEYS:
             value = _parse_env_value(text)
-            if name in ("ingest", "predict", "control", "metrics", "state_dir", "log_level"):
+            if name in ("ingest", "predict", "control", "metrics", "state_dir", "log_level",
+                        "early_stopping_metric", "early_stopping_action"):
                 value = text   # addresses and paths are strings even when they look numeric
             daemon[name] = value
         else:

@@ -1,4 +1,4 @@
-"""Control ops: status, set, checkpoint, gradcheck, shutdown.
+"""Control ops: status, set, checkpoint, gradcheck, rollback, freeze, unfreeze, shutdown.
 
 `handle` returns either a reply header now or a Future the server answers when the
 trainer thread has run the op between steps.
@@ -12,7 +12,7 @@ from engine import EngineError
 
 from .errors import ConfigError
 
-OPS = ("status", "set", "checkpoint", "gradcheck", "shutdown")
+OPS = ("status", "set", "checkpoint", "gradcheck", "rollback", "freeze", "unfreeze", "shutdown")
 
 
 class Control:
@@ -48,6 +48,15 @@ class Control:
     def op_gradcheck(self, header):
         return self.server.trainer.submit(lambda t: t.gradient_check())
 
+    def op_rollback(self, header):
+        return self.server.trainer.submit(lambda t: t.rollback())
+
+    def op_freeze(self, header):
+        return self.server.trainer.submit(lambda t: t.set_frozen(True))
+
+    def op_unfreeze(self, header):
+        return self.server.trainer.submit(lambda t: t.set_frozen(False))
+
     def op_shutdown(self, header):
         self.server.should_exit = True
         return {"shutting_down": True}
@@ -68,4 +77,6 @@ def clean(value):
         return None
     if isinstance(value, dict):
         return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
     return value

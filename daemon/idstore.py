@@ -31,15 +31,18 @@ class IdStore:
                 self._rows.popitem(last=False)
 
     def get(self, ids):
-        """(x (m, d), []) for stored, fresh ids, or (None, missing ids)."""
+        """(x (m, d), [], []) for stored, fresh ids, or (None, unknown ids, expired ids):
+        unknown were never stored (or were pushed out by newer rows, or already
+        labelled), expired were stored more than ttl_s ago."""
         now = self.clock()
         with self._lock:
-            missing = [i for i in ids.tolist()
-                       if i not in self._rows or now - self._rows[i][0] > self.ttl_s]
-            if missing:
-                return None, missing
+            unknown = [i for i in ids.tolist() if i not in self._rows]
+            expired = [i for i in ids.tolist()
+                       if i in self._rows and now - self._rows[i][0] > self.ttl_s]
+            if unknown or expired:
+                return None, unknown, expired
             rows = [self._rows[i][1] for i in ids.tolist()]
-        return np.stack(rows), []
+        return np.stack(rows), [], []
 
     def discard(self, ids):
         """Forget ids whose label has come (each row trains once)."""

@@ -31,8 +31,10 @@ def train_fields(header):
 class IngestChecker:
     """Checks train messages against the stream's schema (fixing it on the first one)."""
 
-    def __init__(self, schema, dtype, id_store, limits, model_settings):
+    def __init__(self, schema, dtype, id_store, limits, model_settings, splitter, delayed_labels):
         self.schema = schema
+        self.splitter = splitter                # daemon.splits.SplitAssigner
+        self.delayed_labels = delayed_labels    # the learnd_delayed_labels_total counter
         self.model_settings = model_settings
         self.dtype = np.dtype(dtype)
         self.id_store = id_store
@@ -62,8 +64,9 @@ class IngestChecker:
         x = np.array(x, dtype=self.dtype)  # a copy: the message frames are released
         if "x" not in arrays:
             self.id_store.discard(ids)
-        return TrainItem(lsn=lsn, producer=producer, seq=seq,
-                         split="train" if split == "auto" else split, x=x, Y=Y, w=w)
+            self.delayed_labels.labels("trained").inc(len(ids))
+        return TrainItem(lsn=lsn, producer=producer, seq=seq, split=split, x=x, Y=Y, w=w,
+                         codes=self.splitter.assign(x, split))
 
     def _check_model_settings(self, schema):
         """The configured model must be buildable for what the first batch implies."""
@@ -76,8 +79,11 @@ class IngestChecker:
     def _stored_inputs(self, ids):
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise ProtocolError("bad_array", "ids must be a 1-D integer array")
-        x, missing = self.id_store.get(ids)
-        if missing:
-            raise ProtocolError("unknown_id", f"{len(missing)} ids are not stored or have expired, "
-                                              f"e.g. {missing[:5]}")
+        x, unknown, expired = self.id_store.get(ids)
+        if unknown or expired:
+            self.delayed_labels.labels("unknown").inc(len(unknown))
+            self.delayed_labels.labels("expired").inc(len(expired))
+            raise ProtocolError("unknown_id", f"{len(expired)} ids have expired (id_ttl_s) and "
+                                              f"{len(unknown)} were never stored or are gone, "
+                                              f"e.g. {(expired + unknown)[:5]}")
         return x

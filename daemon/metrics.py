@@ -11,6 +11,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from clients.protocol import ERROR_CODES
 
+from .diagnosis import GAPS, VERDICTS
+
 # Latency buckets from 25 µs to 2.5 s: predict replies take tens of microseconds.
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
                    50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5)
@@ -18,7 +20,18 @@ STEP_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
 # The *_created series double the exposition and say nothing an operator reads.
 disable_created_metrics()
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "train_dev", "dev", "test")
+# Figures per evaluated split beside error, loss and rows (which exist for every task).
+EVAL_FIGURES = {
+    "accuracy": "Accuracy (1 - error), classification.",
+    "precision": "Precision: of the positive class (binary), macro-averaged (multiclass, multilabel).",
+    "recall": "Recall: of the positive class (binary), macro-averaged (multiclass, multilabel).",
+    "f1": "F1: of the positive class (binary), macro-averaged (multiclass, multilabel).",
+    "weighted_error": "Error with each row counted by its sample weight (rows that carried weights).",
+    "mse": "Mean squared error over rows and outputs, regression.",
+    "mae": "Mean absolute error over rows and outputs, regression.",
+}
+DELAYED_LABEL_OUTCOMES = ("trained", "expired", "unknown")
 PREDICT_OUTCOMES = ("ok", "error")
 CHECKPOINT_OUTCOMES = ("ok", "error")
 
@@ -63,6 +76,32 @@ class Metrics:
                                ["split"], registry=r)
         self.eval_rows = Gauge("learnd_eval_rows", "Rows in the last evaluation, per split.",
                                ["split"], registry=r)
+        self.eval_figures = {
+            name: Gauge(f"learnd_eval_{name}", doc + " Per split, last evaluation.", ["split"], registry=r)
+            for name, doc in EVAL_FIGURES.items()}
+        self.diagnosis_gap = Gauge("learnd_diagnosis_gap",
+                                   "Bias/variance gaps between the splits' errors (docs/metrics.md).",
+                                   ["gap"], registry=r)
+        self.diagnosis_verdict = Gauge("learnd_diagnosis_verdict",
+                                       "1 for the current diagnosis verdict, 0 for the others.",
+                                       ["verdict"], registry=r)
+        self.bayes_error_proxy = Gauge("learnd_bayes_error_proxy",
+                                       "Configured human-level error, the proxy for Bayes error.",
+                                       registry=r)
+        self.progressive_error = Gauge("learnd_progressive_error",
+                                       "Test-then-train error over about the last progressive_window rows.",
+                                       registry=r)
+        self.progressive_loss = Gauge("learnd_progressive_loss",
+                                      "Test-then-train loss over about the last progressive_window rows.",
+                                      registry=r)
+        self.best_dev_error = Gauge("learnd_best_dev_error",
+                                    "Best dev figure so far (the early-stopping metric).", registry=r)
+        self.best_model_version = Gauge("learnd_best_model_version",
+                                        "Model version of the best dev figure.", registry=r)
+        self.frozen_rows = Counter("learnd_frozen_rows_total",
+                                   "Training rows not trained on because training was frozen.",
+                                   registry=r)
+        self.rollbacks = Counter("learnd_rollbacks_total", "Rollbacks to the best model.", registry=r)
         self.grad_norm = Gauge("learnd_grad_norm", "L2 norm of the last gradient, per parameter array.",
                                ["param"], registry=r)
         self.weight_norm = Gauge("learnd_weight_norm", "L2 norm of each parameter array.",
@@ -79,9 +118,10 @@ class Metrics:
                                            buckets=LATENCY_BUCKETS, registry=r)
         self.wal_replayed = Counter("learnd_wal_replayed_messages_total",
                                     "Write-ahead-log messages trained again at start.", registry=r)
-        self.expired_ids = Counter("learnd_delayed_label_misses_total",
-                                   "Delayed labels whose stored inputs were unknown or expired.",
-                                   registry=r)
+        self.delayed_labels = Counter("learnd_delayed_labels_total",
+                                      "Rows of delayed labels: trained from stored inputs, or refused "
+                                      "because their id had expired or was never stored.",
+                                      ["outcome"], registry=r)
         for code in ERROR_CODES:
             self.rejected.labels(code)
         for outcome in ("accepted", "duplicate", "rejected"):
@@ -92,9 +132,23 @@ class Metrics:
             self.predict_requests.labels(outcome)
         for outcome in CHECKPOINT_OUTCOMES:
             self.checkpoints.labels(outcome)
+        for outcome in DELAYED_LABEL_OUTCOMES:
+            self.delayed_labels.labels(outcome)
+        for verdict in VERDICTS:
+            self.diagnosis_verdict.labels(verdict).set(1.0 if verdict == "unknown" else 0.0)
+        for gap in GAPS:
+            self.diagnosis_gap.labels(gap).set(float("nan"))
+        self.progressive_error.set(float("nan"))
+        self.progressive_loss.set(float("nan"))
+        self.best_dev_error.set(float("nan"))
+
+    def set_verdict(self, verdict):
+        for v in VERDICTS:
+            self.diagnosis_verdict.labels(v).set(1.0 if v == verdict else 0.0)
 
     def add_live_collector(self, read):
-        """Register gauges read at scrape time: read() -> {name: (help, value)}."""
+        """Register gauges read at scrape time: read() -> {name: (help, value)}, where a
+        value is a number or (label name, {label value: number})."""
         self.registry.register(_LiveCollector(read))
 
 
@@ -104,7 +158,14 @@ class _LiveCollector:
 
     def collect(self):
         for name, (doc, value) in self._read().items():
-            yield GaugeMetricFamily(name, doc, value=value)
+            if isinstance(value, tuple):
+                label, values = value
+                family = GaugeMetricFamily(name, doc, labels=[label])
+                for label_value, v in values.items():
+                    family.add_metric([label_value], v)
+                yield family
+            else:
+                yield GaugeMetricFamily(name, doc, value=value)
 
     def describe(self):
         return []

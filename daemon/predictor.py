@@ -11,6 +11,8 @@ import zmq
 from clients import protocol
 from clients.protocol import ProtocolError
 
+from .latency import LatencyWindow
+
 log = logging.getLogger("learnd.predictor")
 
 OUTPUTS = ("label", "proba", "value")
@@ -30,6 +32,7 @@ class PredictServer(threading.Thread):
         self.id_store = id_store
         self.should_exit = threading.Event()
         self._workspaces = {}     # one per snapshot layout, reused across requests
+        self.latencies = LatencyWindow()   # recent latencies, for the satisficing p99
         self._requests_ok = metrics.predict_requests.labels("ok")
         self._requests_error = metrics.predict_requests.labels("error")
 
@@ -72,7 +75,9 @@ class PredictServer(threading.Thread):
             self._requests_error.inc()
             self.metrics.rejected.labels("internal").inc()
         self.socket.send_multipart([identity, *protocol.encode(reply, arrays)], copy=False)
-        self.metrics.predict_latency.observe(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        self.metrics.predict_latency.observe(elapsed)
+        self.latencies.record(elapsed)
 
     def predict(self, message):
         """(reply fields, {"y": outputs}) for a decoded predict message."""

@@ -13,23 +13,27 @@ import os
 import signal
 import time
 
+import numpy as np
 import zmq
 
 from clients import protocol
 from clients.protocol import Limits, ProtocolError
-
-from . import control as control_ops
+from engine.spec import ModelSpec
 from engine.state import write_atomic
 
+from . import control as control_ops
 from .checkpoints import CheckpointStore
 from .errors import StartupError
 from .httpd import make_server, serve_in_thread
 from .idstore import IdStore
 from .ingest import IngestChecker, train_fields
+from .latency import WINDOW as LATENCY_WINDOW
+from .latency import satisficing
 from .metrics import Metrics
 from .predictor import PredictServer
 from .schema import Schema
-from engine.spec import ModelSpec
+from .splits import NAMES as SPLIT_NAMES
+from .splits import SplitAssigner
 from .trainer import Trainer
 from .wal import WriteAheadLog
 
@@ -132,7 +136,11 @@ class Server:
             self.trainer.apply_configured_settings()
         model = self.trainer.model
         dtype = model.dtype if model is not None else self.config.model.get("dtype", "float32")
-        self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, self.config.model)
+        cfg = self.config
+        splitter = SplitAssigner((1.0 - cfg.dev_fraction - cfg.test_fraction, cfg.dev_fraction,
+                                  cfg.test_fraction), cfg.train_dev_fraction)
+        self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, cfg.model,
+                                     splitter, self.metrics.delayed_labels)
         self.accepted = self.trainer.dedupe.copy()
         if self.wal is not None:
             self._replay_wal()
@@ -208,7 +216,9 @@ class Server:
             "ready": self.ready(),
             "wal": self.wal is not None,
             "last_checkpoint": t.last_checkpoint_path,
-            "evaluation": t.last_eval,
+            **t.evaluation_status(),
+            "satisficing": satisficing(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)
+            if self.predictor is not None else None,
             "bound": dict(self.bound),
         })
 
@@ -226,6 +236,26 @@ class Server:
             "learnd_uptime_seconds": ("Seconds since the daemon started.", time.monotonic() - self.started),
             "learnd_ready": ("1 when the model exists and its kernels are compiled.", float(self.ready())),
             "learnd_delayed_label_store_rows": ("Inputs kept for delayed labels.", len(self.id_store)),
+            "learnd_best_model_version": ("Model version of the best dev figure (NaN before one).",
+                                          float("nan") if t.early.best_version is None
+                                          else t.early.best_version),
+            "learnd_early_stopped": ("1 when early stopping's patience has run out.", float(t.early.stopped)),
+            "learnd_training_frozen": ("1 while training is frozen.", float(t.frozen)),
+            "learnd_serving_best": ("1 while the best dev model serves instead of the latest.",
+                                    float(t.serving_best)),
+            **self._satisficing_values(),
+        }
+
+    def _satisficing_values(self):
+        bound = self.config.predict_p99_bound_ms / 1e3
+        s = satisficing(self.predictor.latencies, bound) if self.predictor is not None else {"met": None}
+        met = float("nan") if s["met"] is None else float(s["met"])
+        return {
+            "learnd_predict_latency_p99_seconds": (
+                f"p99 of the last {LATENCY_WINDOW} predict latencies.", s.get("p99_seconds", float("nan"))),
+            "learnd_predict_latency_bound_seconds": ("Configured bound on the predict p99 (satisficing).", bound),
+            "learnd_satisficing_met": ("1 when the satisficing metric is within its bound.",
+                                       ("metric", {"predict_latency_p99": met})),
         }
 
     # -- the loop -------------------------------------------------------------------------------
@@ -274,8 +304,6 @@ class Server:
 
     def _reject(self, sock, identity, exc, echo):
         self.metrics.rejected.labels(exc.code).inc()
-        if exc.code == "unknown_id":
-            self.metrics.expired_ids.inc()
         self._rejects_since_log += 1
         self._reply(sock, identity, protocol.error(exc.code, exc.message, **echo))
 
@@ -311,7 +339,9 @@ class Server:
             return
         self.accepted.add(producer, seq)
         self.metrics.ingest_messages.labels("accepted").inc()
-        self.metrics.ingest_rows.labels(item.split).inc(item.x.shape[0])
+        for code, rows in enumerate(np.bincount(item.codes, minlength=len(SPLIT_NAMES)).tolist()):
+            if rows:
+                self.metrics.ingest_rows.labels(SPLIT_NAMES[code]).inc(rows)
         reply = protocol.ok(seq=seq, accepted=int(item.x.shape[0]))
         if self.wal is None:
             self.trainer.queue.put_nowait(item)

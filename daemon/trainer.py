@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -20,11 +21,16 @@ from threadpoolctl import threadpool_limits
 
 from engine import EngineError, Model
 from engine.model import LIVE_SETTINGS
-from engine.state import state_from_bytes, state_to_bytes
+from engine.state import state_from_bytes, state_to_bytes, write_atomic
 
+from . import splits
 from .checkpoints import decode, pack_array, unpack_array
 from .dedupe import Dedupe
+from .diagnosis import GAPS, diagnose
+from .early_stopping import EarlyStopping
 from .evaluation import RecentWindow, Reservoir
+from .history import EvalHistory
+from .progressive import ProgressiveScore
 from .rebatch import Rebatcher
 
 log = logging.getLogger("learnd.trainer")
@@ -35,7 +41,11 @@ GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
 # Daemon settings the control socket may change while running.
 LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "publish_interval_ms",
-                        "checkpoint_interval_s", "eval_interval_s")
+                        "checkpoint_interval_s", "eval_interval_s", "eval_interval_samples",
+                        "bayes_error", "diagnosis_tolerance", "early_stopping_patience",
+                        "early_stopping_min_delta", "early_stopping_action", "predict_p99_bound_ms")
+BEST_MODEL_FILE = "best-model.npz"
+HELD_OUT = ("train_dev", "dev", "test")    # splits kept in reservoirs, never trained on
 
 
 @dataclass
@@ -45,10 +55,22 @@ class TrainItem:
     lsn: int            # write-ahead-log number (0 without a log)
     producer: str
     seq: int
-    split: str          # "train", "dev" or "test" ("auto" is resolved before)
+    split: str          # as sent: "auto", "train", "dev" or "test"
     x: np.ndarray       # (m, input_dim), model dtype
     Y: np.ndarray       # (m, n_outputs) float targets
     w: np.ndarray | None
+    codes: np.ndarray   # (m,) int8: the split of each row (daemon.splits codes)
+
+    def parts(self):
+        """(split name, x, Y, w) for each split that has rows in this message."""
+        counts = np.bincount(self.codes, minlength=len(splits.NAMES))
+        for code, name in enumerate(splits.NAMES):
+            if counts[code] == len(self.codes):       # all rows in one split: no copies
+                yield name, self.x, self.Y, self.w
+                return
+            if counts[code]:
+                mask = self.codes == code
+                yield name, self.x[mask], self.Y[mask], None if self.w is None else self.w[mask]
 
 
 class Trainer(threading.Thread):
@@ -80,11 +102,21 @@ class Trainer(threading.Thread):
         self.rebatcher = None
         self.reservoirs = {}
         self.recent = None
+        self.progressive = None
         self.last_eval = {}
+        self.diagnosis = diagnose({}, config.bayes_error, config.diagnosis_tolerance)
+        self.early = EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta)
+        self.best_state = None            # engine state of the best dev model (early stopping)
+        self.serving_best = False         # the best snapshot serves, not the latest model
+        self.frozen = False               # no training steps until unfrozen
+        self.history = EvalHistory(config.state_dir)
         self._last_publish = 0.0
         self._last_norms = 0.0
         self._last_eval_time = time.monotonic()
+        self._last_eval_samples = 0
         self._dirty_since_checkpoint = False
+        self._scores = None               # head outputs of a batch before its step
+        metrics.bayes_error_proxy.set(config.bayes_error)
 
     # -- model -----------------------------------------------------------------------------
     @property
@@ -106,14 +138,24 @@ class Trainer(threading.Thread):
         self.rebatcher = Rebatcher(s.input_dim, s.n_outputs, dtype)
         size = self.config.reservoir_size
         self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype, seed=i)
-                           for i, split in enumerate(("dev", "test"))}
+                           for i, split in enumerate(HELD_OUT)}
         self.recent = RecentWindow(size, s.input_dim, s.n_outputs, dtype)
+        self.progressive = ProgressiveScore(s.task, self.config.progressive_window)
 
     def publish(self, now=None):
         """Make the model as it is now the one that serves (a new immutable snapshot)."""
         now = time.monotonic() if now is None else now
         self.snapshot = self.model.snapshot(version=self.batches_trained)
         self._last_publish = now
+        self.serving_best = False
+
+    def publish_best(self):
+        """Serve the best dev model (early stopping's serve_best) until the latest beats it."""
+        best = Model.from_state(self.best_state)
+        self.snapshot = best.snapshot(version=self.early.best_version)
+        self.serving_best = True
+        log.info("serving the best model: version %d, dev %s %.4g", self.early.best_version,
+                 self._stopping_metric(), self.early.best)
 
     # -- checkpoints ---------------------------------------------------------------------
     def checkpoint_payload(self):
@@ -129,6 +171,9 @@ class Trainer(threading.Thread):
             return {"model": None, "daemon": daemon}
         daemon["buffer"] = {k: pack_array(v) for k, v in self.rebatcher.to_state().items()}
         daemon["reservoirs"] = {k: r.to_state() for k, r in self.reservoirs.items()}
+        daemon["progressive"] = self.progressive.to_state()
+        daemon["early_stopping"] = {**self.early.to_state(), "frozen": self.frozen,
+                                    "serving_best": self.serving_best}
         return {"model": state_to_bytes(self.model.get_state()), "daemon": daemon}
 
     def restore(self, payload):
@@ -148,8 +193,18 @@ class Trainer(threading.Thread):
             self.rebatcher.load_state({k: unpack_array(v) for k, v in d["buffer"].items()},
                                       time.monotonic())
             for k, r in self.reservoirs.items():
-                r.load_state(d["reservoirs"][k])
+                if k in d["reservoirs"]:
+                    r.load_state(d["reservoirs"][k])
+            if "progressive" in d:
+                self.progressive.load_state(d["progressive"])
             self.publish(time.monotonic())
+        if "early_stopping" in d:
+            es = d["early_stopping"]
+            self.early.load_state(es)
+            self.frozen = bool(es["frozen"])
+            self._load_best_model()
+            if es["serving_best"] and self.best_state is not None:
+                self.publish_best()
 
     def apply_configured_settings(self):
         """After a restore, take the live settings the configuration names (an operator
@@ -206,10 +261,11 @@ class Trainer(threading.Thread):
         """Move an accepted message's rows into the model's buffers (no step yet)."""
         if self.model is None:
             self._create_model()
-        if item.split in self.reservoirs:
-            self.reservoirs[item.split].offer(item.x, item.Y)
-        else:
-            self.rebatcher.append(item.x, item.Y, item.w, now)
+        for split, x, Y, w in item.parts():
+            if split == "train":
+                self.rebatcher.append(x, Y, w, now)
+            else:
+                self.reservoirs[split].offer(x, Y, w)
         self.dedupe.add(item.producer, item.seq)
         self.last_lsn = max(self.last_lsn, item.lsn)
         self._dirty_since_checkpoint = True
@@ -221,11 +277,28 @@ class Trainer(threading.Thread):
             return
         while len(rb) >= bs:
             self._step(*rb.take(bs, now))
+            self._evaluate_if_due(now)
         linger = self.config.batch_linger_ms / 1e3
         if len(rb) >= 2 and now - rb.oldest_time >= linger:
             self._step(*rb.take(len(rb), now))
+            self._evaluate_if_due(now)
+
+    def _score_before_step(self, x, Y):
+        """Progressive validation: the model as it is scores the batch it is about to
+        learn from (inference mode), so every training row is scored unseen."""
+        if self.model.network is None:     # the very first batch: nothing to score with
+            return
+        m, K = x.shape[0], self.schema.n_outputs
+        if self._scores is None or self._scores.shape[0] < m:
+            self._scores = np.empty((max(m, self.config.batch_size), K), dtype=self.model.dtype)
+        P = self.model.predict_proba(x, out=self._scores[:m])
+        self.progressive.add(P, Y)
 
     def _step(self, x, Y, w):
+        self._score_before_step(x, Y)
+        if self.frozen:
+            self.metrics.frozen_rows.inc(x.shape[0])
+            return
         t0 = time.perf_counter()
         try:
             loss = self.model.partial_fit(x, Y, sample_weight=w)
@@ -243,7 +316,7 @@ class Trainer(threading.Thread):
         self.batches_trained += 1
         self.loss_steps += 1
         self.loss_ewma = LOSS_EWMA_BETA * self.loss_ewma + (1 - LOSS_EWMA_BETA) * loss
-        self.recent.offer(x, Y)
+        self.recent.offer(x, Y, w)
         met = self.metrics
         met.samples_trained.inc(m)
         met.batches_trained.inc()
@@ -256,15 +329,21 @@ class Trainer(threading.Thread):
         cfg = self.config
         if self.model is None:
             return
-        if self.snapshot is None or (self.snapshot.version != self.batches_trained
+        if self.snapshot is None or (not self.serving_best and self.snapshot.version != self.batches_trained
                                      and now - self._last_publish >= cfg.publish_interval_ms / 1e3):
             self.publish(now)
         if math.isfinite(self.train_loss):
             self.metrics.train_loss.set(self.train_loss)
+        figures = self.progressive.figures()
+        if "window_error" in figures:
+            self.metrics.progressive_error.set(figures["window_error"])
+        self.metrics.progressive_loss.set(figures["window_loss"])
         if now - self._last_norms >= NORM_INTERVAL_S:
             self._update_norms(now)
         if now - self._last_eval_time >= cfg.eval_interval_s:
             self.evaluate(now)
+        else:
+            self._evaluate_if_due(now)
         if (cfg.checkpoint_interval_s > 0 and self._dirty_since_checkpoint
                 and now - self.last_checkpoint_time >= cfg.checkpoint_interval_s):
             self.write_checkpoint("period")
@@ -276,24 +355,134 @@ class Trainer(threading.Thread):
             self.metrics.grad_norm.labels(name).set(float(np.linalg.norm(net.grads[name])))
         self._last_norms = now
 
+    def _evaluate_if_due(self, now):
+        every = self.config.eval_interval_samples
+        if every and self.samples_trained - self._last_eval_samples >= every:
+            self.evaluate(now)
+
+    def _stopping_metric(self):
+        metric = self.config.early_stopping_metric
+        if metric == "auto":
+            metric = "loss" if self.schema.task == "regression" else "error"
+        return metric
+
     def evaluate(self, now):
-        """Score the recent training window and the dev / test reservoirs."""
+        """Score the recent training window and the held-out reservoirs (inference
+        mode); then the diagnosis, early stopping, metrics and the history file."""
         results = {}
         sources = {"train": self.recent, **self.reservoirs}
         for split, source in sources.items():
-            x, Y = source.rows()
+            x, Y, w = source.rows()
             if x.shape[0] == 0:
                 continue
-            figures = self.model.evaluate(x, Y)
+            weighted = not np.all(w == 1.0)
+            figures = self.model.evaluate(x, Y, w if weighted else None)
             figures["rows"] = int(x.shape[0])
             results[split] = figures
-            if "error" in figures:
-                self.metrics.eval_error.labels(split).set(figures["error"])
-            self.metrics.eval_loss.labels(split).set(figures["loss"])
-            self.metrics.eval_rows.labels(split).set(x.shape[0])
+            self._set_eval_metrics(split, figures)
         self.last_eval = results
         self._last_eval_time = now
+        self._last_eval_samples = self.samples_trained
+        self.diagnosis = diagnose(results, self.config.bayes_error, self.config.diagnosis_tolerance)
+        self._set_diagnosis_metrics()
+        if "dev" in results:
+            self._early_stopping(results["dev"].get(self._stopping_metric()))
+        self.history.append({
+            "time": time.time(), "samples": self.samples_trained, "version": self.batches_trained,
+            "learning_rate": self.model.learning_rate, "train_loss": self.train_loss,
+            "splits": results, "progressive": self.progressive.figures(),
+            "verdict": self.diagnosis["verdict"],
+        })
         return results
+
+    def _set_eval_metrics(self, split, figures):
+        met = self.metrics
+        if "error" in figures:
+            met.eval_error.labels(split).set(figures["error"])
+        met.eval_loss.labels(split).set(figures["loss"])
+        met.eval_rows.labels(split).set(figures["rows"])
+        for name, gauge in met.eval_figures.items():
+            if name in figures:
+                gauge.labels(split).set(figures[name])
+
+    def _set_diagnosis_metrics(self):
+        d = self.diagnosis
+        for gap in GAPS:
+            value = d["gaps"][gap]
+            self.metrics.diagnosis_gap.labels(gap).set(float("nan") if value is None else value)
+        self.metrics.set_verdict(d["verdict"])
+
+    def _early_stopping(self, value):
+        """Track the best dev figure; on patience running out, do the configured action."""
+        outcome = self.early.observe(value, self.batches_trained, self.samples_trained)
+        if outcome == "improved":
+            self.best_state = self.model.get_state()
+            self._save_best_model()
+            if self.serving_best:          # the latest model is the best again: serve it
+                self.publish()
+            return
+        if outcome != "stopped":
+            return
+        action = self.config.early_stopping_action
+        log.warning("early stopping: no dev %s improvement in %d evaluations (best %.4g at version %s); "
+                    "action: %s", self._stopping_metric(), self.early.since_best, self.early.best,
+                    self.early.best_version, action)
+        if action == "serve_best" and self.best_state is not None:
+            self.publish_best()
+        elif action == "freeze":
+            self.frozen = True
+
+    def _save_best_model(self):
+        """The best model survives restarts: it is written whole next to the checkpoints."""
+        try:
+            write_atomic(os.path.join(self.config.state_dir, BEST_MODEL_FILE),
+                         state_to_bytes(self.best_state))
+        except OSError as exc:
+            log.error("best model not saved: %s (it is kept in memory)", exc)
+
+    def _load_best_model(self):
+        path = os.path.join(self.config.state_dir, BEST_MODEL_FILE)
+        try:
+            with open(path, "rb") as f:
+                self.best_state = state_from_bytes(f.read())
+        except FileNotFoundError:
+            return
+        except (OSError, EngineError) as exc:
+            log.error("best model %s unreadable: %s; rollback is unavailable until a new best", path, exc)
+
+    def rollback(self):
+        """Make the best dev model the live one (optimizer state included), and serve it."""
+        if self.best_state is None:
+            raise LookupError("no best model yet: it needs a dev evaluation "
+                              "(rows sent with split dev, or auto)")
+        self.model = Model.from_state(self.best_state)
+        self.apply_configured_settings()
+        self.early.restart()
+        self.publish()
+        self.metrics.rollbacks.inc()
+        log.warning("rolled back to the best model: version %s, dev %s %.4g",
+                    self.early.best_version, self._stopping_metric(), self.early.best)
+        return {"model_version": self.snapshot.version, "best_version": self.early.best_version,
+                "best_dev": self.early.best, "metric": self._stopping_metric()}
+
+    def set_frozen(self, frozen):
+        self.frozen = bool(frozen)
+        if not frozen:
+            self.early.restart()
+        log.warning("training %s", "frozen" if frozen else "unfrozen")
+        return {"frozen": self.frozen}
+
+    def evaluation_status(self):
+        """The evaluation part of `status`: figures per split, diagnosis, progressive
+        validation and early stopping."""
+        return {
+            "evaluation": self.last_eval,
+            "diagnosis": self.diagnosis,
+            "progressive": self.progressive.figures() if self.progressive is not None else None,
+            "early_stopping": {**self.early.figures(), "metric": self._stopping_metric(),
+                               "action": self.config.early_stopping_action,
+                               "serving_best": self.serving_best, "frozen": self.frozen},
+        }
 
     # -- commands -------------------------------------------------------------------------
     def submit(self, fn):
@@ -332,6 +521,9 @@ class Trainer(threading.Thread):
             self.config.model.update(model_part)
         for k, v in daemon_part.items():
             setattr(self.config, k, getattr(candidate, k))
+        self.early.patience = self.config.early_stopping_patience
+        self.early.min_delta = self.config.early_stopping_min_delta
+        self.metrics.bayes_error_proxy.set(self.config.bayes_error)
         log.info("settings changed: %s", settings)
         return {k: getattr(self.config, k) if k in LIVE_DAEMON_SETTINGS else self.config.model[k]
                 for k in settings}
@@ -397,6 +589,6 @@ class Trainer(threading.Thread):
             if stopping and item is None:
                 break
         self._run_commands()
-        if self.model is not None:
+        if self.model is not None and not self.serving_best:
             self.publish(time.monotonic())
         self.write_checkpoint("shutdown")

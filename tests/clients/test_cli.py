@@ -33,10 +33,10 @@ def test_every_command(daemons, data_files):
     d = daemons()
     ing, pre, ctl = (f"--ingest={d.ingest}", f"--predict={d.predict}", f"--control={d.control}")
 
-    r = learnd("replay", str(tmp / "train.npz"), "--passes", "3", "--batch", "64", ing)
+    r = learnd("replay", str(tmp / "train.npz"), "--passes", "3", "--batch", "64", "--split", "train", ing)
     assert r.returncode == 0, r.stderr
     assert "acknowledged 4314" in r.stderr
-    r = learnd("replay", str(tmp / "X.npy"), "--labels", str(tmp / "y.npy"), "--quiet", ing)
+    r = learnd("replay", str(tmp / "X.npy"), "--labels", str(tmp / "y.npy"), "--split", "train", "--quiet", ing)
     assert r.returncode == 0, r.stderr
     r = learnd("replay", str(tmp / "test.csv"), "--label", "digit", "--split", "test", "--quiet", ing)
     assert r.returncode == 0, r.stderr
@@ -107,7 +107,7 @@ def test_ctrl_c_during_replay_flushes_and_exits_130(daemons, data_files):
     tmp, _, _ = data_files
     d = daemons()
     proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "replay", str(tmp / "train.npz"),
-                             "--rate", "1000", "--passes", "50", f"--ingest={d.ingest}"],
+                             "--rate", "1000", "--passes", "50", "--split", "train", f"--ingest={d.ingest}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with Control(d.control) as c:

@@ -94,8 +94,8 @@ def test_idstore_expires_and_bounds():
     store = IdStore(size=3, ttl_s=10, clock=lambda: clock[0])
     store.put(np.array([1, 2, 3, 4]), np.arange(8.0).reshape(4, 2))
     assert len(store) == 3
-    assert store.get(np.array([1]))[1] == [1]                # evicted by size
-    x, missing = store.get(np.array([3, 2]))
-    assert missing == [] and np.array_equal(x, [[4.0, 5.0], [2.0, 3.0]])
+    assert store.get(np.array([1]))[1:] == ([1], [])         # evicted by size: unknown
+    x, unknown, expired = store.get(np.array([3, 2]))
+    assert unknown == expired == [] and np.array_equal(x, [[4.0, 5.0], [2.0, 3.0]])
     clock[0] = 11.0
-    assert store.get(np.array([4]))[1] == [4]                # expired
+    assert store.get(np.array([4, 9]))[1:] == ([9], [4])     # 4 expired, 9 never stored

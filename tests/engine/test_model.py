@@ -140,7 +140,7 @@ def test_evaluate_reports_inference_figures_without_penalties(rng, task):
         assert figures["mae"] == pytest.approx(np.mean(np.abs(P - Y)), rel=1e-12)
         assert figures["loss"] == pytest.approx(0.5 * ((P - Y) ** 2).sum(axis=1).mean(), rel=1e-12)
     else:
-        assert set(figures) == {"loss", "accuracy", "error"}
+        assert set(figures) == {"loss", "accuracy", "error", "precision", "recall", "f1"}
         if task == "multiclass":
             acc = np.mean(model.predict(X) == y)
             assert figures["loss"] == pytest.approx(-np.log(P[np.arange(20), y]).mean(), rel=1e-10)

@@ -98,7 +98,7 @@ def test_a_barrage_of_bad_messages_changes_nothing(busy_daemon):
     Xtr, ytr, Xte, _ = split("digits")
     with Producer(d.ingest, producer_id="good", timeout=20) as prod:
         for k in range(8):
-            prod.send(Xtr[k * 64:(k + 1) * 64], ytr[k * 64:(k + 1) * 64])
+            prod.send(Xtr[k * 64:(k + 1) * 64], ytr[k * 64:(k + 1) * 64], split="train")
     with Control(d.control) as c:
         d.wait_until(lambda: c.status()["batches_trained"] == 8, what="8 batches")
     with Predictor(d.predict) as p:

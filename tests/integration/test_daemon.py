@@ -29,7 +29,7 @@ def send_batches(address, X, y, n_messages, producer_id="p1", first_seq=0):
     with Producer(address, producer_id=producer_id, window=8, timeout=20, first_seq=first_seq) as prod:
         for k in range(n_messages):
             i = (k * BATCH) % (len(X) - BATCH)
-            prod.send(X[i:i + BATCH], y[i:i + BATCH])
+            prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
     assert prod.rejected == []
     return prod
 
@@ -91,7 +91,7 @@ def test_a_fast_producer_is_slowed_not_dropped(daemons):
     t0 = time.monotonic()
     with Producer(d.ingest, window=64, timeout=30) as prod:
         for k in range(n_messages):
-            prod.send(X[k * BATCH:(k + 1) * BATCH], y[k * BATCH:(k + 1) * BATCH])
+            prod.send(X[k * BATCH:(k + 1) * BATCH], y[k * BATCH:(k + 1) * BATCH], split="train")
     sent_in = time.monotonic() - t0
     assert prod.acked == n_messages and prod.rejected == []
     status = trained(d, n_messages)
@@ -270,5 +270,5 @@ def test_every_exposed_metric_is_documented_and_every_documented_one_exposed(dae
         name = family.name + ("_total" if family.type == "counter" else "")
         exposed.add(name)
     doc = (pathlib.Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
-    documented = set(re.findall(r"^\| `(learnd_[a-z_]+)`", doc, flags=re.M))
+    documented = set(re.findall(r"^\| `(learnd_[a-z0-9_]+)`", doc, flags=re.M))
     assert exposed == documented, (exposed - documented, documented - exposed)

@@ -33,7 +33,7 @@ def test_sigterm_and_restart_mid_stream_trains_each_batch_once(daemons, tmp_path
         try:
             with Producer(d1.ingest, producer_id="steady", window=16, timeout=1.0, retries=60) as prod:
                 for k in range(n_messages):
-                    prod.send(X[k * rows:(k + 1) * rows], y[k * rows:(k + 1) * rows])
+                    prod.send(X[k * rows:(k + 1) * rows], y[k * rows:(k + 1) * rows], split="train")
                     time.sleep(0.002)
             stream.prod = prod
         except Exception as exc:  # surfaced by the assertion below

@@ -1,0 +1,35 @@
+"""Predict latency over the most recent requests, for the satisficing metric: its
+99th percentile against a configured bound."""
+from __future__ import annotations
+
+import numpy as np
+
+WINDOW = 4096      # requests: the p99 of the last few seconds at a busy daemon
+
+
+class LatencyWindow:
+    """A ring of the last `size` latencies (seconds).  Written by the predict thread
+    only; read (a copy) at scrape and status time, where a torn read of one slot moves a
+    percentile by at most one sample."""
+
+    def __init__(self, size=WINDOW):
+        self.values = np.zeros(size)
+        self.count = 0
+
+    def record(self, seconds):
+        self.values[self.count % self.values.shape[0]] = seconds
+        self.count += 1
+
+    def quantile(self, q):
+        """The q-quantile (0..1) of the recent latencies, or NaN before any request."""
+        n = min(self.count, self.values.shape[0])
+        if n == 0:
+            return float("nan")
+        return float(np.quantile(self.values[:n], q))
+
+
+def satisficing(window, bound_s):
+    """{"metric", "p99_seconds", "bound_seconds", "met"} (met is None before any request)."""
+    p99 = window.quantile(0.99)
+    return {"metric": "predict_latency_p99", "p99_seconds": p99, "bound_seconds": bound_s,
+            "met": None if p99 != p99 else bool(p99 <= bound_s)}

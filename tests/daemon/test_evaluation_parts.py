@@ -1,0 +1,193 @@
+"""The evaluation building blocks on their own: split hashing, the diagnosis, progressive
+validation, early stopping, the latency window and the history file."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from daemon.diagnosis import RECIPES, diagnose
+from daemon.early_stopping import EarlyStopping
+from daemon.evaluation import RecentWindow, Reservoir
+from daemon.history import EvalHistory, read_history
+from daemon.latency import LatencyWindow, satisficing
+from daemon.progressive import ProgressiveScore, batch_scores
+from daemon.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws
+from engine.metrics import evaluate_outputs
+
+
+# -- splits ---------------------------------------------------------------------------------
+def test_a_resent_row_lands_in_the_same_split_whatever_its_dtype_or_neighbours():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5000, 7))
+    a = SplitAssigner()
+    codes = a.assign(x.astype(np.float32), "auto")
+    again = a.assign(x.astype(np.float32)[::-1].copy(), "auto")[::-1]
+    assert np.array_equal(codes, again)
+    # the same values sent as float64 and cast to the model's float32 hash alike
+    assert np.array_equal(codes, a.assign(x.astype(np.float32).astype(np.float64).astype(np.float32), "auto"))
+    # -0.0 and 0.0 are the same value
+    z = np.zeros((1, 3), dtype=np.float32)
+    assert np.array_equal(row_hash_draws(z), row_hash_draws(-z))
+
+
+def test_auto_fractions_follow_the_configuration():
+    x = np.random.default_rng(1).standard_normal((40_000, 5)).astype(np.float32)
+    codes = SplitAssigner((0.8, 0.1, 0.1), train_dev_fraction=0.05).assign(x, "auto")
+    share = np.bincount(codes, minlength=4) / len(codes)
+    # train rows are 80%; 5% of them go to train-dev
+    assert share[TRAIN] == pytest.approx(0.8 * 0.95, abs=0.01)
+    assert share[TRAIN_DEV] == pytest.approx(0.8 * 0.05, abs=0.005)
+    assert share[DEV] == pytest.approx(0.1, abs=0.01) and share[TEST] == pytest.approx(0.1, abs=0.01)
+    default = np.bincount(SplitAssigner().assign(x, "auto"), minlength=4) / len(codes)
+    assert default[DEV] == pytest.approx(0.02, abs=0.004) and default[TEST] == pytest.approx(0.02, abs=0.004)
+
+
+def test_explicit_splits():
+    x = np.random.default_rng(2).standard_normal((2000, 3))
+    a = SplitAssigner(train_dev_fraction=0.1)
+    assert set(a.assign(x, "dev")) == {DEV} and set(a.assign(x, "test")) == {TEST}
+    assert set(a.assign(x, "train")) == {TRAIN}             # every row sent as train trains
+
+
+def test_bad_fractions_are_refused():
+    with pytest.raises(ValueError):
+        SplitAssigner((0.5, 0.3, 0.3))
+    with pytest.raises(ValueError):
+        SplitAssigner(train_dev_fraction=1.0)
+
+
+# -- diagnosis ------------------------------------------------------------------------------
+@pytest.mark.parametrize("errors, verdict", [
+    ({"train": 0.20, "train_dev": 0.21, "dev": 0.22, "test": 0.22}, "avoidable_bias"),
+    ({"train": 0.01, "train_dev": 0.15, "dev": 0.16, "test": 0.16}, "variance"),
+    ({"train": 0.01, "train_dev": 0.02, "dev": 0.20, "test": 0.21}, "data_mismatch"),
+    ({"train": 0.01, "train_dev": 0.02, "dev": 0.03, "test": 0.12}, "dev_overfitting"),
+    ({"train": 0.01, "train_dev": 0.02, "dev": 0.03, "test": 0.03}, "ok"),
+    ({"dev": 0.3}, "unknown"),
+])
+def test_the_verdict_is_the_largest_gap_above_the_tolerance(errors, verdict):
+    d = diagnose({k: {"error": v} for k, v in errors.items()}, bayes_error=0.0, tolerance=0.02)
+    assert d["verdict"] == verdict and d["recipe"] == RECIPES[verdict]
+
+
+def test_gaps_use_the_bayes_proxy_and_say_none_when_a_split_is_missing():
+    d = diagnose({"train": {"error": 0.12}, "dev": {"error": 0.15}}, bayes_error=0.1, tolerance=0.05)
+    assert d["gaps"]["avoidable_bias"] == pytest.approx(0.02)
+    assert d["gaps"]["variance"] is None and d["gaps"]["data_mismatch"] is None
+    assert d["gaps"]["dev_overfitting"] is None and d["verdict"] == "ok"
+    reg = diagnose({"train": {"mse": 4.0, "loss": 2.0}}, bayes_error=1.0, tolerance=0.5)
+    assert reg["figure"] == "mse" and reg["gaps"]["avoidable_bias"] == 3.0
+    assert reg["verdict"] == "avoidable_bias"
+
+
+# -- metrics against scikit-learn's definitions, computed here by hand ---------------------
+def test_precision_recall_f1_by_hand():
+    # binary: 3 TP, 1 FP, 2 FN, 4 TN
+    p = np.array([.9, .8, .7, .6, .4, .3, .2, .1, .1, .2])[:, None]
+    y = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0, 0], dtype=float)[:, None]
+    f = evaluate_outputs("binary", p, y)
+    assert f["precision"] == pytest.approx(3 / 4) and f["recall"] == pytest.approx(3 / 5)
+    assert f["f1"] == pytest.approx(2 * .75 * .6 / 1.35) and f["error"] == pytest.approx(0.3)
+    # multiclass macro over classes 0..2: class 2 never predicted -> precision 0
+    P = np.eye(3)[[0, 0, 1, 1, 1, 0]]
+    Y = np.eye(3)[[0, 1, 1, 1, 2, 0]]
+    f = evaluate_outputs("multiclass", P * 0.8 + 0.2 / 3, Y)
+    prec = [2 / 3, 2 / 3, 0.0]
+    rec = [1.0, 2 / 3, 0.0]
+    f1 = [2 * p_ * r / (p_ + r) if p_ + r else 0.0 for p_, r in zip(prec, rec)]
+    assert f["precision"] == pytest.approx(np.mean(prec)) and f["recall"] == pytest.approx(np.mean(rec))
+    assert f["f1"] == pytest.approx(np.mean(f1))
+    w = np.array([1, 1, 1, 1, 4, 1.0])
+    assert evaluate_outputs("multiclass", P, Y, w)["weighted_error"] == pytest.approx(5 / 9)
+
+
+# -- progressive validation ---------------------------------------------------------------------
+def test_progressive_figures_are_the_means_of_the_batches():
+    score = ProgressiveScore("multiclass", window=10**9)
+    rng = np.random.default_rng(3)
+    losses, wrong, rows = 0.0, 0, 0
+    for m in (5, 17, 64):
+        P = rng.dirichlet(np.ones(4), m)
+        Y = np.eye(4)[rng.integers(0, 4, m)]
+        f = evaluate_outputs("multiclass", P, Y)
+        losses += f["loss"] * m
+        wrong += round(f["error"] * m)
+        rows += m
+        score.add(P, Y)
+    fig = score.figures()
+    assert fig["rows"] == rows and fig["loss"] == pytest.approx(losses / rows)
+    assert fig["error"] == pytest.approx(wrong / rows)
+    # a huge window: the EWMA weighs rows alike, so it equals the all-time figure
+    assert fig["window_error"] == pytest.approx(fig["error"], rel=1e-6)
+
+
+def test_progressive_window_follows_drift_and_multilabel_skips_missing_labels():
+    score = ProgressiveScore("binary", window=100)
+    right = (np.full((50, 1), 0.9), np.ones((50, 1)))
+    wrong = (np.full((50, 1), 0.9), np.zeros((50, 1)))
+    for _ in range(20):
+        score.add(*right)
+    for _ in range(10):
+        score.add(*wrong)
+    fig = score.figures()
+    assert fig["error"] == pytest.approx(1 / 3) and fig["window_error"] > 0.99
+    P = np.array([[0.9, 0.1], [0.2, 0.7]])
+    Y = np.array([[1.0, np.nan], [np.nan, 0.0]])
+    loss, errors, count = batch_scores("multilabel", P, Y)
+    assert count == 2 and errors == 1 and loss == pytest.approx(-math.log(0.9) - math.log(0.3))
+
+
+# -- early stopping -------------------------------------------------------------------------------
+def test_patience_counts_evaluations_without_improvement():
+    es = EarlyStopping(patience=3, min_delta=0.01)
+    assert es.observe(0.5, 10, 640) == "improved"
+    assert es.observe(0.495, 20, 1280) == "waiting"     # within min_delta: not better
+    assert es.observe(0.6, 30, 1920) == "waiting"
+    assert es.observe(0.7, 40, 2560) == "stopped"
+    assert es.observe(0.7, 50, 3200) == "stopped_already"
+    assert es.best == 0.5 and es.best_version == 10
+    assert es.observe(0.3, 60, 3840) == "improved" and not es.stopped
+    state = es.to_state()
+    again = EarlyStopping(3)
+    again.load_state(json.loads(json.dumps(state)))
+    assert again.figures() == es.figures()
+    assert EarlyStopping(0).observe(0.5, 1, 1) == "improved"
+    off = EarlyStopping(0)
+    assert all(off.observe(1.0 + i, i, i) != "stopped" for i in range(10))
+
+
+# -- satisficing latency and the history file ------------------------------------------------------
+def test_latency_window_p99_and_bound():
+    lw = LatencyWindow(size=1000)
+    assert satisficing(lw, 0.01)["met"] is None
+    for i in range(3000):                 # only the last 1000 count: 0.002..0.003 s
+        lw.record(1.0 if i < 2000 else 0.002 + (i - 2000) * 1e-6)
+    assert lw.quantile(0.99) == pytest.approx(0.002 + 989e-6, abs=2e-6)
+    assert satisficing(lw, 0.01)["met"] is True and satisficing(lw, 0.001)["met"] is False
+
+
+def test_history_is_bounded_and_survives_a_torn_line(tmp_path):
+    h = EvalHistory(str(tmp_path), max_bytes=4000)
+    for i in range(200):
+        h.append({"samples": i, "splits": {"dev": {"error": float("nan") if i == 3 else 0.1}}})
+    with open(h.path, "a") as f:
+        f.write('{"samples": 99')            # a crash mid-line
+    records = read_history(str(tmp_path))
+    assert records[-1]["samples"] == 199 and len(records) < 200
+    assert [r["samples"] for r in records] == list(range(records[0]["samples"], 200))
+
+
+def test_reservoirs_keep_weights_and_a_uniform_sample():
+    r = Reservoir(100, 2, 1, np.float32, seed=0)
+    for k in range(100):
+        x = np.full((10, 2), k, dtype=np.float32)
+        r.offer(x, x[:, :1], np.full(10, 2.0))
+    x, Y, w = r.rows()
+    assert len(x) == 100 and np.all(w == 2.0)
+    assert 30 < x[:, 0].mean() < 70          # rows from the whole history, not the first batches
+    win = RecentWindow(5, 1, 1, np.float32)
+    win.offer(np.arange(7, dtype=np.float32)[:, None], np.zeros((7, 1), np.float32))
+    assert sorted(win.rows()[0][:, 0]) == [2, 3, 4, 5, 6] and np.all(win.rows()[2] == 1.0)
