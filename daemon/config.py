@@ -25,6 +25,7 @@ from .errors import ConfigError
 
 EARLY_STOPPING_ACTIONS = ("none", "serve_best", "freeze")
 EARLY_STOPPING_METRICS = ("auto", "error", "loss")
+PROGRESSIVE_MODES = ("step", "inference", "off")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Config:
     bayes_error: float = 0.0        # human-level error: the proxy for Bayes error
     diagnosis_tolerance: float = 0.02   # a gap below this is no problem
     progressive_window: int = 10_000    # rows the test-then-train figures average over
+    progressive_validation: str = "step"    # step (free, training mode) | inference (exact) | off
     # Early stopping on the dev split (patience counted in evaluations; 0: off).
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
@@ -106,6 +108,9 @@ class Config:
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ConfigError(f"early_stopping_metric must be one of {', '.join(EARLY_STOPPING_METRICS)}, "
                               f"got {self.early_stopping_metric!r}")
+        if self.progressive_validation not in PROGRESSIVE_MODES:
+            raise ConfigError(f"progressive_validation must be one of {', '.join(PROGRESSIVE_MODES)}, "
+                              f"got {self.progressive_validation!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         host, sep, port = self.metrics.rpartition(":")
@@ -187,7 +192,7 @@ def load(path=None, env=None, flags=None):
         elif name in DAEMON_KEYS:
             value = _parse_env_value(text)
             if name in ("ingest", "predict", "control", "metrics", "state_dir", "log_level",
-                        "early_stopping_metric", "early_stopping_action"):
+                        "early_stopping_metric", "early_stopping_action", "progressive_validation"):
                 value = text   # addresses and paths are strings even when they look numeric
             daemon[name] = value
         else:

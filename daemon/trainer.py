@@ -284,10 +284,8 @@ class Trainer(threading.Thread):
             self._evaluate_if_due(now)
 
     def _score_before_step(self, x, Y):
-        """Progressive validation: the model as it is scores the batch it is about to
-        learn from (inference mode), so every training row is scored unseen."""
-        if self.model.network is None:     # the very first batch: nothing to score with
-            return
+        """Progressive validation with an inference pass: the model as it is scores the
+        batch it is about to learn from, so every training row is scored unseen."""
         m, K = x.shape[0], self.schema.n_outputs
         if self._scores is None or self._scores.shape[0] < m:
             self._scores = np.empty((max(m, self.config.batch_size), K), dtype=self.model.dtype)
@@ -295,7 +293,15 @@ class Trainer(threading.Thread):
         self.progressive.add(P, Y)
 
     def _step(self, x, Y, w):
-        self._score_before_step(x, Y)
+        # Progressive validation (test-then-train).  "step" scores the batch with the
+        # outputs of the step's own forward pass, taken before the update: free, and
+        # equal to an inference pass when there is no dropout and no batch norm
+        # (otherwise it is scored in training mode).  "inference" pays for a separate
+        # forward pass, about a third of a step.  Frozen rows take no step, so they are
+        # scored by an inference pass.
+        mode = self.config.progressive_validation
+        if mode == "inference" or (self.frozen and mode != "off"):
+            self._score_before_step(x, Y)
         if self.frozen:
             self.metrics.frozen_rows.inc(x.shape[0])
             return
@@ -311,6 +317,8 @@ class Trainer(threading.Thread):
             self.metrics.nonfinite_steps.inc()
             log.warning("step skipped: loss or gradient not finite (%d so far)", self.nonfinite_steps)
             return
+        if mode == "step":
+            self.progressive.add(self.model.last_batch_outputs(), Y)
         m = x.shape[0]
         self.samples_trained += m
         self.batches_trained += 1

@@ -178,6 +178,7 @@ class Model:
         shift, inv_scale = self.normalizer.stage(X)
         self._rng_backup[:] = self.rng_state
         loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
+        self._last_batch_rows = m
         norm = global_norm(net.flat_grads)
         # Batch statistics can overflow (float32 variance of a large but finite input)
         # while J and the gradient stay finite; folding them in would poison the running
@@ -194,6 +195,16 @@ class Model:
         self.normalizer.commit()
         self.samples_seen += m
         return float(loss)
+
+    def last_batch_outputs(self):
+        """Head outputs (m, n_outputs) for the batch of the last partial_fit, from that
+        step's own forward pass: at the parameters before its update, in training mode
+        (dropout as applied, batch-norm batch statistics).  With neither dropout nor
+        batch norm they equal predict_proba before the step.  A view, valid until the
+        next call that trains or checks gradients."""
+        if self.network is None or not getattr(self, "_last_batch_rows", 0):
+            raise EngineError("no training step yet")
+        return self.network.head_outputs(self._last_batch_rows)
 
     # -- inference ---------------------------------------------------------------------------
     def predict_proba(self, X, out=None):

@@ -167,6 +167,14 @@ class Network:
             spec.l2 if l2 is None else l2, spec.l1 if l1 is None else l1,
             work, self.train_work.cap, self.feat, rng_state, dropout, grad)
 
+    def head_outputs(self, m):
+        """(m, n_outputs) view of the head's outputs (softmax rows, sigmoid
+        probabilities or values) from the last training pass over m rows."""
+        last = self.layout.table[-1]
+        start = int(last[K.SLOT_A]) * self.train_work.cap
+        n = int(last[K.N_OUT])
+        return self.train_work.buf[start:start + m * n].reshape(m, n)
+
     def update_running_stats(self, m):
         K.update_running_stats(self.flat_stats, self.feat, self.layout.table, m, self.spec.bn_beta)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from engine import Model
+from engine import EngineError, Model
 
 from . import reference as ref
 from .helpers import N_OUTPUTS, TASKS, batch, targets
@@ -153,3 +153,18 @@ def test_evaluate_reports_inference_figures_without_penalties(rng, task):
         assert figures["accuracy"] == pytest.approx(acc)
         assert figures["error"] == pytest.approx(1 - acc)
     assert repr(model).startswith(f"Model(4-6-{K} {task}")
+
+
+def test_last_batch_outputs_are_the_steps_own_forward_pass(rng):
+    """Without dropout and batch norm, a step's forward pass is an inference pass at the
+    parameters before the update (on inputs normalized with this batch included)."""
+    model = Model(hidden=(8,), task="multiclass", n_outputs=3, input_dim=4, dtype="float64",
+                  normalize_inputs=False, seed=1)
+    with pytest.raises(EngineError):
+        model.last_batch_outputs()
+    for _ in range(3):
+        X, y = batch("multiclass", 16, 4, rng)
+        before = model.predict_proba(X)
+        model.partial_fit(X, y)
+        assert_allclose(model.last_batch_outputs(), before, rtol=1e-12)
+        assert not np.allclose(model.predict_proba(X), before)     # the step changed the model

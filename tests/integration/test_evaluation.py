@@ -141,19 +141,25 @@ def test_dev_rows_from_a_shifted_distribution_are_a_data_mismatch(daemons, digit
 
 
 # -- progressive validation --------------------------------------------------------------------------
-def test_progressive_validation_scores_each_batch_before_learning_from_it(daemons, digits):
+@pytest.mark.parametrize("mode", ["step", "inference"])
+def test_progressive_validation_scores_each_batch_before_learning_from_it(daemons, digits, mode):
     X, y = digits
     n = len(X) // BATCH
-    d = daemons(args=settings(hidden="[32]") + ["--no-wal"])
+    d = daemons(args=settings(hidden="[32]", progressive_validation=mode) + ["--no-wal"])
     stream(d.ingest, X[:n * BATCH], y[:n * BATCH], split="train")
     s = status_when(d, lambda st: st["batches_trained"] == n, f"{n} batches")
+    # The same batches through the embedded engine, each scored before its step: by an
+    # inference pass, or by the step's own forward pass (parameters before the update).
     with threadpool_limits(1, user_api="blas"):
         model = Model(hidden=(32,), task="multiclass", n_outputs=10, input_dim=64)
         score = ProgressiveScore("multiclass", window=10_000)
         for k in range(n):
             xb, yb = X[k * BATCH:(k + 1) * BATCH], y[k * BATCH:(k + 1) * BATCH]
-            score.add(model.predict_proba(xb), np.eye(10)[yb])   # the first by the initial model
+            if mode == "inference":
+                score.add(model.predict_proba(xb), np.eye(10)[yb])
             model.partial_fit(xb, yb)
+            if mode == "step":
+                score.add(model.last_batch_outputs(), np.eye(10)[yb])
     expected = score.figures()
     got = s["progressive"]
     assert got["rows"] == expected["rows"] == n * BATCH
