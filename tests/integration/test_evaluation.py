@@ -291,3 +291,24 @@ def test_report_draws_learning_curves_from_the_history(daemons, digits, tmp_path
     r = subprocess.run([sys.executable, "-m", "clients.cli", "report", "--state-dir", str(empty)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no evaluation history" in r.stderr
+
+
+def test_freeze_on_patience_and_the_best_model_survive_a_restart(daemons, digits, tmp_path):
+    X, y = digits
+    X, y = X[:500], y[:500]
+    args = settings(hidden="[256,256]", dev_fraction=0.3, test_fraction=0.0, train_dev_fraction=0.0,
+                    eval_interval_samples=512, early_stopping_patience=3, early_stopping_metric="loss",
+                    early_stopping_action="freeze", lr=0.01)
+    state = tmp_path / "state"
+    d = daemons(args=args, state_dir=state)
+    stream(d.ingest, X, y, passes=40)
+    s = status_when(d, lambda st: st["early_stopping"]["frozen"], "frozen by early stopping", timeout=180)
+    best_version = s["early_stopping"]["best_version"]
+    d.wait_until(lambda: d.metrics()["learnd_frozen_rows_total"] > 0, what="rows refused by the freeze")
+    assert d.stop() == 0
+    d2 = daemons(name="again", args=args, state_dir=state)
+    with Control(d2.control) as c:
+        s2 = c.status()
+        assert s2["early_stopping"]["frozen"] and s2["early_stopping"]["best_version"] == best_version
+        assert c.rollback()["best_version"] == best_version     # the best model came from disk
+        assert c.unfreeze() == {"frozen": False}
