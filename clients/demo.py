@@ -68,7 +68,8 @@ def run_demo(passes=8, quiet=False):
           f"{len(Xtr)} rows to train on, {len(Xte)} held out", flush=True)
     with tempfile.TemporaryDirectory(prefix="learnd-demo-") as state_dir:
         t_start = time.monotonic()
-        proc, ends, log = start_daemon(state_dir)
+        # Evaluate every 512 trained rows, so the short run ends with fresh figures.
+        proc, ends, log = start_daemon(state_dir, ["--set", "eval_interval_samples=512"])
         print(f"daemon started (pid {proc.pid}) on the embedded default; metrics at {ends['metrics']}",
               flush=True)
         try:
@@ -117,6 +118,12 @@ def _stream(ends, Xtr, ytr, Xte, yte, passes, quiet, t_start):
         print(f"held-out accuracy {accuracy:.4f} on {len(Xte)} rows (model version {final.model_version})")
         print(f"predict latency while training: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
               f"over {len(asker.latencies)} one-row requests")
+        diag, prog = status.get("diagnosis") or {}, status.get("progressive") or {}
+        if prog.get("error") is not None:
+            print(f"test-then-train error over the stream {prog['error']:.4f} "
+                  f"(every batch scored before the model learned from it)")
+        if diag:
+            print(f"diagnosis: {diag['verdict']} — {diag['recipe']}")
         print(f"metrics: {ends['metrics']}   status: learnd status --control {ends['control']}")
         return 0
     finally:
