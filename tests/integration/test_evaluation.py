@@ -105,6 +105,7 @@ def test_a_tiny_model_underfits_avoidable_bias(daemons, digits):
     s = status_when(d, evaluated("train", "train_dev", "dev", samples=3 * 1600), "evaluations")
     s = status_when(d, lambda st: st["diagnosis"]["verdict"] != "unknown", "a verdict")
     diag = s["diagnosis"]
+    print("underfit:", {k: v["error"] for k, v in s["evaluation"].items()}, diag["gaps"], diag["verdict"])
     assert diag["verdict"] == "avoidable_bias", diag
     assert diag["gaps"]["avoidable_bias"] > 0.3 and "bigger network" in diag["recipe"]
     r = subprocess.run([sys.executable, "-m", "clients.cli", "status", f"--control={d.control}"],
@@ -122,6 +123,7 @@ def test_a_big_model_on_few_rows_overfits_variance(daemons, digits):
     s = status_when(d, lambda st: evaluated("train", "train_dev", "dev")(st)
                     and st["evaluation"]["train"]["error"] < 0.01, "train error near 0", timeout=180)
     diag = s["diagnosis"]
+    print("overfit:", {k: v["error"] for k, v in s["evaluation"].items()}, diag["gaps"], diag["verdict"])
     assert diag["verdict"] == "variance", (diag, s["evaluation"])
     assert diag["gaps"]["variance"] > 0.04 and "more training data" in diag["recipe"]
     assert d.metrics()["learnd_diagnosis_gap{gap=variance}"] == pytest.approx(diag["gaps"]["variance"], abs=0.05)
@@ -136,6 +138,7 @@ def test_dev_rows_from_a_shifted_distribution_are_a_data_mismatch(daemons, digit
     stream(d.ingest, X, y, passes=6)
     s = status_when(d, evaluated("train", "train_dev", "dev", samples=5 * 1600), "evaluations")
     diag = s["diagnosis"]
+    print("mismatch:", {k: v["error"] for k, v in s["evaluation"].items()}, diag["gaps"], diag["verdict"])
     assert diag["verdict"] == "data_mismatch", (diag, s["evaluation"])
     assert diag["gaps"]["data_mismatch"] > 0.3 and "training data more like the target" in diag["recipe"]
 
@@ -162,6 +165,7 @@ def test_progressive_validation_scores_each_batch_before_learning_from_it(daemon
                 score.add(model.last_batch_outputs(), np.eye(10)[yb])
     expected = score.figures()
     got = s["progressive"]
+    print(f"progressive ({mode}):", got, "embedded:", expected)
     assert got["rows"] == expected["rows"] == n * BATCH
     assert got["error"] == pytest.approx(expected["error"], abs=1e-9)
     assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
@@ -212,6 +216,7 @@ def test_early_stopping_serves_the_best_model_then_rollback_and_freeze(daemons, 
     stream(d.ingest, X, y, passes=60)
     s = status_when(d, lambda st: st["early_stopping"]["serving_best"], "early stopping", timeout=180)
     es = s["early_stopping"]
+    print("early stopping:", es, "batches trained", s["batches_trained"])
     assert es["stopped"] and es["best_version"] < s["batches_trained"]
     assert s["model_version"] == es["best_version"]
     with Predictor(d.predict) as p:
