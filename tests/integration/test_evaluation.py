@@ -116,7 +116,7 @@ def test_a_tiny_model_underfits_avoidable_bias(daemons, digits):
 
 def test_a_big_model_on_few_rows_overfits_variance(daemons, digits):
     X, y = digits
-    X, y = X[:600], y[:600]
+    X, y = X[:400], y[:400]
     d = daemons(args=settings(hidden="[256,256]", dev_fraction=0.25, test_fraction=0.05,
                               train_dev_fraction=0.6, eval_interval_samples=2048))
     stream(d.ingest, X, y, passes=40)
