@@ -317,3 +317,21 @@ def test_freeze_on_patience_and_the_best_model_survive_a_restart(daemons, digits
         assert s2["early_stopping"]["frozen"] and s2["early_stopping"]["best_version"] == best_version
         assert c.rollback()["best_version"] == best_version     # the best model came from disk
         assert c.unfreeze() == {"frozen": False}
+
+
+def test_regression_splits_report_mse_and_mae_and_the_diagnosis_uses_mse(daemons):
+    X, y, _ = load("diabetes")
+    X, y = X.astype(np.float32), (y - y.mean()) / y.std()
+    d = daemons(args=settings(hidden="[32]", dev_fraction=0.15, test_fraction=0.15, train_dev_fraction=0.15,
+                              eval_interval_samples=256, bayes_error=0.3, diagnosis_tolerance=0.05))
+    stream(d.ingest, X, y, passes=10)
+    s = status_when(d, evaluated("train", "train_dev", "dev", "test", samples=9 * 250), "evaluations")
+    for split, figures in s["evaluation"].items():
+        assert {"loss", "mse", "mae", "rows"} <= set(figures) and "error" not in figures, split
+        assert figures["loss"] == pytest.approx(figures["mse"] / 2, rel=1e-5)   # one output: ½ squared error
+    diag = s["diagnosis"]
+    assert diag["figure"] == "mse"
+    assert diag["gaps"]["avoidable_bias"] == pytest.approx(s["evaluation"]["train"]["mse"] - 0.3)
+    m = d.metrics()
+    assert m["learnd_eval_mse{split=dev}"] == pytest.approx(s["evaluation"]["dev"]["mse"], rel=0.5)
+    assert "learnd_eval_error{split=dev}" not in m
