@@ -97,14 +97,15 @@ class Server:
             raise StartupError(f"cannot serve metrics on {cfg.metrics}: {exc.strerror}",
                                EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
         self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
-        serve_in_thread(self.http)
-        # Where everything listens, for operators and tools (ports may have been chosen by the OS).
-        write_atomic(os.path.join(cfg.state_dir, ENDPOINTS_FILE),
-                     json.dumps({**self.bound, "pid": os.getpid()}, indent=1).encode())
-        log.info("metrics on %s", self.bound["metrics"])
         self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store)
         self.trainer.start()
         self.predictor.start()
+        serve_in_thread(self.http)
+        log.info("metrics on %s", self.bound["metrics"])
+        # Where everything listens, for operators and tools (ports may have been chosen by
+        # the OS); written last, so whoever reads it finds every part running.
+        write_atomic(os.path.join(cfg.state_dir, ENDPOINTS_FILE),
+                     json.dumps({**self.bound, "pid": os.getpid()}, indent=1).encode())
         if self.install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -135,6 +136,9 @@ class Server:
         self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, self.config.model)
         self.accepted = self.trainer.dedupe.copy()
         if self.wal is not None:
+            # Numbers must keep rising past what the checkpoint consumed, even if the log
+            # segments holding those records are gone.
+            self.wal.last_lsn = max(self.wal.last_lsn, self.trainer.last_lsn)
             self._replay_wal()
 
     def _replay_wal(self):
@@ -199,6 +203,7 @@ class Server:
             "batches_trained": t.batches_trained,
             "nonfinite_steps": t.nonfinite_steps,
             "queue_depth": t.queue.qsize(),
+            "rows_waiting": len(t.rebatcher) if t.rebatcher is not None else 0,
             "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", ModelSpec.lr),
             "train_loss": t.train_loss,
             "uptime_seconds": time.monotonic() - self.started,
@@ -309,11 +314,9 @@ class Server:
             self.metrics.ingest_messages.labels("rejected").inc()
             self._reject(self.ingest, identity, exc, echo)
             return
-        self.accepted.add(producer, seq)
-        self.metrics.ingest_messages.labels("accepted").inc()
-        self.metrics.ingest_rows.labels(item.split).inc(item.x.shape[0])
         reply = protocol.ok(seq=seq, accepted=int(item.x.shape[0]))
         if self.wal is None:
+            self._count_accepted(producer, seq, item)
             self.trainer.queue.put_nowait(item)
             self._reply(self.ingest, identity, reply)
             return
@@ -323,9 +326,19 @@ class Server:
         else:
             logged = frames[1:]
         item.lsn = self.wal.append([bytes(f.buffer if hasattr(f, "buffer") else f) for f in logged[1:]])
+        # Only a logged message counts as seen: one the log refused (a full disk) must be
+        # taken again when its producer resends it, not acknowledged as a duplicate.
+        self._count_accepted(producer, seq, item)
         if not self._pending_acks:
             self._pending_since = time.monotonic()
         self._pending_acks.append((identity, reply, item))
+        if self.config.wal_fsync_ms == 0:   # the policy "fsync every message"
+            self._flush_acks(force=True)
+
+    def _count_accepted(self, producer, seq, item):
+        self.accepted.add(producer, seq)
+        self.metrics.ingest_messages.labels("accepted").inc()
+        self.metrics.ingest_rows.labels(item.split).inc(item.x.shape[0])
 
     def _flush_acks(self, force=False):
         """fsync the log once for every message waiting, then hand them on and ack them."""

@@ -70,11 +70,17 @@ class WriteAheadLog:
         """Find the last lsn (repairing a torn tail) and open the newest segment for appends."""
         os.makedirs(self.directory, exist_ok=True)
         segments = self._segments()
-        for i, (_, path) in enumerate(segments):
+        for i, (first, path) in enumerate(segments):
+            # An empty newest segment (a crash right after creating it) still says
+            # how far the numbers went.
+            self.last_lsn = max(self.last_lsn, first - 1)
             for lsn, _frames in self._read(path, repair=(i == len(segments) - 1)):
                 self.last_lsn = max(self.last_lsn, lsn)
         if segments:
             self._open_segment(segments[-1][1])
+            # Records a killed process wrote but never synced are replayed (and their
+            # resends acknowledged as duplicates): make them durable first.
+            os.fsync(self._fd)
         return self
 
     def _open_segment(self, path):
