@@ -175,7 +175,7 @@ class Server:
             sock.bind(address)
         except zmq.ZMQError as exc:
             sock.close()
-            raise StartupError(f"cannot bind the {name} socket to {address}: {exc}",
+            raise StartupError(f"cannot bind the {name} socket to {address}: {zmq.strerror(exc.errno)}",
                                EXIT_PORT_IN_USE if exc.errno == zmq.EADDRINUSE else 1) from None
         endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.bound[name] = endpoint

@@ -9,6 +9,7 @@ them.  A torn record at the end (a crash mid-write) is cut off when the log is o
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -106,7 +107,8 @@ class WriteAheadLog:
         written = os.write(self._fd, record)
         if written != len(record):  # a short write on a full disk: undo, report
             os.ftruncate(self._fd, self._size)
-            raise OSError(f"short write to the write-ahead log ({written} of {len(record)} bytes)")
+            raise OSError(errno.ENOSPC, f"No space left on device: the write-ahead log took {written} "
+                                        f"of {len(record)} bytes")
         self._size += len(record)
         self.last_lsn = lsn
         self._dirty = True
