@@ -133,7 +133,8 @@ class Server:
             self.trainer.apply_configured_settings()
         model = self.trainer.model
         dtype = model.dtype if model is not None else self.config.model.get("dtype", "float32")
-        self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, self.config.model)
+        self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, self.config.model,
+                                     self.config.max_abs_value)
         self.accepted = self.trainer.dedupe.copy()
         if self.wal is not None:
             # Numbers must keep rising past what the checkpoint consumed, even if the log
