@@ -140,7 +140,7 @@ def targets(y, schema, m, dtype, max_abs=0.0):
         raise ProtocolError("non_finite", "y holds Inf")
     Y = np.empty((m, schema.n_outputs), dtype=dtype)
     try:
-        with np.errstate(over="ignore"):   # a target too large for dtype is refused below
+        with np.errstate(over="ignore", invalid="ignore"):   # such targets are refused, here or below
             write_targets(schema.task, schema.n_outputs, y, m, Y)
     except EngineError as exc:
         code = "shape_mismatch" if "shape" in str(exc) else "bad_label"
