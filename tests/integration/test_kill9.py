@@ -148,7 +148,7 @@ def new_log_lines(daemon, offset):
     return text[offset:], len(text)
 
 
-def test_kill9_at_random_moments_loses_no_acknowledged_row(daemons, tmp_path, seed):
+def test_kill9_at_random_moments_loses_no_acknowledged_row(daemons, tmp_path, seed, figures):
     t_start = time.monotonic()
     rng = np.random.default_rng(seed)
     state_dir = tmp_path / "state"
@@ -207,9 +207,24 @@ def test_kill9_at_random_moments_loses_no_acknowledged_row(daemons, tmp_path, se
     finally:
         producer.close()
     elapsed = time.monotonic() - t_start
-    print(f"\nkill -9 x{KILLS} ({figures['startup_kills']} during start-up): {len(producer.acked)} messages, "
+    figures(f"kill -9 x{KILLS} ({figures['startup_kills']} during start-up): {len(producer.acked)} messages, "
           f"{acked_rows} rows acknowledged, {status['samples_trained']} trained + {status['rows_waiting']} "
           f"waiting; {producer.resent} unacknowledged and {producer.resent_acked} acknowledged messages sent "
           f"again, {producer.duplicate_acks} first acknowledged as duplicates, "
           f"{int(figures['replayed'])} log records replayed at start, {figures['torn_tails']} torn log "
           f"tails cut; {elapsed:.1f} s")
+
+
+def test_wal_fsync_ms_0_syncs_every_message_before_its_ack(daemons):
+    d = daemons(env={"LEARND_WAL_FSYNC_MS": "0", "LEARND_MODEL_HIDDEN": "[16]"})
+    producer = ResendingProducer(seed=7, producer_id="each")
+    try:
+        producer.connect(d.ingest)
+        producer.pump(60, send_new=False)           # connects; nothing to send yet
+        for _ in range(5):                           # 5 windows of 16 in flight at once
+            producer.pump(0.001)                     # one pass: sends a window of 16
+            producer.pump(60, send_new=False)
+    finally:
+        producer.close()
+    assert len(producer.acked) == 5 * WINDOW
+    assert d.metrics()["learnd_wal_fsync_seconds_count"] == 5 * WINDOW

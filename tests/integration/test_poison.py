@@ -87,7 +87,7 @@ def accuracy(d, X, y):
         return float((p.predict(X).y == y).mean())
 
 
-def test_poisoned_batches_are_refused_counted_and_accuracy_holds(daemons, digits, seed):
+def test_poisoned_batches_are_refused_counted_and_accuracy_holds(daemons, digits, seed, figures):
     X, y, Xte, yte = digits
     d = daemons()
     with Control(d.control) as c:
@@ -124,11 +124,11 @@ def test_poisoned_batches_are_refused_counted_and_accuracy_holds(daemons, digits
     assert status["nonfinite_steps"] == status_before["nonfinite_steps"] == 0
     assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith("learnd_weight_norm"))
     assert after >= before - ACCURACY_MARGIN, (before, after)
-    print(f"\npoisoned batches: {len(poisons)} refused ({counted}); held-out accuracy "
+    figures(f"poisoned batches: {len(poisons)} refused ({counted}); held-out accuracy "
           f"{before:.4f} before, {after:.4f} after {clean_rows} more clean rows")
 
 
-def test_without_the_bound_one_row_of_1e30_ruins_the_model(daemons, digits):
+def test_without_the_bound_one_row_of_1e30_ruins_the_model(daemons, digits, figures):
     X, y, Xte, yte = digits
     d = daemons(env={"LEARND_MAX_ABS_VALUE": "0"})      # the bound off
     with Control(d.control) as c:
@@ -146,4 +146,4 @@ def test_without_the_bound_one_row_of_1e30_ruins_the_model(daemons, digits):
         wait_trained(d, c, rows + BATCH)
         after = accuracy(d, Xte, yte)
     assert before > 0.9 and after < 0.5, (before, after)
-    print(f"\nwithout max_abs_value: accuracy {before:.4f} -> {after:.4f} after one row of 1e30")
+    figures(f"without max_abs_value: accuracy {before:.4f} -> {after:.4f} after one row of 1e30")
