@@ -153,7 +153,7 @@ def test_kill9_at_random_moments_loses_no_acknowledged_row(daemons, tmp_path, se
     rng = np.random.default_rng(seed)
     state_dir = tmp_path / "state"
     producer = ResendingProducer(seed)
-    figures = {"startup_kills": 0, "torn_tails": 0, "replayed": 0}
+    counts = {"startup_kills": 0, "torn_tails": 0, "replayed": 0}
     log_offset = 0
     try:
         for k in range(KILLS):
@@ -165,19 +165,19 @@ def test_kill9_at_random_moments_loses_no_acknowledged_row(daemons, tmp_path, se
                     time.sleep(rng.uniform(0.1, 1.0))
                     proc.kill()
                     proc.wait(10)
-                figures["startup_kills"] += 1
+                counts["startup_kills"] += 1
             else:
                 d = daemons(state_dir=state_dir, env=DAEMON_ENV)
                 metrics = d.metrics()
                 assert metrics["learnd_checkpoint_load_failures_total"] == 0
-                figures["replayed"] += metrics["learnd_wal_replayed_messages_total"]
+                counts["replayed"] += metrics["learnd_wal_replayed_messages_total"]
                 producer.connect(d.ingest)
                 producer.pump(rng.uniform(0.05, 1.5))
                 d.kill()                                    # SIGKILL
                 lines, log_offset = new_log_lines(d, log_offset)
                 bad = [line for line in lines.splitlines() if any(b in line for b in BAD_LOG_LINES)]
                 assert not bad, bad
-            figures["torn_tails"] += check_state_files(state_dir)
+            counts["torn_tails"] += check_state_files(state_dir)
 
         d = daemons(state_dir=state_dir, env=DAEMON_ENV)      # the final restart
         assert d.metrics()["learnd_checkpoint_load_failures_total"] == 0
@@ -207,11 +207,11 @@ def test_kill9_at_random_moments_loses_no_acknowledged_row(daemons, tmp_path, se
     finally:
         producer.close()
     elapsed = time.monotonic() - t_start
-    figures(f"kill -9 x{KILLS} ({figures['startup_kills']} during start-up): {len(producer.acked)} messages, "
+    figures(f"kill -9 x{KILLS} ({counts['startup_kills']} during start-up): {len(producer.acked)} messages, "
           f"{acked_rows} rows acknowledged, {status['samples_trained']} trained + {status['rows_waiting']} "
           f"waiting; {producer.resent} unacknowledged and {producer.resent_acked} acknowledged messages sent "
           f"again, {producer.duplicate_acks} first acknowledged as duplicates, "
-          f"{int(figures['replayed'])} log records replayed at start, {figures['torn_tails']} torn log "
+          f"{int(counts['replayed'])} log records replayed at start, {counts['torn_tails']} torn log "
           f"tails cut; {elapsed:.1f} s")
 
 
