@@ -5,7 +5,6 @@ which is why the bound exists."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
