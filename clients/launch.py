@@ -10,6 +10,14 @@ import time
 START_TIMEOUT_S = 120.0   # a cold Numba cache compiles every kernel first
 
 
+def serve_command(state_dir, extra_args=()):
+    """The `learnd serve` command line for a state dir, on ephemeral loopback ports;
+    later arguments in extra_args override those addresses."""
+    return [sys.executable, "-m", "clients.cli", "serve", "--state-dir", str(state_dir),
+            "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
+            "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *extra_args]
+
+
 def start_daemon(state_dir, extra_args=(), env=None, log_path=None, timeout=START_TIMEOUT_S):
     """(process, endpoints dict, log file) of a daemon whose sockets are all bound.
 
@@ -19,10 +27,7 @@ def start_daemon(state_dir, extra_args=(), env=None, log_path=None, timeout=STAR
     """
     os.makedirs(state_dir, exist_ok=True)
     log = open(log_path or os.path.join(state_dir, "daemon.log"), "ab")
-    cmd = [sys.executable, "-m", "clients.cli", "serve", "--state-dir", state_dir,
-           "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
-           "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *extra_args]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(serve_command(state_dir, extra_args), stdout=log, stderr=subprocess.STDOUT,
                             env=None if env is None else {**os.environ, **env})
     endpoints = os.path.join(state_dir, "endpoints.json")
     deadline = time.monotonic() + timeout

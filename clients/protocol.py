@@ -56,6 +56,7 @@ ERROR_CODES = {
                  "unknown or repeated name, missing or extra frames",
     "shape_mismatch": "arrays disagree with each other or with the model (rows, features, outputs)",
     "non_finite": "an input holds NaN or Inf",
+    "out_of_range": "an input or regression target is beyond the configured max_abs_value",
     "bad_label": "a label is not valid for the task (out of range, not 0/1, ...)",
     "too_large": "the message, header or an array is over a configured limit",
     "busy": "the daemon has too many control operations waiting; retry later",

@@ -56,6 +56,15 @@ class CheckpointStore:
         self.directory = directory
         self.keep = keep
         os.makedirs(directory, exist_ok=True)
+        self._remove_partial_writes()
+
+    def _remove_partial_writes(self):
+        """Delete the temporary files a crash mid-write left (write_atomic's .tmp-*.part):
+        nothing reads them, and each may be as large as a checkpoint."""
+        for name in os.listdir(self.directory):
+            if name.startswith(".tmp-") and name.endswith(".part"):
+                os.unlink(os.path.join(self.directory, name))
+                log.warning("removed %s, a write cut short by a crash", name)
 
     def files(self):
         """[(n, path)] oldest first."""

@@ -74,6 +74,9 @@ class Config:
     max_array_bytes: int = 64 * 1024 * 1024
     max_message_bytes: int = 256 * 1024 * 1024
     max_rows: int = 1_000_000
+    # Largest |value| of an input or regression target; 0 turns the bound off.  One wild
+    # row would otherwise skew the input normalizer's all-time statistics for good.
+    max_abs_value: float = 1e15
     # Logging.
     log_json: bool = False
     log_level: str = "info"

@@ -31,10 +31,12 @@ def train_fields(header):
 class IngestChecker:
     """Checks train messages against the stream's schema (fixing it on the first one)."""
 
-    def __init__(self, schema, dtype, id_store, limits, model_settings, splitter, delayed_labels):
+    def __init__(self, schema, dtype, id_store, limits, model_settings, splitter, delayed_labels,
+                 max_abs_value=0.0):
         self.schema = schema
         self.splitter = splitter                # daemon.splits.SplitAssigner
         self.delayed_labels = delayed_labels    # the learnd_delayed_labels_total counter
+        self.max_abs_value = max_abs_value
         self.model_settings = model_settings
         self.dtype = np.dtype(dtype)
         self.id_store = id_store
@@ -55,13 +57,15 @@ class IngestChecker:
         schema = self.schema if self.schema.known else copy.copy(self.schema)
         if not schema.known:
             schema.infer(x, y, header)
-        checks.check_x(x, schema, self.limits.max_rows)
-        Y = checks.targets(y, schema, x.shape[0], self.dtype)
+        checks.check_x(x, schema, self.limits.max_rows, self.max_abs_value)
+        Y = checks.targets(y, schema, x.shape[0], self.dtype, self.max_abs_value)
         w = None if w is None else checks.weights(w, x.shape[0])
+        with np.errstate(over="ignore"):   # an overflow is refused just below
+            x = np.array(x, dtype=self.dtype)  # a copy: the message frames are released
+        checks.check_converted("x", x)
         if schema is not self.schema:  # the first valid batch fixes the schema
             self._check_model_settings(schema)
             self.schema.__dict__.update(schema.__dict__)
-        x = np.array(x, dtype=self.dtype)  # a copy: the message frames are released
         if "x" not in arrays:
             self.id_store.discard(ids)
             self.delayed_labels.labels("trained").inc(len(ids))

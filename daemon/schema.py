@@ -95,8 +95,8 @@ def _guess_outputs(task, y):
     return y.shape[1] if y.ndim == 2 else 1
 
 
-def check_x(x, schema, limits_rows):
-    """x must be (m, input_dim) numbers, finite, 1 <= m."""
+def check_x(x, schema, limits_rows, max_abs=0.0):
+    """x must be (m, input_dim) numbers, finite, 1 <= m, and |x| <= max_abs (0: no bound)."""
     if x.ndim != 2:
         raise ProtocolError("shape_mismatch", f"x must be 2-D (rows, features), got shape {list(x.shape)}")
     if x.dtype.kind not in "iuf":
@@ -108,22 +108,45 @@ def check_x(x, schema, limits_rows):
         raise ProtocolError("shape_mismatch", f"x must have {schema.input_dim} features, got {n}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ProtocolError("non_finite", "x holds NaN or Inf")
+    check_magnitude("x", x, max_abs)
 
 
-def targets(y, schema, m, dtype):
-    """Labels y checked for the task and converted to float targets (m, n_outputs)."""
+def check_magnitude(name, a, max_abs):
+    """Refuse values beyond ±max_abs (a finite numeric array; max_abs 0 means no bound)."""
+    if not max_abs or a.size == 0:
+        return
+    largest = max(abs(float(a.max())), abs(float(a.min())))
+    if largest > max_abs:
+        raise ProtocolError("out_of_range", f"{name} holds a value of magnitude {largest:.3g}, beyond "
+                                            f"max_abs_value = {max_abs:g}")
+
+
+def check_converted(name, a):
+    """After conversion to the model's dtype: a finite value too large for it became Inf."""
+    if not np.isfinite(a).all():
+        raise ProtocolError("non_finite", f"{name} holds values too large for {a.dtype} (they overflow to Inf)")
+
+
+def targets(y, schema, m, dtype, max_abs=0.0):
+    """Labels y checked for the task and converted to float targets (m, n_outputs);
+    regression targets beyond ±max_abs are refused (0: no bound)."""
     if y.shape[0] != m:
         raise ProtocolError("shape_mismatch", f"y has {y.shape[0]} rows, x has {m}")
     if schema.task == "regression" and y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ProtocolError("non_finite", "y holds NaN or Inf")
+    if schema.task == "regression" and y.dtype.kind in "iuf":
+        check_magnitude("y", y, max_abs)
     if schema.task in ("binary", "multiclass") and y.dtype.kind == "f" and np.isinf(y).any():
         raise ProtocolError("non_finite", "y holds Inf")
     Y = np.empty((m, schema.n_outputs), dtype=dtype)
     try:
-        write_targets(schema.task, schema.n_outputs, y, m, Y)
+        with np.errstate(over="ignore", invalid="ignore"):   # such targets are refused, here or below
+            write_targets(schema.task, schema.n_outputs, y, m, Y)
     except EngineError as exc:
         code = "shape_mismatch" if "shape" in str(exc) else "bad_label"
         raise ProtocolError(code, str(exc)) from None
+    if schema.task == "regression":
+        check_converted("y", Y)
     return Y
 
 

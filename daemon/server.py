@@ -101,14 +101,15 @@ class Server:
             raise StartupError(f"cannot serve metrics on {cfg.metrics}: {exc.strerror}",
                                EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
         self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
-        serve_in_thread(self.http)
-        # Where everything listens, for operators and tools (ports may have been chosen by the OS).
-        write_atomic(os.path.join(cfg.state_dir, ENDPOINTS_FILE),
-                     json.dumps({**self.bound, "pid": os.getpid()}, indent=1).encode())
-        log.info("metrics on %s", self.bound["metrics"])
         self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store)
         self.trainer.start()
         self.predictor.start()
+        serve_in_thread(self.http)
+        log.info("metrics on %s", self.bound["metrics"])
+        # Where everything listens, for operators and tools (ports may have been chosen by
+        # the OS); written last, so whoever reads it finds every part running.
+        write_atomic(os.path.join(cfg.state_dir, ENDPOINTS_FILE),
+                     json.dumps({**self.bound, "pid": os.getpid()}, indent=1).encode())
         if self.install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
@@ -140,9 +141,12 @@ class Server:
         splitter = SplitAssigner((1.0 - cfg.dev_fraction - cfg.test_fraction, cfg.dev_fraction,
                                   cfg.test_fraction), cfg.train_dev_fraction)
         self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, cfg.model,
-                                     splitter, self.metrics.delayed_labels)
+                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value)
         self.accepted = self.trainer.dedupe.copy()
         if self.wal is not None:
+            # Numbers must keep rising past what the checkpoint consumed, even if the log
+            # segments holding those records are gone.
+            self.wal.last_lsn = max(self.wal.last_lsn, self.trainer.last_lsn)
             self._replay_wal()
 
     def _replay_wal(self):
@@ -179,7 +183,7 @@ class Server:
             sock.bind(address)
         except zmq.ZMQError as exc:
             sock.close()
-            raise StartupError(f"cannot bind the {name} socket to {address}: {exc}",
+            raise StartupError(f"cannot bind the {name} socket to {address}: {zmq.strerror(exc.errno)}",
                                EXIT_PORT_IN_USE if exc.errno == zmq.EADDRINUSE else 1) from None
         endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.bound[name] = endpoint
@@ -207,6 +211,7 @@ class Server:
             "batches_trained": t.batches_trained,
             "nonfinite_steps": t.nonfinite_steps,
             "queue_depth": t.queue.qsize(),
+            "rows_waiting": len(t.rebatcher) if t.rebatcher is not None else 0,
             "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", ModelSpec.lr),
             "train_loss": t.train_loss,
             "uptime_seconds": time.monotonic() - self.started,
@@ -337,13 +342,9 @@ class Server:
             self.metrics.ingest_messages.labels("rejected").inc()
             self._reject(self.ingest, identity, exc, echo)
             return
-        self.accepted.add(producer, seq)
-        self.metrics.ingest_messages.labels("accepted").inc()
-        for code, rows in enumerate(np.bincount(item.codes, minlength=len(SPLIT_NAMES)).tolist()):
-            if rows:
-                self.metrics.ingest_rows.labels(SPLIT_NAMES[code]).inc(rows)
         reply = protocol.ok(seq=seq, accepted=int(item.x.shape[0]))
         if self.wal is None:
+            self._count_accepted(producer, seq, item)
             self.trainer.queue.put_nowait(item)
             self._reply(self.ingest, identity, reply)
             return
@@ -353,9 +354,21 @@ class Server:
         else:
             logged = frames[1:]
         item.lsn = self.wal.append([bytes(f.buffer if hasattr(f, "buffer") else f) for f in logged[1:]])
+        # Only a logged message counts as seen: one the log refused (a full disk) must be
+        # taken again when its producer resends it, not acknowledged as a duplicate.
+        self._count_accepted(producer, seq, item)
         if not self._pending_acks:
             self._pending_since = time.monotonic()
         self._pending_acks.append((identity, reply, item))
+        if self.config.wal_fsync_ms == 0:   # the policy "fsync every message"
+            self._flush_acks(force=True)
+
+    def _count_accepted(self, producer, seq, item):
+        self.accepted.add(producer, seq)
+        self.metrics.ingest_messages.labels("accepted").inc()
+        for code, rows in enumerate(np.bincount(item.codes, minlength=len(SPLIT_NAMES)).tolist()):
+            if rows:
+                self.metrics.ingest_rows.labels(SPLIT_NAMES[code]).inc(rows)
 
     def _flush_acks(self, force=False):
         """fsync the log once for every message waiting, then hand them on and ack them."""

@@ -229,6 +229,9 @@ class Trainer(threading.Thread):
             path = self.checkpoints.write(self.checkpoint_payload())
         except OSError as exc:
             self.metrics.checkpoints.labels("error").inc()
+            # The next periodic attempt waits a whole interval: a full disk must not turn
+            # into a checkpoint (and an error line) on every pass of the loop.
+            self.last_checkpoint_time = time.monotonic()
             log.error("checkpoint (%s) failed: %s; training goes on, the previous one is intact",
                       reason, exc)
             return None

@@ -9,6 +9,7 @@ them.  A torn record at the end (a crash mid-write) is cut off when the log is o
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -70,11 +71,17 @@ class WriteAheadLog:
         """Find the last lsn (repairing a torn tail) and open the newest segment for appends."""
         os.makedirs(self.directory, exist_ok=True)
         segments = self._segments()
-        for i, (_, path) in enumerate(segments):
+        for i, (first, path) in enumerate(segments):
+            # An empty newest segment (a crash right after creating it) still says
+            # how far the numbers went.
+            self.last_lsn = max(self.last_lsn, first - 1)
             for lsn, _frames in self._read(path, repair=(i == len(segments) - 1)):
                 self.last_lsn = max(self.last_lsn, lsn)
         if segments:
             self._open_segment(segments[-1][1])
+            # Records a killed process wrote but never synced are replayed (and their
+            # resends acknowledged as duplicates): make them durable first.
+            os.fsync(self._fd)
         return self
 
     def _open_segment(self, path):
@@ -100,7 +107,8 @@ class WriteAheadLog:
         written = os.write(self._fd, record)
         if written != len(record):  # a short write on a full disk: undo, report
             os.ftruncate(self._fd, self._size)
-            raise OSError(f"short write to the write-ahead log ({written} of {len(record)} bytes)")
+            raise OSError(errno.ENOSPC, f"No space left on device: the write-ahead log took {written} "
+                                        f"of {len(record)} bytes")
         self._size += len(record)
         self.last_lsn = lsn
         self._dirty = True

@@ -124,3 +124,22 @@ def daemons(tmp_path):
 @pytest.fixture
 def seed():
     return 12345
+
+
+_FIGURES = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def figures(request):
+    """figures(line): a measured figure, printed in pytest's terminal summary (so CI logs
+    show it without -s)."""
+    lines = request.config.stash.setdefault(_FIGURES, [])
+    return lambda line: lines.append(f"{request.node.name}: {line}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_FIGURES, [])
+    if lines:
+        terminalreporter.section("learnd figures")
+        for line in lines:
+            terminalreporter.write_line(line)

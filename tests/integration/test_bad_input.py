@@ -32,6 +32,8 @@ def barrage():
     nan_x[1, 3] = np.nan
     inf_x = X_OK.copy()
     inf_x[0, 0] = np.inf
+    huge_x = X_OK.copy()
+    huge_x[2, 5] = 1e30
     header = msgpack.packb({"v": 1, "op": "train", "producer": "bad", "seq": 1,
                             "arrays": [{"name": "x", "dtype": "<f4", "shape": [4, 64]}]})
     cases = [
@@ -62,6 +64,7 @@ def barrage():
         ("ingest", raw(train(), {"x": X_OK, "y": Y_OK, "w": np.ones(3)}), "shape_mismatch"),
         ("ingest", raw(train(), {"x": nan_x, "y": Y_OK}), "non_finite"),
         ("ingest", raw(train(), {"x": inf_x, "y": Y_OK}), "non_finite"),
+        ("ingest", raw(train(), {"x": huge_x, "y": Y_OK}), "out_of_range"),
         ("ingest", raw(train(), {"x": X_OK, "y": Y_OK, "w": np.array([1, np.nan, 1, 1.0])}), "non_finite"),
         ("ingest", raw(train(), {"x": X_OK, "y": Y_OK + 10}), "bad_label"),
         ("ingest", raw(train(), {"x": X_OK, "y": Y_OK - 1}), "bad_label"),
