@@ -55,7 +55,7 @@ def produce_loop(address, ctx, deadline, producer_id, rate, X, y, totals, errors
                 if delay > 0:
                     time.sleep(delay)
                 i = (sent * BATCH) % (len(X) - BATCH)
-                prod.send(X[i:i + BATCH], y[i:i + BATCH])
+                prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
                 sent += 1
             prod.flush(REPLY_TIMEOUT_S)
         totals.append((sent, prod.acked, prod.acked_rows))

@@ -59,7 +59,7 @@ class ResendingProducer:
         m = int(rng.integers(1, MAX_ROWS + 1))
         x = rng.standard_normal((m, FEATURES)).astype(np.float32)
         y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
-        header = {"op": "train", "producer": self.producer_id, "seq": seq}
+        header = {"op": "train", "producer": self.producer_id, "seq": seq, "split": "train"}
         return [bytes(f) for f in protocol.encode(header, {"x": x, "y": y})], m
 
     def connect(self, address):

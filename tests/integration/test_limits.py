@@ -67,7 +67,7 @@ def send(address, X, y, first_seq, n, producer_id="p"):
     with Producer(address, producer_id=producer_id, window=4, timeout=20, first_seq=first_seq) as prod:
         for k in range(n):
             i = ((first_seq + k) * BATCH) % (len(X) - BATCH)
-            prod.send(X[i:i + BATCH], y[i:i + BATCH])
+            prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
     return prod
 
 
@@ -129,7 +129,7 @@ def test_disk_full_under_the_log_refuses_the_batch_and_takes_its_resend(daemons,
     d = daemons(state_dir=state, env=SMALL_MODEL)
     assert send(d.ingest, X, y, 0, 4).rejected == []
     filler = fill(state / "wal")
-    frames = protocol.encode({"op": "train", "producer": "p", "seq": 4}, {"x": X[:BATCH], "y": y[:BATCH]})
+    frames = protocol.encode({"op": "train", "producer": "p", "seq": 4, "split": "train"}, {"x": X[:BATCH], "y": y[:BATCH]})
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

@@ -63,7 +63,7 @@ def train_clean(d, X, y, passes, producer_id="clean"):
     with Producer(d.ingest, producer_id=producer_id, window=16, timeout=20) as prod:
         for _ in range(passes):
             for i in range(0, len(X) - BATCH + 1, BATCH):
-                prod.send(X[i:i + BATCH], y[i:i + BATCH])
+                prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
     assert prod.rejected == []
     return prod.acked_rows
 
@@ -102,10 +102,10 @@ def test_poisoned_batches_are_refused_counted_and_accuracy_holds(daemons, digits
         with Producer(d.ingest, producer_id="mixed", window=8, timeout=20) as prod:
             for k, (name, x, labels, w, code) in enumerate(poisons):
                 i = (k * BATCH) % (len(X) - BATCH)
-                prod.send(X[i:i + BATCH], y[i:i + BATCH])           # clean, poisoned, clean
+                prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")           # clean, poisoned, clean
                 clean_rows += BATCH
                 expected[prod.send(x, labels, w=w)] = (name, code)
-                prod.send(X[i + 1:i + 1 + BATCH], y[i + 1:i + 1 + BATCH])
+                prod.send(X[i + 1:i + 1 + BATCH], y[i + 1:i + 1 + BATCH], split="train")
                 clean_rows += BATCH
         refused = {r.seq: r.code for r in prod.rejected}
         assert refused == {seq: code for seq, (_, code) in expected.items()}, (refused, expected)
@@ -139,8 +139,8 @@ def test_without_the_bound_one_row_of_1e30_ruins_the_model(daemons, digits, figu
         overflow = X[:BATCH].astype(np.float64)
         overflow[7, :] = 1e39                           # finite in float64, Inf in float32
         with Producer(d.ingest, producer_id="wild", window=1, timeout=20) as prod:
-            prod.send(overflow, y[:BATCH])
-            prod.send(x, y[:BATCH])
+            prod.send(overflow, y[:BATCH], split="train")
+            prod.send(x, y[:BATCH], split="train")
         assert [r.code for r in prod.rejected] == ["non_finite"]
         wait_trained(d, c, rows + BATCH)
         after = accuracy(d, Xte, yte)

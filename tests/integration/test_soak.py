@@ -54,7 +54,7 @@ def test_soak_50_predict_clients_4_producers(daemons, tmp_path, figures):
     Xtr, ytr, _, _ = split("digits")
     with Producer(d.ingest, producer_id="warm-up", timeout=20) as prod:
         for i in range(0, 640, 64):
-            prod.send(Xtr[i:i + 64], ytr[i:i + 64])
+            prod.send(Xtr[i:i + 64], ytr[i:i + 64], split="train")
     with Control(d.control) as c:
         d.wait_until(lambda: c.status()["ready"] and c.status()["samples_trained"] == 640,
                      what="a ready model")
