@@ -102,7 +102,8 @@ class Server:
         write_atomic(os.path.join(cfg.state_dir, ENDPOINTS_FILE),
                      json.dumps({**self.bound, "pid": os.getpid()}, indent=1).encode())
         log.info("metrics on %s", self.bound["metrics"])
-        self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store)
+        self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store,
+                                       cfg.predict_batch_window_us, cfg.predict_batch_max_rows)
         self.trainer.start()
         self.predictor.start()
         if self.install_signals:
