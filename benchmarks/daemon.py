@@ -76,6 +76,57 @@ def _bare_latencies(address, x, seconds):
     return out
 
 
+def _client_process(address, x, seconds, start, results):
+    """One of the concurrent clients: 1-row requests back to back for `seconds`."""
+    pred = Predictor(address, timeout=30)
+    pred.predict(x)
+    start.wait()
+    results.put(_predict_latencies(pred, x, seconds))
+    pred.close()
+
+
+def _concurrent(address, x, seconds, n_clients):
+    """p50/p99 latency and total requests/s of n_clients processes asking at once."""
+    start, results = mp.Event(), mp.Queue()
+    procs = [mp.Process(target=_client_process, args=(address, x, seconds, start, results), daemon=True)
+             for _ in range(n_clients)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)                      # every client connected and warmed
+    start.set()
+    lat = [results.get(timeout=seconds + 60) for _ in procs]
+    for p in procs:
+        p.join(30)
+    flat = np.concatenate([np.asarray(r) for r in lat])
+    return {"p50_us": float(np.percentile(flat, 50) * 1e6), "p99_us": float(np.percentile(flat, 99) * 1e6),
+            "requests_per_s": float(len(flat) / seconds), "requests": int(len(flat))}
+
+
+def _ready_seconds(extra_env=None):
+    """Seconds from starting `learnd serve` (warm Numba cache) to its first prediction,
+    the first training batch included."""
+    rng = np.random.default_rng(3)
+    with tempfile.TemporaryDirectory(prefix="learnd-bench-") as state_dir:
+        t0 = time.monotonic()
+        proc, ends, log = start_daemon(state_dir, W1_ARGS, extra_env)
+        try:
+            with Producer(ends["ingest"], producer_id="ready") as prod:
+                prod.send(rng.standard_normal((BATCH, DIM)).astype(np.float32), rng.integers(0, CLASSES, BATCH))
+            with Predictor(ends["predict"], timeout=1, retries=0) as pred:
+                x = rng.standard_normal((1, DIM)).astype(np.float32)
+                while time.monotonic() - t0 < 120:
+                    try:
+                        pred.predict(x)
+                        return time.monotonic() - t0
+                    except Exception:
+                        time.sleep(0.01)
+            return float("nan")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            log.close()
+
+
 def _predict_latencies(pred, x, seconds):
     out = []
     end = time.monotonic() + seconds
@@ -90,46 +141,65 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    parser.add_argument("--batch-window-us", type=float, default=500.0,
+                        help="predict_batch_window_us of the batching daemon (default 500)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
+    figures = run(args)
+    _print(figures)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return figures
 
+
+def run(args):
     x = np.random.default_rng(0).standard_normal((1, DIM)).astype(np.float32)
     stop_echo = mp.Event()
     q = mp.Queue()
     echo = mp.Process(target=_echo_server, args=(q, stop_echo), daemon=True)
     echo.start()
     echo_address = q.get(timeout=30)
+    figures = {"ready_seconds": _ready_seconds()}
+    try:
+        with tempfile.TemporaryDirectory(prefix="learnd-bench-") as state_dir, \
+                tempfile.TemporaryDirectory(prefix="learnd-bench-") as batching_dir:
+            proc, ends, log = start_daemon(state_dir, W1_ARGS)
+            bproc, bends, blog = start_daemon(
+                batching_dir, W1_ARGS, {"LEARND_PREDICT_BATCH_WINDOW_US": str(args.batch_window_us)})
+            try:
+                figures.update(_measure(ends, bends, echo_address, x, args))
+            finally:
+                for p, lg in ((proc, log), (bproc, blog)):
+                    p.send_signal(signal.SIGTERM)
+                    p.wait(60)
+                    lg.close()
+    finally:
+        stop_echo.set()
+        echo.join(5)
+    return figures
 
-    with tempfile.TemporaryDirectory(prefix="learnd-bench-") as state_dir:
-        proc, ends, log = start_daemon(state_dir, W1_ARGS)
-        try:
-            figures = _measure(ends, echo_address, x, args)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            log.close()
-            stop_echo.set()
-            echo.join(5)
-    _print(figures)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
 
-
-def _measure(ends, echo_address, x, args):
+def _measure(ends, bends, echo_address, x, args):
     rng = np.random.default_rng(2)
-    with Producer(ends["ingest"], producer_id="warm") as prod:   # create the model
-        prod.send(rng.standard_normal((BATCH, DIM)).astype(np.float32), rng.integers(0, CLASSES, BATCH))
+    for e in (ends, bends):
+        with Producer(e["ingest"], producer_id="warm") as prod:   # create the model
+            prod.send(rng.standard_normal((BATCH, DIM)).astype(np.float32), rng.integers(0, CLASSES, BATCH))
     control = Control(ends["control"])
     pred = Predictor(ends["predict"])
     deadline = time.monotonic() + 60
-    while control.status()["batches_trained"] < 1 and time.monotonic() < deadline:
+    while time.monotonic() < deadline and (control.status()["batches_trained"] < 1
+                                           or Control(bends["control"]).status()["batches_trained"] < 1):
         time.sleep(0.05)
+    concurrent = {"unbatched": [], "batched": []}
     runs = {"bare": [], "idle": [], "training": []}
     throughput = []
     for _ in range(args.rounds):
         runs["bare"].append(_bare_latencies(echo_address, x, args.seconds))
         runs["idle"].append(_predict_latencies(pred, x, args.seconds))
+        concurrent["unbatched"].append(_concurrent(ends["predict"], x, args.seconds, args.clients))
+        concurrent["batched"].append(_concurrent(bends["predict"], x, args.seconds, args.clients))
         stop, counter = mp.Event(), mp.Value("q", 0)
         producer = mp.Process(target=_produce, args=(ends["ingest"], stop, counter), daemon=True)
         producer.start()
@@ -150,6 +220,10 @@ def _measure(ends, echo_address, x, args):
 
     out = {name: stats(r) for name, r in runs.items()}
     out["training_samples_per_s"] = float(np.median(throughput))
+    for name, rs in concurrent.items():
+        out[f"clients_{name}"] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
+        out[f"clients_{name}"]["clients"] = args.clients
+    out["clients_batched"]["batch_window_us"] = args.batch_window_us
     bare = out["bare"]
     out["ratios"] = {
         "idle_p50_vs_bare": out["idle"]["p50_us"] / bare["p50_us"],
@@ -166,7 +240,14 @@ def _print(f):
                         ("training", "learnd, training at full speed")):
         s = f[name]
         print(f"{label:<34} {s['p50_us']:>9.1f} {s['p99_us']:>9.1f} {s['requests']:>9}")
+    for name in ("unbatched", "batched"):
+        c = f[f"clients_{name}"]
+        label = f"{c['clients']} clients, " + (f"batching {c['batch_window_us']:g} us" if name == "batched"
+                                               else "no batching")
+        print(f"{label:<34} {c['p50_us']:>9.1f} {c['p99_us']:>9.1f} {c['requests']:>9}"
+              f"   {c['requests_per_s']:,.0f} requests/s")
     print(f"training throughput while serving: {f['training_samples_per_s']:,.0f} samples/s")
+    print(f"ready to serve (start to first prediction, warm cache): {f['ready_seconds']:.2f} s")
     for k, v in f["ratios"].items():
         print(f"  {k:<24} {v:5.2f}x")
 

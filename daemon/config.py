@@ -42,6 +42,8 @@ class Config:
     queue_size: int = 256           # train messages held between ingest and the trainer
     publish_interval_ms: float = 10.0   # at most this long between snapshots for serving
     blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core
+    predict_batch_window_us: float = 0.0   # > 0: answer requests arriving this close together with one kernel call
+    predict_batch_max_rows: int = 1024     # most rows in one such batch
     # State.
     checkpoint_interval_s: float = 60.0
     checkpoint_keep: int = 3

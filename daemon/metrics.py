@@ -67,6 +67,9 @@ class Metrics:
         self.predict_requests = Counter("learnd_predict_requests_total", "Predict requests by outcome.",
                                         ["outcome"], registry=r)
         self.predict_rows = Counter("learnd_predict_rows_total", "Rows predicted.", registry=r)
+        self.predict_batches = Counter("learnd_predict_batches_total",
+                                       "Predict kernel calls; each answers one or more requests.",
+                                       registry=r)
         self.predict_latency = Histogram("learnd_predict_latency_seconds",
                                          "Time from receiving a predict request to sending its reply.",
                                          buckets=LATENCY_BUCKETS, registry=r)

@@ -1,15 +1,23 @@
-"""The predict thread: answers each request from exactly one published snapshot."""
+"""The predict thread: answers each request from exactly one published snapshot.
+
+Dynamic batching: with `batch_window_us` > 0, the thread waits that long after the first
+request of a batch, takes every request that arrived meanwhile (up to `max_batch_rows`
+rows), and answers them all from one snapshot with one kernel call; each reply carries
+its own rows and the shared model_version.  With 0, each request is its own batch.
+"""
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import zmq
 
 from clients import protocol
 from clients.protocol import ProtocolError
+from engine.kernels.normalize import count_nonfinite
 
 from .latency import LatencyWindow
 
@@ -18,21 +26,37 @@ log = logging.getLogger("learnd.predictor")
 OUTPUTS = ("label", "proba", "value")
 
 
+@dataclass
+class Request:
+    """A predict request that passed its checks, waiting for its batch's kernel call."""
+
+    identity: object
+    echo: dict
+    output: str
+    x: np.ndarray         # (m, input_dim), the snapshot's dtype
+    ids: np.ndarray | None
+    received: float       # perf_counter() when it was read
+
+
 class PredictServer(threading.Thread):
     """Serves the predict ROUTER socket; reads `trainer.snapshot`, never the live model."""
 
     POLL_MS = 100
 
-    def __init__(self, socket, trainer, metrics, limits, id_store):
+    def __init__(self, socket, trainer, metrics, limits, id_store, batch_window_us=0.0,
+                 max_batch_rows=1024):
         super().__init__(name="learnd-predict", daemon=True)
         self.socket = socket
         self.trainer = trainer
         self.metrics = metrics
         self.limits = limits
         self.id_store = id_store
+        self.batch_window_s = batch_window_us / 1e6
+        self.max_batch_rows = max(1, max_batch_rows)
         self.should_exit = threading.Event()
         self._workspaces = {}     # one per snapshot layout, reused across requests
         self.latencies = LatencyWindow()   # recent latencies, for the satisficing p99
+        self._inputs = {}         # per dtype: a growable (rows, input_dim) buffer for batches
         self._requests_ok = metrics.predict_requests.labels("ok")
         self._requests_error = metrics.predict_requests.labels("error")
 
@@ -42,17 +66,38 @@ class PredictServer(threading.Thread):
         while not self.should_exit.is_set():
             if not poller.poll(self.POLL_MS):
                 continue
-            # Drain what has arrived before polling again.
+            # Serve what has arrived before polling again.
             for _ in range(1000):
-                try:
-                    frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
+                if not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
                     break
-                self._serve(frames)
+                self._serve_batch()
         self.socket.close(linger=0)
 
-    def _serve(self, frames):
-        t0 = time.perf_counter()
+    def _serve_batch(self):
+        """Read one request, and with batching on, the others that arrive within the
+        window (up to max_batch_rows rows); answer them with one kernel call."""
+        snap = self.trainer.snapshot     # one version for the whole batch
+        requests = []
+        rows = self._take(snap, requests)
+        if self.batch_window_s > 0:
+            time.sleep(self.batch_window_s)
+            while rows < self.max_batch_rows and self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+                rows += self._take(snap, requests)
+        if requests:
+            self._answer(requests, snap)
+
+    def _take(self, snap, requests):
+        """Read one message; append it to `requests` if it passes its checks (else it
+        is answered at once).  Returns its rows."""
+        frames = self.socket.recv_multipart(copy=False)
+        request = self._check(frames, snap, time.perf_counter())
+        if request is None:
+            return 0
+        requests.append(request)
+        return request.x.shape[0]
+
+    def _check(self, frames, snap, t0):
+        """A Request, or None after answering the error it carries."""
         identity = frames[0]
         echo = {}
         try:
@@ -61,33 +106,22 @@ class PredictServer(threading.Thread):
                 echo["id"] = message.header["id"]
             if message.op != "predict":
                 raise ProtocolError("unknown_op", f"the predict socket serves 'predict', not {message.op!r}")
-            header, arrays = self.predict(message)
-            reply = protocol.ok(**echo, **header)
-            self._requests_ok.inc()
-            self.metrics.predict_rows.inc(arrays["y"].shape[0])
+            return self.check(message, snap, identity, echo, t0)
         except ProtocolError as exc:
-            reply, arrays = protocol.error(exc.code, exc.message, **echo), None
-            self._requests_error.inc()
-            self.metrics.rejected.labels(exc.code).inc()
+            self._fail(identity, echo, exc.code, exc.message, t0)
         except Exception as exc:  # a bug must not stop serving: answer, count and log it
             log.exception("predict request failed")
-            reply, arrays = protocol.error("internal", f"{type(exc).__name__}: {exc}", **echo), None
-            self._requests_error.inc()
-            self.metrics.rejected.labels("internal").inc()
-        self.socket.send_multipart([identity, *protocol.encode(reply, arrays)], copy=False)
-        elapsed = time.perf_counter() - t0
-        self.metrics.predict_latency.observe(elapsed)
-        self.latencies.record(elapsed)
+            self._fail(identity, echo, "internal", f"{type(exc).__name__}: {exc}", t0)
+        return None
 
-    def predict(self, message):
-        """(reply fields, {"y": outputs}) for a decoded predict message."""
+    def check(self, message, snap, identity=None, echo=None, t0=0.0):
+        """The Request for a decoded predict message, or ProtocolError."""
         header, arrays = message.header, message.arrays
         output = header.get("output", "label")
         if output not in OUTPUTS:
             raise ProtocolError("bad_header", f"'output' must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        if set(arrays) - {"x", "ids"} or "x" not in arrays:
+        if "x" not in arrays or len(arrays) > 2 or (len(arrays) == 2 and "ids" not in arrays):
             raise ProtocolError("bad_array", "a predict message carries x and optionally ids")
-        snap = self.trainer.snapshot
         if snap is None:
             raise ProtocolError("not_ready", "no model yet: the first training batch creates it")
         x = arrays["x"]
@@ -96,23 +130,70 @@ class PredictServer(threading.Thread):
                                                   f"got {list(x.shape)}")
         if x.dtype.kind not in "iuf":
             raise ProtocolError("bad_array", f"x must be numbers, got dtype {x.dtype.str}")
-        if x.dtype.kind == "f" and not np.isfinite(x).all():
-            raise ProtocolError("non_finite", "x holds NaN or Inf")
         if x.dtype != snap.dtype:
             # One kernel per dtype is compiled at start; other inputs are cast, not compiled for.
             x = x.astype(snap.dtype)
+        if count_nonfinite(x):
+            raise ProtocolError("non_finite", "x holds NaN or Inf")
         ids = arrays.get("ids")
         if ids is not None:
             if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.shape[0] != x.shape[0]:
                 raise ProtocolError("bad_array", "ids must be a 1-D integer array, one per row of x")
+        return Request(identity, echo or {}, output, x, ids, t0)
+
+    def _answer(self, requests, snap):
+        try:
+            P = self._predict(snap, [r.x for r in requests])
+        except Exception as exc:  # a bug must not stop serving: answer, count and log it
+            log.exception("predict kernel failed")
+            for r in requests:
+                self._fail(r.identity, r.echo, "internal", f"{type(exc).__name__}: {exc}", r.received)
+            return
+        start = 0
+        for r in requests:
+            m = r.x.shape[0]
+            if r.ids is not None:
+                self.id_store.put(r.ids, r.x)
+            y = _outputs(snap.task, P[start:start + m], r.output)
+            start += m
+            self._requests_ok.inc()
+            self.metrics.predict_rows.inc(m)
+            reply = protocol.ok(**r.echo, model_version=snap.version, output=r.output)
+            self._send(r.identity, reply, {"y": y}, r.received)
+
+    def _predict(self, snap, xs):
+        """Head outputs (rows of every x, in order, n_outputs) from one kernel call."""
         ws = self._workspaces.get(snap.units_per_row)
         if ws is None:
             ws = self._workspaces[snap.units_per_row] = snap.new_workspace()
-        P = np.empty((x.shape[0], snap.n_outputs), dtype=snap.dtype)
-        snap.predict_into(x, P, ws)
-        if ids is not None:
-            self.id_store.put(ids, x)
-        return {"model_version": snap.version, "output": output}, {"y": _outputs(snap.task, P, output)}
+        if len(xs) == 1:
+            X = xs[0]
+        else:
+            rows = sum(x.shape[0] for x in xs)
+            buf = self._inputs.get(snap.dtype)
+            if buf is None or buf.shape[0] < rows or buf.shape[1] != snap.input_dim:
+                buf = self._inputs[snap.dtype] = np.empty((max(rows, self.max_batch_rows), snap.input_dim),
+                                                          dtype=snap.dtype)
+            X = buf[:rows]
+            start = 0
+            for x in xs:
+                X[start:start + x.shape[0]] = x
+                start += x.shape[0]
+        P = np.empty((X.shape[0], snap.n_outputs), dtype=snap.dtype)
+        snap.predict_into(X, P, ws)
+        self.metrics.predict_batches.inc()
+        return P
+
+    def _fail(self, identity, echo, code, message, t0):
+        self._requests_error.inc()
+        self.metrics.rejected.labels(code).inc()
+        self._send(identity, protocol.error(code, message, **echo), None, t0)
+
+    def _send(self, identity, reply, arrays, t0):
+        self.socket.send_multipart([identity, *protocol.encode(reply, arrays)], copy=False)
+        elapsed = time.perf_counter() - t0
+        self.metrics.predict_latency.observe(elapsed)
+        self.latencies.record(elapsed)
 
 
 def _outputs(task, P, output):

@@ -9,14 +9,13 @@ in `feat`, and the running statistics in `stats`.
 """
 from numba import njit
 
-from .activations import activation_backward, activation_forward
-from .batchnorm import (batchnorm_backward, batchnorm_forward_eval,
-                        batchnorm_forward_train, batchnorm_update_running)
+from .activations import activation_forward
+from .batchnorm import batchnorm_forward_eval, batchnorm_update_running
 from .dense import dense_backward, dense_forward
-from .dropout import dropout_backward, dropout_forward
+from .hidden import hidden_backward, hidden_forward_train
 from .losses import head_loss, head_output
 from .normalize import normalize_into
-from .regularization import add_weight_penalty_grad, weight_penalty
+from .regularization import add_weight_penalty_and_grad, weight_penalty
 
 # Columns of the `layers` table.  Offsets are -1 where a layer has no such array.
 N_IN = 0
@@ -91,22 +90,21 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
         b = _seg(params, layers[l, OFF_B], n_out)
         Z = _rows(work, layers[l, SLOT_Z], cap, m, n_out)
         dense_forward(_layer_input(work, layers, l, cap, m, dropout_on, keep), W, b, Z)
-        if l2 != 0.0 or l1 != 0.0:
+        if not compute_grad and (l2 != 0.0 or l1 != 0.0):
+            # with the gradient, the backward pass sums the penalty as it adds its gradient
             penalty += weight_penalty(_seg(params, layers[l, OFF_W], n_out * n_in), l2, l1)
         if l == L - 1:
             break
-        if layers[l, OFF_GAMMA] >= 0:
-            f = layers[l, OFF_FEAT]
-            batchnorm_forward_train(
-                Z, _seg(params, layers[l, OFF_GAMMA], n_out), _seg(params, layers[l, OFF_BETA], n_out),
-                _rows(work, layers[l, SLOT_ZHAT], cap, m, n_out), Z,
-                feat[f:f + n_out], feat[f + n_out:f + 2 * n_out], feat[f + 2 * n_out:f + 3 * n_out],
-                bn_eps)
-        A = _rows(work, layers[l, SLOT_A], cap, m, n_out)
-        activation_forward(Z, A, layers[l, ACT])
-        if dropout_on and keep[l] < 1.0:
-            dropout_forward(A, _rows(work, layers[l, SLOT_MASK], cap, m, n_out),
-                            _rows(work, layers[l, SLOT_DROP], cap, m, n_out), keep[l], rng_state)
+        f = layers[l, OFF_FEAT]
+        bn = layers[l, OFF_GAMMA] >= 0
+        drop = dropout_on and keep[l] < 1.0
+        hidden_forward_train(
+            Z, bn, _seg(params, layers[l, OFF_GAMMA], n_out), _seg(params, layers[l, OFF_BETA], n_out),
+            _rows(work, layers[l, SLOT_ZHAT], cap, m, n_out) if bn else Z,
+            _seg(feat, f, n_out), _seg(feat, f + n_out, n_out), _seg(feat, f + 2 * n_out, n_out), bn_eps,
+            layers[l, ACT], _rows(work, layers[l, SLOT_A], cap, m, n_out), drop,
+            _rows(work, layers[l, SLOT_MASK], cap, m, n_out) if drop else Z,
+            _rows(work, layers[l, SLOT_DROP], cap, m, n_out) if drop else Z, keep[l], rng_state)
 
     n_last = layers[L - 1, N_OUT]
     loss = head_loss(head, _rows(work, layers[L - 1, SLOT_Z], cap, m, n_last), Y, w,
@@ -121,16 +119,15 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
         dZ = _rows(work, layers[l, SLOT_G], cap, m, n_out)
         if l < L - 1:
             # dZ holds dA of this layer's (dropped) output; turn it into dZ in place.
-            if dropout_on and keep[l] < 1.0:
-                dropout_backward(dZ, _rows(work, layers[l, SLOT_MASK], cap, m, n_out), dZ)
-            activation_backward(dZ, _rows(work, layers[l, SLOT_A], cap, m, n_out), dZ, layers[l, ACT])
-            if layers[l, OFF_GAMMA] >= 0:
-                f = layers[l, OFF_FEAT]
-                batchnorm_backward(
-                    dZ, _rows(work, layers[l, SLOT_ZHAT], cap, m, n_out),
-                    _seg(params, layers[l, OFF_GAMMA], n_out), feat[f + 2 * n_out:f + 3 * n_out],
-                    _seg(grads, layers[l, OFF_GAMMA], n_out), _seg(grads, layers[l, OFF_BETA], n_out),
-                    dZ, feat[f + 3 * n_out:f + 4 * n_out])
+            f = layers[l, OFF_FEAT]
+            bn = layers[l, OFF_GAMMA] >= 0
+            drop = dropout_on and keep[l] < 1.0
+            hidden_backward(dZ, _rows(work, layers[l, SLOT_A], cap, m, n_out), layers[l, ACT], drop,
+                            _rows(work, layers[l, SLOT_MASK], cap, m, n_out) if drop else dZ, bn,
+                            _rows(work, layers[l, SLOT_ZHAT], cap, m, n_out) if bn else dZ,
+                            _seg(params, layers[l, OFF_GAMMA], n_out), _seg(feat, f + 2 * n_out, n_out),
+                            _seg(grads, layers[l, OFF_GAMMA], n_out), _seg(grads, layers[l, OFF_BETA], n_out),
+                            _seg(feat, f + 3 * n_out, n_out))
         if l > 0:
             dA_prev = _rows(work, layers[l - 1, SLOT_G], cap, m, n_in)
         else:
@@ -140,8 +137,8 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
                        _matrix(grads, layers[l, OFF_W], n_out, n_in),
                        _seg(grads, layers[l, OFF_B], n_out), dA_prev)
         if l2 != 0.0 or l1 != 0.0:
-            add_weight_penalty_grad(_seg(params, layers[l, OFF_W], n_out * n_in),
-                                    _seg(grads, layers[l, OFF_W], n_out * n_in), l2, l1)
+            loss += add_weight_penalty_and_grad(_seg(params, layers[l, OFF_W], n_out * n_in),
+                                                _seg(grads, layers[l, OFF_W], n_out * n_in), l2, l1)
     return loss
 
 

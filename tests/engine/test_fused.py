@@ -1,0 +1,88 @@
+"""The fused hidden-layer kernels compute exactly what the separate kernels compute in
+sequence (batch norm, activation, dropout and their backward), and the one-pass L2/L1
+penalty matches the two separate passes."""
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from engine.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
+from engine.kernels.batchnorm import batchnorm_backward, batchnorm_forward_train
+from engine.kernels.dropout import dropout_backward, dropout_forward
+from engine.kernels.hidden import hidden_backward, hidden_forward_train
+from engine.kernels.regularization import (add_weight_penalty_and_grad, add_weight_penalty_grad,
+                                           weight_penalty)
+from engine.kernels.rng import seed_state
+
+
+def separate_chain(Z, gamma, beta, kind, keep, bn, drop, G, state):
+    m, n = Z.shape
+    Z = Z.copy()
+    Zhat, A, mask, Out = (np.zeros_like(Z) for _ in range(4))
+    mean, var, inv_std, scratch = (np.zeros(n) for _ in range(4))
+    if bn:
+        batchnorm_forward_train(Z, gamma, beta, Zhat, Z, mean, var, inv_std, 1e-5)
+    activation_forward(Z, A, kind)
+    if drop:
+        dropout_forward(A, mask, Out, keep, state)
+    G = G.copy()
+    if drop:
+        dropout_backward(G, mask, G)
+    activation_backward(G, A, G, kind)
+    dgamma, dbeta = np.zeros(n), np.zeros(n)
+    if bn:
+        batchnorm_backward(G, Zhat, gamma, inv_std, dgamma, dbeta, G, scratch)
+    return dict(Z=Z, Zhat=Zhat, A=A, mask=mask, Out=Out, mean=mean, var=var, G=G,
+                dgamma=dgamma, dbeta=dbeta)
+
+
+def fused_chain(Z, gamma, beta, kind, keep, bn, drop, G, state):
+    m, n = Z.shape
+    Z = Z.copy()
+    Zhat, A, mask, Out = (np.zeros_like(Z) for _ in range(4))
+    mean, var, inv_std, scratch = (np.zeros(n) for _ in range(4))
+    hidden_forward_train(Z, bn, gamma, beta, Zhat, mean, var, inv_std, 1e-5, kind, A, drop, mask,
+                         Out, keep, state)
+    G = G.copy()
+    dgamma, dbeta = np.zeros(n), np.zeros(n)
+    hidden_backward(G, A, kind, drop, mask, bn, Zhat, gamma, inv_std, dgamma, dbeta, scratch)
+    return dict(Z=Z, Zhat=Zhat, A=A, mask=mask, Out=Out, mean=mean, var=var, G=G,
+                dgamma=dgamma, dbeta=dbeta)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("bn, drop", [(True, True), (True, False), (False, True), (False, False)])
+def test_fused_hidden_layer_equals_the_separate_kernels(rng, seed, activation, bn, drop):
+    m, n = 9, 7   # n not a multiple of the four decisions per random draw
+    Z = rng.normal(size=(m, n)) * 2 + 0.5
+    gamma, beta = rng.uniform(0.5, 1.5, n), rng.normal(size=n)
+    G = rng.normal(size=(m, n))
+    s1, s2 = seed_state(seed), seed_state(seed)
+    a = separate_chain(Z, gamma, beta, ACTIVATIONS[activation], 0.7, bn, drop, G, s1)
+    b = fused_chain(Z, gamma, beta, ACTIVATIONS[activation], 0.7, bn, drop, G, s2)
+    for key in a:
+        assert_allclose(b[key], a[key], rtol=1e-12, atol=1e-14, err_msg=key)
+    assert np.array_equal(s1, s2)           # the same random draws were consumed
+
+
+def test_dropout_keep_rate_is_keep_prob_to_16_bits(seed):
+    A = np.ones((400, 250))
+    mask, Out = np.empty_like(A), np.empty_like(A)
+    state = seed_state(seed)
+    for keep in (0.5, 0.8, 0.95):
+        dropout_forward(A, mask, Out, keep, state)
+        assert abs((mask > 0).mean() - keep) < 0.005
+    dropout_forward(A, mask, Out, 1.0, state)
+    assert (mask == 1.0).all()
+
+
+@pytest.mark.parametrize("l2, l1", [(1e-3, 0.0), (0.0, 1e-3), (1e-3, 2e-3)])
+def test_one_pass_penalty_matches_the_two_passes(rng, l2, l1):
+    W = rng.normal(size=1001)
+    W[::97] = 0.0
+    g1, g2 = rng.normal(size=1001), None
+    g2 = g1.copy()
+    expected = weight_penalty(W, l2, l1)
+    add_weight_penalty_grad(W, g1, l2, l1)
+    got = add_weight_penalty_and_grad(W, g2, l2, l1)
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert np.array_equal(g1, g2)
