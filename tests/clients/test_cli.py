@@ -100,7 +100,6 @@ def test_demo_runs_and_reports_the_held_out_score():
 
 def test_ctrl_c_during_replay_flushes_and_exits_130(daemons, data_files):
     import signal
-    import time
 
     from clients.client import Control
 
