@@ -184,14 +184,15 @@ class Model:
         # while J and the gradient stay finite; folding them in would poison the running
         # statistics for good, so such a step counts as non-finite too.
         if not (math.isfinite(loss) and math.isfinite(norm)
-                and count_nonfinite(net.feat.reshape(1, -1)) == 0):
+                and (net.feat.size == 0 or count_nonfinite(net.feat.reshape(1, -1)) == 0)):
             self.rng_state[:] = self._rng_backup
             self.nonfinite_steps += 1
             return float(loss)
         clip = self.spec.clip_norm
         g_scale = clip / norm if clip is not None and norm > clip else 1.0
         self.optimizer.step(net.flat_params, net.flat_grads, self.learning_rate, g_scale)
-        net.update_running_stats(m)
+        if net.flat_stats.size:   # only batch-norm layers keep running statistics
+            net.update_running_stats(m)
         self.normalizer.commit()
         self.samples_seen += m
         return float(loss)
