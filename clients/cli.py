@@ -169,9 +169,13 @@ def _evaluation_rows(status):
     rows = []
     d = status.get("diagnosis")
     if d:
-        gaps = ", ".join(f"{k} {_fmt(v)}" for k, v in d["gaps"].items())
+        se = d.get("gap_errors") or {}
+        gaps = ", ".join(f"{k} {_fmt(v)}" + (f" ± {se[k]:.2g}" if se.get(k) is not None else "")
+                         for k, v in d["gaps"].items())
         rows.append(("diagnosis", f"{d['verdict'].upper()} ({d['figure']} gaps over Bayes proxy "
-                                  f"{_fmt(d['bayes_error'])}, tolerance {_fmt(d['tolerance'])}: {gaps})"))
+                                  f"{_fmt(d['bayes_error'])}, counted above tolerance "
+                                  f"{_fmt(d['tolerance'])} and {_fmt(d.get('noise_sigmas'))} standard "
+                                  f"errors: {gaps})"))
         rows.append(("what to do", d["recipe"]))
     p = status.get("progressive")
     if p and p.get("rows"):

@@ -85,6 +85,9 @@ class Metrics:
         self.diagnosis_gap = Gauge("learnd_diagnosis_gap",
                                    "Bias/variance gaps between the splits' errors (docs/metrics.md).",
                                    ["gap"], registry=r)
+        self.diagnosis_gap_error = Gauge("learnd_diagnosis_gap_standard_error",
+                                         "Standard error of each diagnosis gap (NaN where unknown).",
+                                         ["gap"], registry=r)
         self.diagnosis_verdict = Gauge("learnd_diagnosis_verdict",
                                        "1 for the current diagnosis verdict, 0 for the others.",
                                        ["verdict"], registry=r)
@@ -141,6 +144,7 @@ class Metrics:
             self.diagnosis_verdict.labels(verdict).set(1.0 if verdict == "unknown" else 0.0)
         for gap in GAPS:
             self.diagnosis_gap.labels(gap).set(float("nan"))
+            self.diagnosis_gap_error.labels(gap).set(float("nan"))
         self.progressive_error.set(float("nan"))
         self.progressive_loss.set(float("nan"))
         self.best_dev_error.set(float("nan"))

@@ -419,8 +419,9 @@ class Trainer(threading.Thread):
     def _set_diagnosis_metrics(self):
         d = self.diagnosis
         for gap in GAPS:
-            value = d["gaps"][gap]
-            self.metrics.diagnosis_gap.labels(gap).set(float("nan") if value is None else value)
+            for gauge, value in ((self.metrics.diagnosis_gap, d["gaps"][gap]),
+                                 (self.metrics.diagnosis_gap_error, d["gap_errors"][gap])):
+                gauge.labels(gap).set(float("nan") if value is None else value)
         self.metrics.set_verdict(d["verdict"])
 
     def _early_stopping(self, value):

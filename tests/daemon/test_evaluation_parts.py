@@ -83,6 +83,30 @@ def test_gaps_use_the_bayes_proxy_and_say_none_when_a_split_is_missing():
     assert reg["verdict"] == "avoidable_bias"
 
 
+def test_a_gap_within_its_noise_does_not_count_and_the_same_gap_on_more_rows_does():
+    # 150 dev rows at 3% error, 150 test rows at 6%: a 0.03 gap above the tolerance, but
+    # under 2 standard errors (about 0.024 each) -- the verdict stays ok.
+    few = {"train": {"error": 0.01, "rows": 2000}, "train_dev": {"error": 0.02, "rows": 150},
+           "dev": {"error": 0.03, "rows": 150}, "test": {"error": 0.06, "rows": 150}}
+    d = diagnose(few, bayes_error=0.0, tolerance=0.02)
+    assert d["gaps"]["dev_overfitting"] == pytest.approx(0.03)
+    p_dev, p_test = (0.03 * 150 + 1) / 152, (0.06 * 150 + 1) / 152
+    assert d["gap_errors"]["dev_overfitting"] == pytest.approx(
+        np.sqrt(p_dev * (1 - p_dev) / 150 + p_test * (1 - p_test) / 150))
+    assert d["verdict"] == "ok"
+    many = {k: {**v, "rows": 20 * v["rows"]} for k, v in few.items()}
+    assert diagnose(many, bayes_error=0.0, tolerance=0.02)["verdict"] == "dev_overfitting"
+
+
+def test_a_split_with_no_errors_still_has_a_standard_error():
+    d = diagnose({"train": {"error": 0.0, "rows": 10}, "train_dev": {"error": 0.3, "rows": 10}},
+                 bayes_error=0.0, tolerance=0.02)
+    assert d["gap_errors"]["avoidable_bias"] > 0.05      # 0 errors in 10 rows is not an exact 0
+    assert d["verdict"] == "ok"                          # 3 of 10 against 0 of 10 is not yet variance
+    reg = diagnose({"train": {"mse": 4.0, "rows": 10}}, bayes_error=1.0, tolerance=0.5)
+    assert reg["gap_errors"]["avoidable_bias"] is None and reg["verdict"] == "avoidable_bias"
+
+
 # -- metrics against scikit-learn's definitions, computed here by hand ---------------------
 def test_precision_recall_f1_by_hand():
     # binary: 3 TP, 1 FP, 2 FN, 4 TN
