@@ -33,6 +33,33 @@ def test_a_resent_row_lands_in_the_same_split_whatever_its_dtype_or_neighbours()
     assert np.array_equal(row_hash_draws(z), row_hash_draws(-z))
 
 
+def _reference_draws(x):
+    """The split hash written out in plain Python integers, one row at a time."""
+    mask = (1 << 64) - 1
+
+    def mix(h):
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & mask
+        return h ^ (h >> 31)
+
+    words = np.ascontiguousarray(x + 0.0).view(np.uint32 if x.dtype == np.float32 else np.uint64)
+    out = []
+    for row in words:
+        h = 0x9E3779B97F4A7C15 ^ len(row)
+        for word in row.tolist():
+            h = mix(h ^ word)
+        out.append(((h >> 11) / 2.0 ** 53, (mix(h ^ 0x5851F42D4C957F2D) >> 11) / 2.0 ** 53))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_split_hash_matches_its_plain_definition(dtype):
+    # Which rows are held out in a running deployment depends on this exact function:
+    # a faster implementation must give the same draws.
+    x = np.random.default_rng(3).standard_normal((37, 11)).astype(dtype)
+    assert np.array_equal(row_hash_draws(x), _reference_draws(x))
+
+
 def test_auto_fractions_follow_the_configuration():
     x = np.random.default_rng(1).standard_normal((40_000, 5)).astype(np.float32)
     codes = SplitAssigner((0.8, 0.1, 0.1), train_dev_fraction=0.05).assign(x, "auto")
