@@ -77,7 +77,7 @@ def dashboard_exprs():
     return [t["expr"] for p in dashboard_panels() for t in p["targets"]]
 
 
-def prometheus_exprs(expr):
+def as_prometheus_query(expr):
     """A dashboard query as Prometheus receives it: Grafana's variables substituted."""
     for name, value in sorted(GRAFANA_VARIABLES.items(), key=lambda kv: -len(kv[0])):
         expr = expr.replace(name, value)

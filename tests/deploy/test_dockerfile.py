@@ -43,7 +43,7 @@ def test_two_stages_on_slim_python_and_the_runtime_copies_the_builders_venv():
 def test_the_runtime_runs_as_a_non_root_user():
     users = [rest for w, rest in _runtime_instructions() if w == "USER"]
     assert users and users[-1] not in ("root", "0")
-    assert any(f"useradd --system" in rest and users[-1] in rest for w, rest in _runtime_instructions()
+    assert any("useradd --system" in rest and users[-1] in rest for w, rest in _runtime_instructions()
                if w == "RUN")
 
 
@@ -88,12 +88,16 @@ def test_every_copied_file_exists_and_passes_the_dockerignore():
 def _warm_command():
     """The warm-up RUN of the runtime stage, as a command line against this checkout."""
     (run,) = [rest for w, rest in _runtime_instructions() if w == "RUN" and "warm_numba_cache" in rest]
-    argv = shlex.split(run)
     copied = {shlex.split(rest)[-1]: shlex.split(rest)[0] for rest in _instructions("COPY")}
-    # The image runs its installed copy; here the same file from the checkout.
-    return [sys.executable if a == "python" else str(files.ROOT / copied.get(a, a)) if a in copied else a
-            for a in argv]
-
+    # The image runs its installed copy of the script; here the same file from the checkout.
+    argv = []
+    for arg in shlex.split(run):
+        if arg == "python":
+            arg = sys.executable
+        elif arg in copied:
+            arg = str(files.ROOT / copied[arg])
+        argv.append(arg)
+    return argv
 
 def test_the_warm_up_fills_a_cache_a_daemon_then_loads_without_compiling(daemons, tmp_path, figures):
     """The Dockerfile's own warm-up command, run here into an empty cache dir; then a daemon

@@ -46,7 +46,7 @@ def test_every_panel_queries_the_provisioned_prometheus():
     for expr in files.dashboard_exprs():
         for name in re.findall(r"\$(\w+)", expr):
             assert name in variables or name.startswith("__"), (name, expr)
-        files.prometheus_exprs(expr)
+        files.as_prometheus_query(expr)
 
 
 def _panel(title):

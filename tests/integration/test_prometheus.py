@@ -176,7 +176,7 @@ def test_a_real_prometheus_scrapes_the_daemon_and_evaluates_the_rules(live, tmp_
 
         # Every query of the dashboard and every rule is PromQL this server accepts.
         bad = {}
-        for expr in [files.prometheus_exprs(e) for e in files.dashboard_exprs()] + \
+        for expr in [files.as_prometheus_query(e) for e in files.dashboard_exprs()] + \
                 [r["expr"] for r in files.rules()]:
             answer = prom.api("query", query=expr)
             if answer.get("status") != "success":
