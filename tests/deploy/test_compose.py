@@ -55,7 +55,9 @@ def test_the_replay_service_runs_real_commands_against_the_learnd_service():
     compose = _compose()
     replay = compose["services"]["replay"]
     assert replay["depends_on"]["learnd"]["condition"] == "service_healthy"
-    assert replay["restart"] == "no" and replay["image"] == compose["services"]["learnd"]["image"]
+    learnd = compose["services"]["learnd"]
+    assert replay["restart"] == "no"
+    assert (replay["image"], replay["build"]) == (learnd["image"], learnd["build"])
     (script,) = replay["command"]
     parser = build_parser()
     commands = [shlex.split(part.split(">")[0]) for part in script.split("&&")]
