@@ -102,8 +102,7 @@ class Metrics:
                                       registry=r)
         self.best_dev_error = Gauge("learnd_best_dev_error",
                                     "Best dev figure so far (the early-stopping metric).", registry=r)
-        self.best_model_version = Gauge("learnd_best_model_version",
-                                        "Model version of the best dev figure.", registry=r)
+        # learnd_best_model_version is read at scrape time (Server._live_values).
         self.frozen_rows = Counter("learnd_frozen_rows_total",
                                    "Training rows not trained on because training was frozen.",
                                    registry=r)

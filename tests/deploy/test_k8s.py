@@ -1,0 +1,111 @@
+"""deploy/k8s: the manifests parse and agree with each other and with the image on names,
+ports, labels, paths and probes."""
+from __future__ import annotations
+
+from . import files
+
+K8S = files.DEPLOY / "k8s"
+
+
+def _objects():
+    out = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in files.load_yaml_all(path):
+            out[(doc["kind"], doc.get("metadata", {}).get("name", path.name))] = doc
+    return out
+
+
+def _deployment():
+    return _objects()[("Deployment", "learnd")]
+
+
+def _container():
+    (c,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_kustomization_lists_every_manifest():
+    kustomization = files.load_yaml(K8S / "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == sorted(p.name for p in K8S.glob("*.yaml")
+                                                        if p.name != "kustomization.yaml")
+
+
+def test_container_ports_are_the_images():
+    ports = {p["name"]: p["containerPort"] for p in _container()["ports"]}
+    exposed = {int(p) for w, rest in files.dockerfile_instructions() if w == "EXPOSE" for p in rest.split()}
+    assert set(ports.values()) == exposed
+    env = files.dockerfile_env()
+    assert ports["metrics"] == int(env["LEARND_METRICS"].rsplit(":", 1)[1])
+    for name in ("ingest", "predict", "control"):
+        assert ports[name] == int(env[f"LEARND_{name.upper()}"].rsplit(":", 1)[1])
+
+
+def test_probes_on_healthz_and_readyz():
+    c = _container()
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_non_root_read_only_with_resources():
+    spec = _deployment()["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
+    for c in spec["containers"] + spec["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert c["resources"]["requests"] and c["resources"]["limits"]
+    # The drain before the checkpoint takes up to 60 s.
+    assert spec["terminationGracePeriodSeconds"] > 60
+    assert _deployment()["spec"]["replicas"] == 1 and _deployment()["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_state_claim_and_writable_mounts_match_the_image():
+    objects = _objects()
+    spec = _deployment()["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
+    env = files.dockerfile_env()
+    state = volumes[mounts[env["LEARND_STATE_DIR"]]]
+    assert ("PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"]) in objects
+    # With a read-only root, Numba's cache dir is an emptyDir the init container fills
+    # from the cache the image warmed.
+    cache = mounts[env["NUMBA_CACHE_DIR"]]
+    assert "emptyDir" in volumes[cache]
+    (init,) = spec["initContainers"]
+    assert init["image"] == _container()["image"]
+    (init_mount,) = init["volumeMounts"]
+    assert init_mount["name"] == cache
+    assert f"{env['NUMBA_CACHE_DIR']}/. {init_mount['mountPath']}/" in " ".join(init["command"])
+
+
+def test_services_select_the_pod_and_name_its_ports():
+    objects = _objects()
+    pod_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    assert _deployment()["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    port_names = {p["name"] for p in _container()["ports"]}
+    learnd = objects[("Service", "learnd")]
+    assert {p["name"] for p in learnd["spec"]["ports"]} == port_names
+    # Ingest must reach a pod that is not ready yet: it becomes ready on its first batch.
+    assert learnd["spec"]["publishNotReadyAddresses"] is True
+    predict = objects[("Service", "learnd-predict")]
+    assert [p["name"] for p in predict["spec"]["ports"]] == ["predict"]
+    assert not predict["spec"].get("publishNotReadyAddresses", False)
+    for service in (learnd, predict):
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert all(p["targetPort"] in port_names for p in service["spec"]["ports"])
+
+
+def test_the_service_monitor_scrapes_the_metrics_port_as_job_learnd():
+    objects = _objects()
+    monitor = objects[("ServiceMonitor", "learnd")]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selected = [s for (kind, _), s in objects.items() if kind == "Service"
+                and monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
+    assert [s["metadata"]["name"] for s in selected] == ["learnd"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    # The operator names the job after the Service; the alert rules select job="learnd".
+    assert "jobLabel" not in monitor["spec"]
+    assert all('job="learnd"' in r["expr"] for r in files.rules())
