@@ -217,3 +217,25 @@ def test_a_message_over_any_limit_is_too_large_and_at_it_passes(message, limit, 
         return
     over = Limits(**{**size, limit: size[limit] - under})
     assert decode_or_code(frames, limits=over) == "too_large"
+
+
+@st.composite
+def described_arrays(draw):
+    """A header whose array descriptions hold any msgpack values where name, dtype and
+    shape belong, each field independently valid or not, with one frame per description."""
+    specs = []
+    for _ in range(draw(st.integers(1, 3))):
+        spec = {"name": draw(st.sampled_from(ARRAY_NAMES) | wild_values),
+                "dtype": draw(st.sampled_from(sorted(DTYPES)) | wild_values),
+                "shape": draw(st.lists(st.integers(0, 4), min_size=1, max_size=2) | wild_values)}
+        if draw(st.integers(0, 9)) == 0:
+            spec[draw(st.text(max_size=4))] = draw(wild_values)
+        specs.append(spec)
+    header = {"v": 1, "op": "train", "arrays": specs}
+    return [b"", msgpack.packb(header, use_bin_type=True), *(draw(st.binary(max_size=40)) for _ in specs)]
+
+
+@PROPERTY
+@given(described_arrays())
+def test_array_descriptions_of_any_values_decode_or_fail_with_a_code(frames):
+    decode_or_code(frames)
