@@ -56,11 +56,16 @@ array_names = (st.sampled_from([["x", "y"], ["x", "y", "w"], ["ids", "y"], ["x",
 
 @st.composite
 def plausible_x(draw, m):
-    """(m, INPUT_DIM) inputs of any allowed dtype with modest values."""
-    dtype = draw(st.sampled_from(ALLOWED_DTYPES))
+    """(m, INPUT_DIM) inputs of any allowed dtype (floats half the time) with modest
+    values, or one on an edge."""
+    dtype = draw(st.sampled_from([np.dtype("<f4"), np.dtype("<f8")]) | st.sampled_from(ALLOWED_DTYPES))
     elements = {"b": st.booleans(), "u": st.integers(0, 3), "i": st.integers(-3, 3),
                 "f": st.floats(-1e3, 1e3, width=8 * dtype.itemsize)}[dtype.kind]
-    return draw(hnp.arrays(dtype, (m, INPUT_DIM), elements=elements))
+    x = draw(hnp.arrays(dtype, (m, INPUT_DIM), elements=elements))
+    if dtype.kind == "f" and draw(st.booleans()):      # one value on an edge: NaN, Inf, huge
+        with np.errstate(all="ignore"):
+            x[draw(st.integers(0, m - 1)), draw(st.integers(0, INPUT_DIM - 1))] = draw(edge_numbers)
+    return x
 
 
 @st.composite
@@ -122,8 +127,12 @@ def checker_for(schema, dtype):
 
 
 def check_or_code(fn, *args):
+    """fn's result, or the code of its ProtocolError.  Floating-point trouble raises, so a
+    check that lets an overflow or invalid operation pass unhandled (a warning in the
+    daemon's log) fails here."""
     try:
-        result = fn(*args)
+        with np.errstate(over="raise", invalid="raise", divide="raise"):   # what would warn
+            result = fn(*args)
     except ProtocolError as exc:
         assert exc.code in protocol.ERROR_CODES and exc.code != "internal", exc.code
         assert exc.message
@@ -188,9 +197,9 @@ def predict_messages(draw):
 
 
 @PROPERTY
-@given(predict_messages(), st.booleans())
+@given(predict_messages(), st.integers(0, 4))
 def test_predict_messages_become_a_valid_request_or_a_coded_refusal(message, ready):
-    request = check_or_code(PREDICTOR.check, message, SNAPSHOT if ready else None)
+    request = check_or_code(PREDICTOR.check, message, SNAPSHOT if ready else None)   # 0: no model yet
     if isinstance(request, str):
         return
     m = request.x.shape[0]
@@ -200,3 +209,18 @@ def test_predict_messages_become_a_valid_request_or_a_coded_refusal(message, rea
     out = np.empty((m, SNAPSHOT.n_outputs), dtype=SNAPSHOT.dtype)
     SNAPSHOT.predict_into(request.x, out, SNAPSHOT.new_workspace())
     assert np.isfinite(out).all()
+
+
+@PROPERTY
+@given(st.lists(edge_numbers, min_size=1, max_size=6), st.sampled_from(["<f4", "<f8", "<i8", "<u8", "|u1"]),
+       st.integers(1, 4), st.sampled_from(("float32", "float64")))
+def test_inputs_on_the_edges_are_taken_or_refused_with_a_code(values, dtype, m, model_dtype):
+    # NaN, Inf, values past max_abs_value or past float32, in every dtype they can travel in.
+    with np.errstate(all="ignore"):
+        x = np.resize(np.array(values, dtype=np.float64), (m, INPUT_DIM)).astype(dtype)
+    x.setflags(write=False)
+    request = check_or_code(PREDICTOR.check, Message({"v": 1, "op": "predict"}, {"x": x}), SNAPSHOT)
+    assert isinstance(request, str) or np.isfinite(request.x).all()
+    message = Message({"v": 1, "op": "train", "producer": "p", "seq": 1}, {"x": x, "y": np.arange(m) % 4})
+    item = check_or_code(checker_for(copy.copy(SCHEMAS[0]), model_dtype).item, message)
+    assert isinstance(item, str) or np.isfinite(item.x).all()
