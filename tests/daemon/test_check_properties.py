@@ -24,6 +24,7 @@ from tests.clients.test_protocol_properties import ALLOWED_DTYPES, PROPERTY, wil
 
 INPUT_DIM = 3
 STORED_IDS = (7, 8, 9)      # ids whose inputs an earlier predict request kept
+SIGNALLING_NAN = {4: 0x7F800001, 8: 0x7FF0000000000001}     # bit patterns, by itemsize
 
 # Values that sit on the checks' edges, mixed with arbitrary ones.
 edge_numbers = st.sampled_from([0, 1, -1, 2, 3, 0.5, -0.0, 1e15, 1e16, 1e39, -1e300, 2 ** 62,
@@ -213,11 +214,14 @@ def test_predict_messages_become_a_valid_request_or_a_coded_refusal(message, rea
 
 @PROPERTY
 @given(st.lists(edge_numbers, min_size=1, max_size=6), st.sampled_from(["<f4", "<f8", "<i8", "<u8", "|u1"]),
-       st.integers(1, 4), st.sampled_from(("float32", "float64")))
-def test_inputs_on_the_edges_are_taken_or_refused_with_a_code(values, dtype, m, model_dtype):
-    # NaN, Inf, values past max_abs_value or past float32, in every dtype they can travel in.
+       st.integers(1, 4), st.sampled_from(("float32", "float64")), st.booleans())
+def test_inputs_on_the_edges_are_taken_or_refused_with_a_code(values, dtype, m, model_dtype, signalling):
+    # NaN (quiet or signalling), Inf, values past max_abs_value or past float32, in every
+    # dtype they can travel in.
     with np.errstate(all="ignore"):
         x = np.resize(np.array(values, dtype=np.float64), (m, INPUT_DIM)).astype(dtype)
+    if signalling and x.dtype.kind == "f":
+        x.view({4: np.uint32, 8: np.uint64}[x.itemsize])[0, 0] = SIGNALLING_NAN[x.itemsize]
     x.setflags(write=False)
     request = check_or_code(PREDICTOR.check, Message({"v": 1, "op": "predict"}, {"x": x}), SNAPSHOT)
     assert isinstance(request, str) or np.isfinite(request.x).all()

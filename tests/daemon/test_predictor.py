@@ -69,13 +69,15 @@ def test_outputs_by_kind():
         assert check(reply.arrays["y"]), output
 
 
-def test_inputs_past_the_model_dtype_are_non_finite_without_a_warning():
-    # The cast to float32 overflowed with a RuntimeWarning into the daemon's log before
-    # the Inf it made was refused.
+@pytest.mark.parametrize("x", [np.array([[1e39, 0.0]]),
+                               np.array([[0x7FF0000000000001, 0]], np.uint64).view(np.float64)])
+def test_inputs_past_the_model_dtype_are_non_finite_without_a_warning(x):
+    # The cast to float32 of a value past its range, or of a signalling NaN, wrote a
+    # RuntimeWarning into the daemon's log before the Inf or NaN it made was refused.
     model = Model(hidden=(4,), task="binary", input_dim=2)
     model.partial_fit(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32), np.array([0, 1]))
     server = PredictServer(None, FakeTrainer(None), Metrics(), protocol.DEFAULT_LIMITS, IdStore(10, 60))
-    message = protocol.Message({"v": 1, "op": "predict"}, {"x": np.array([[1e39, 0.0]])})
+    message = protocol.Message({"v": 1, "op": "predict"}, {"x": x})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(protocol.ProtocolError) as err:
