@@ -10,6 +10,11 @@ control ops are those that change no model (status, set, checkpoint, gradcheck: 
 mutation here can spell freeze, unfreeze, rollback or shutdown, and the test checks
 that every ok control reply answered one of the four), and the only setting the corpus
 names is lr, whose final value must be the one the last accepted `set` gave.
+
+Framing: the ROUTER sockets see the peer's identity, then what the peer sent.  Every
+such message is answered, a missing or non-empty delimiter with `bad_frame`; the only
+message no peer can be answered for is one with no frames at all, which ZeroMQ does not
+send, so the fuzzer sends a lone empty frame in its place.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ import zmq
 
 from clients import protocol
 from clients.client import Control, Predictor
-from tests.integration.test_bad_input import barrage, busy_daemon, raw, train, train_on_digits  # noqa: F401
+from tests.integration.test_bad_input import (  # noqa: F401  (busy_daemon: a fixture)
+    MAX_ARRAY_BYTES, barrage, busy_daemon, raw, train, train_on_digits)
 
 SEED = 20240611
 MESSAGES = {"ingest": 4000, "predict": 3500, "control": 2500}
@@ -287,7 +293,7 @@ def run_barrage(endpoints, plan, deadline_s):
 def request_of(frames):
     """The sent message decoded as the daemon would, or None if it is not valid protocol."""
     try:
-        return protocol.decode(frames, protocol.Limits(max_array_bytes=200_000))
+        return protocol.decode(frames, protocol.Limits(max_array_bytes=MAX_ARRAY_BYTES))
     except protocol.ProtocolError:
         return None
 
