@@ -156,7 +156,7 @@ def _array_specs(header, n_frames):
         if name in seen:
             raise ProtocolError("bad_array", f"array {name!r} is listed twice")
         seen.add(name)
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:   # a list or map is no key of DTYPES
             raise ProtocolError("bad_array", f"array {name!r} has dtype {dtype!r}; allowed: "
                                              f"{', '.join(sorted(DTYPES))}")
         if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_NDIM

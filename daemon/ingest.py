@@ -83,6 +83,8 @@ class IngestChecker:
     def _stored_inputs(self, ids):
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise ProtocolError("bad_array", "ids must be a 1-D integer array")
+        if ids.shape[0] == 0:   # they stand for x, which needs a row
+            raise ProtocolError("shape_mismatch", "ids needs at least one id (the rows to train)")
         x, unknown, expired = self.id_store.get(ids)
         if unknown or expired:
             self.delayed_labels.labels("unknown").inc(len(unknown))

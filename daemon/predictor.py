@@ -132,7 +132,9 @@ class PredictServer(threading.Thread):
             raise ProtocolError("bad_array", f"x must be numbers, got dtype {x.dtype.str}")
         if x.dtype != snap.dtype:
             # One kernel per dtype is compiled at start; other inputs are cast, not compiled for.
-            x = x.astype(snap.dtype)
+            # A value past the dtype becomes Inf, a signalling NaN a NaN: both refused below.
+            with np.errstate(over="ignore", invalid="ignore"):
+                x = x.astype(snap.dtype)
         if count_nonfinite(x):
             raise ProtocolError("non_finite", "x holds NaN or Inf")
         ids = arrays.get("ids")

@@ -49,6 +49,12 @@ class Schema:
             raise ProtocolError("bad_header", "header 'n_outputs' must be a positive int")
         if x is None or y is None:
             raise ProtocolError("not_ready", "the first training batch must carry x and y")
+        # Shapes first: the guesses below read the labels, and an empty batch has none.
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ProtocolError("shape_mismatch", f"x must be 2-D with at least one row and one feature, "
+                                                  f"got shape {list(x.shape)}")
+        if y.shape[0] != x.shape[0]:
+            raise ProtocolError("shape_mismatch", f"y has {y.shape[0]} rows, x has {x.shape[0]}")
         if task is None:
             task, guessed = _guess_task(y)
             n_out = n_out or guessed
@@ -56,9 +62,6 @@ class Schema:
             n_out = _guess_outputs(task, y)
         if task == "binary":
             n_out = 1
-        if x.ndim != 2 or x.shape[1] < 1:
-            raise ProtocolError("shape_mismatch", f"x must be 2-D with at least one feature, got "
-                                                  f"shape {list(x.shape)}")
         if n_out > MAX_GUESSED_CLASSES and not header.get("n_outputs"):
             raise ProtocolError("bad_label", f"the labels imply {n_out} outputs; give header "
                                              "'n_outputs' if that is really meant")

@@ -82,3 +82,13 @@ def test_random_headers_decode_or_fail_with_a_code(header):
         decode([b"", msgpack.packb(header)])
     except ProtocolError as exc:
         assert exc.code in protocol.ERROR_CODES
+
+
+@pytest.mark.parametrize("dtype", [[1], {"a": 1}, None, 4, b"<f4"])
+def test_a_dtype_that_is_no_string_is_a_bad_array(dtype):
+    # A list or map as dtype raised TypeError (unhashable) and the daemon answered `internal`.
+    frames = [b"", msgpack.packb({"v": 1, "op": "a", "arrays": [{"name": "x", "dtype": dtype, "shape": [1]}]}),
+              b"\0" * 4]
+    with pytest.raises(ProtocolError) as err:
+        decode(frames)
+    assert err.value.code == "bad_array"

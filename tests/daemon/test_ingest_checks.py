@@ -1,12 +1,17 @@
-"""The value checks of train messages: magnitudes beyond max_abs_value, and values that
-overflow the model's dtype, for inputs and regression targets."""
+"""The value checks of train messages: magnitudes beyond max_abs_value, values that
+overflow the model's dtype, for inputs and regression targets; and empty batches."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from clients import protocol
 from clients.protocol import ProtocolError
+from daemon.idstore import IdStore
+from daemon.ingest import IngestChecker
+from daemon.metrics import Metrics
 from daemon.schema import Schema, check_converted, check_x, targets
+from daemon.splits import SplitAssigner
 
 REGRESSION = Schema(input_dim=3, task="regression", n_outputs=1)
 MULTICLASS = Schema(input_dim=3, task="multiclass", n_outputs=4)
@@ -48,3 +53,23 @@ def test_values_that_overflow_the_model_dtype_are_non_finite():
         overflowed = np.array([[1e39]]).astype(np.float32)
     assert code_of(check_converted, "x", overflowed) == "non_finite"
     check_converted("x", np.array([[3e38]], np.float32))
+
+
+def test_an_empty_first_batch_with_a_named_task_is_a_shape_mismatch():
+    # The task's output count was guessed from the labels before their shape was checked:
+    # max() of no labels raised, and the daemon answered `internal`.
+    schema = Schema()
+    empty = np.zeros((0, 3), np.float32)
+    assert code_of(schema.infer, empty, np.zeros(0, np.float32), {"task": "multiclass"}) == "shape_mismatch"
+    assert code_of(schema.infer, np.zeros((2, 3)), np.zeros(0, np.int64), {"task": "multiclass"}) \
+        == "shape_mismatch"
+    assert schema.to_dict() == {"input_dim": None, "task": None, "n_outputs": None}
+
+
+def test_delayed_labels_with_no_ids_are_a_shape_mismatch():
+    # No ids: the id store stacked no rows and raised, and the daemon answered `internal`.
+    checker = IngestChecker(MULTICLASS, "float32", IdStore(10, 60.0), protocol.DEFAULT_LIMITS, {},
+                            SplitAssigner((1.0, 0.0, 0.0), 0.0), Metrics().delayed_labels)
+    message = protocol.Message({"v": 1, "op": "train", "producer": "p", "seq": 1},
+                               {"ids": np.zeros(0, np.int64), "y": np.zeros(0, np.int64)})
+    assert code_of(checker.item, message) == "shape_mismatch"

@@ -1,5 +1,9 @@
-"""The predict thread answers even when serving itself fails."""
+"""The predict thread answers even when serving itself fails, and refuses inputs it
+cannot serve cleanly."""
+import warnings
+
 import numpy as np
+import pytest
 import zmq
 
 from clients import protocol
@@ -63,3 +67,19 @@ def test_outputs_by_kind():
         reply, _ = serve_one(snap, protocol.encode({"op": "predict", "output": output}, {"x": x}))
         assert reply.header["ok"] and reply.header["model_version"] == 1
         assert check(reply.arrays["y"]), output
+
+
+@pytest.mark.parametrize("x", [np.array([[1e39, 0.0]]),
+                               np.array([[0x7FF0000000000001, 0]], np.uint64).view(np.float64)])
+def test_inputs_past_the_model_dtype_are_non_finite_without_a_warning(x):
+    # The cast to float32 of a value past its range, or of a signalling NaN, wrote a
+    # RuntimeWarning into the daemon's log before the Inf or NaN it made was refused.
+    model = Model(hidden=(4,), task="binary", input_dim=2)
+    model.partial_fit(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32), np.array([0, 1]))
+    server = PredictServer(None, FakeTrainer(None), Metrics(), protocol.DEFAULT_LIMITS, IdStore(10, 60))
+    message = protocol.Message({"v": 1, "op": "predict"}, {"x": x})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(protocol.ProtocolError) as err:
+            server.check(message, model.snapshot(version=1))
+    assert err.value.code == "non_finite"

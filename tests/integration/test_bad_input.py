@@ -96,17 +96,23 @@ def busy_daemon(daemons):
     return daemons(env={"LEARND_MAX_ARRAY_BYTES": str(MAX_ARRAY_BYTES)})
 
 
-def test_a_barrage_of_bad_messages_changes_nothing(busy_daemon):
-    d = busy_daemon
+def train_on_digits(d, batches=8):
+    """Train `batches` batches of 64 digits rows and wait until they serve; returns the
+    test inputs and the probabilities predicted for them."""
     Xtr, ytr, Xte, _ = split("digits")
     with Producer(d.ingest, producer_id="good", timeout=20) as prod:
-        for k in range(8):
+        for k in range(batches):
             prod.send(Xtr[k * 64:(k + 1) * 64], ytr[k * 64:(k + 1) * 64], split="train")
     with Control(d.control) as c:
-        d.wait_until(lambda: c.status()["batches_trained"] == 8, what="8 batches")
+        d.wait_until(lambda: c.status()["batches_trained"] == batches, what=f"{batches} batches")
     with Predictor(d.predict) as p:
-        d.wait_until(lambda: p.predict(Xte[:1]).model_version == 8, what="last snapshot")
-        before = p.predict(Xte, output="proba")
+        d.wait_until(lambda: p.predict(Xte[:1]).model_version == batches, what="last snapshot")
+        return Xte, p.predict(Xte, output="proba")
+
+
+def test_a_barrage_of_bad_messages_changes_nothing(busy_daemon):
+    d = busy_daemon
+    Xte, before = train_on_digits(d)
     metrics_before = d.metrics()
 
     ctx = zmq.Context()
