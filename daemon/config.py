@@ -9,6 +9,7 @@ first training batch fixes the input size and task.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -96,8 +97,10 @@ class Config:
                 setattr(self, f.name, value)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ConfigError(f"setting {f.name!r} must be {f.type}, got {value!r}")
-            if kind in (int, float) and value < 0:
-                raise ConfigError(f"setting {f.name!r} must be >= 0, got {value!r}")
+            # `not value >= 0` also refuses NaN, for which every comparison is false: a NaN
+            # linger or interval would silently never fire.
+            if kind in (int, float) and not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"setting {f.name!r} must be a finite number >= 0, got {value!r}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (batch norm needs 2 rows), got {self.batch_size}")
         if self.queue_size < 1 or self.checkpoint_keep < 1:

@@ -30,6 +30,8 @@ def test_no_file_gives_the_embedded_default():
     ("", {"LEARND_NO_SUCH": "1"}),
     ("", {"LEARND_MODEL_ACTIVATION": "swish"}),
     ("metrics = 'nowhere'\n", {}),
+    ("batch_linger_ms = nan\n", {}),             # NaN passes any "< 0" test
+    ("", {"LEARND_EVAL_INTERVAL_S": "inf"}),
     ("this is not toml", {}),
 ])
 def test_bad_settings_are_refused_with_a_message(tmp_path, text, env):

@@ -111,7 +111,8 @@ def test_control_ops(daemons, digits):
         assert c.set(lr=0.01, l2=1e-4, eval_interval_s=1.0) == {"lr": 0.01, "l2": 1e-4,
                                                                 "eval_interval_s": 1.0}
         assert c.status()["learning_rate"] == pytest.approx(0.01)
-        for bad in ({"hidden": [3]}, {"lr": -1.0}, {"lr": "fast"}, {"no_such_key": 1}):
+        for bad in ({"hidden": [3]}, {"lr": -1.0}, {"lr": "fast"}, {"no_such_key": 1},
+                    {"batch_linger_ms": float("nan")}, {"lr": float("inf")}):
             with pytest.raises(LearndError) as err:
                 c.set(**bad)
             assert err.value.code == "bad_setting", bad
