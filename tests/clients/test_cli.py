@@ -84,6 +84,8 @@ def test_exit_codes_for_bad_files_and_an_absent_daemon(tmp_path):
 def test_serve_refuses_bad_settings_and_a_port_in_use(daemons, tmp_path):
     r = learnd("serve", "--set", "activation=swish", "--state-dir", str(tmp_path / "s"))
     assert r.returncode == 2 and "activation" in r.stderr
+    r = learnd("serve", "--set", "lr", "--state-dir", str(tmp_path / "s"))
+    assert r.returncode == 2 and "expected KEY=VALUE" in r.stderr
     d = daemons()
     r = learnd("serve", "--state-dir", str(tmp_path / "other"), f"--ingest={d.ingest}",
                "--predict=tcp://127.0.0.1:0", "--control=tcp://127.0.0.1:0", "--metrics=127.0.0.1:0")
