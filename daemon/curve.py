@@ -126,7 +126,7 @@ class HandshakeWatcher(threading.Thread):
         self.should_exit = threading.Event()
         self.pairs = {handshake.monitor(sock, context): name for name, sock in sockets.items()}
         self._unlogged = {name: {} for name in sockets}
-        self._last_log = {name: 0.0 for name in sockets}
+        self._last_log = {name: float("-inf") for name in sockets}
 
     def run(self):
         poller = zmq.Poller()

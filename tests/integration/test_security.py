@@ -16,7 +16,7 @@ import zmq
 from clients import protocol
 from clients.cli import main as cli_main
 from clients.client import Control, Predictor, Producer, Unauthorized
-from clients.keys import create_keypair
+from clients.keys import create_keypair, load_public, load_secret
 from clients.launch import serve_command
 from engine.datasets import split
 
@@ -66,7 +66,6 @@ def raw_dealer(ctx, address, k=None, who=None):
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if who is not None:
-        from clients.keys import load_public, load_secret
         sock.curve_serverkey = load_public(k["server"])
         sock.curve_publickey, sock.curve_secretkey = load_secret(k[who])
     sock.connect(address)
@@ -214,6 +213,9 @@ def test_the_cli_takes_the_keys_and_hints_at_curve_on_silence(daemons, keyring, 
     assert cli_main(["status", "--control", d.control]) == 1
     assert "CURVE" in capsys.readouterr().err
     assert cli_main(["status", "--control", d.control, "--server-key", keyring["server"]]) == 2
+    assert cli_main(["status", "--control", d.control, "--server-key", keyring["server"],
+                     "--client-key", keyring["server"]]) == 2       # a public file is no secret
+    assert "holds no secret key" in capsys.readouterr().err
     # A daemon that never answers at all: the message names CURVE as a possible cause.
     silent = zmq.Context()
     router = silent.socket(zmq.ROUTER)
