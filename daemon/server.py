@@ -1,8 +1,9 @@
 """`learnd serve`: startup, the ingest/control loop, and an orderly shutdown.
 
 Threads: this one runs the ingest and control sockets; the trainer thread owns the
-model; the predict thread serves snapshots; the metrics HTTP server has its own.
-Signal handlers only set `should_exit`.
+model; the predict thread serves snapshots; the metrics HTTP server has its own; a
+handshake watcher counts refused connections (and, with CURVE, a ZAP thread checks
+client keys).  Signal handlers only set flags (`should_exit`, `reload_requested`).
 """
 from __future__ import annotations
 
@@ -218,7 +219,7 @@ class Server:
         self.reload_requested = True
 
     def _reload(self):
-        """SIGHUP: read the CURVE allowlists again (the only state read from files while running)."""
+        """SIGHUP: read the CURVE allowlists again; nothing else is reloaded."""
         self.reload_requested = False
         if self.curve is None:
             log.info("SIGHUP: CURVE is off, nothing to reload")
