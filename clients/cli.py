@@ -1,13 +1,14 @@
 """The `learnd` command line.  Only this module maps errors to exit codes.
 
 Exit codes of the client commands: 0 done; 1 the daemon refused some batches or
-requests; 2 usage, config or input-file errors; 3 the daemon did not answer;
-130 interrupted (after flushing what was sent).
+requests (or refused this client's CURVE key); 2 usage, config, key-file or input-file
+errors; 3 the daemon did not answer; 130 interrupted (after flushing what was sent).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -73,6 +74,36 @@ def cmd_serve(args):
         return exc.exit_code
 
 
+# -- keys --------------------------------------------------------------------------------------
+KEY_LAYOUT = {"server": "server", "client": "clients", "control": "control-clients"}
+
+
+def cmd_keys(args):
+    from .keys import KeyFileError, create_keypair
+
+    wanted = ([("server", "server")] if args.server else []) + \
+        [("client", n) for n in args.client or []] + [("control", n) for n in args.control or []]
+    if not wanted:
+        raise UsageError("say which key pairs to make: --server, --client NAME, --control NAME")
+    try:
+        for kind, name in wanted:
+            public, secret = create_keypair(os.path.join(args.dir, KEY_LAYOUT[kind]), name)
+            print(f"{kind:<8} {public}  (secret: {secret}, mode 0600)")
+    except (KeyFileError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def _curve(args):
+    """The client classes' CURVE keyword arguments from --server-key / --client-key."""
+    if (args.server_key is None) != (args.client_key is None):
+        raise UsageError("CURVE needs both --server-key (the daemon's server.key) and --client-key "
+                         "(this client's NAME.key_secret)")
+    if args.server_key is None:
+        return {}
+    return {"curve_server_key": args.server_key, "curve_client_cert": args.client_key}
+
+
 # -- client commands -------------------------------------------------------------------------
 def cmd_replay(args):
     from tqdm import tqdm
@@ -84,7 +115,7 @@ def cmd_replay(args):
     total = len(X) * args.passes
     interrupted = False
     with Producer(args.ingest, producer_id=args.producer, window=args.window,
-                  timeout=args.timeout) as prod:
+                  timeout=args.timeout, **_curve(args)) as prod:
         bar = tqdm(total=total, unit="rows", desc="replay", disable=args.quiet,
                    dynamic_ncols=True, smoothing=0.1)
         t0 = time.monotonic()
@@ -128,7 +159,7 @@ def cmd_predict(args):
         X = read_json_lines(sys.stdin)
     else:
         X, _ = load_rows(args.file, label=args.label, need_labels=False)
-    with Predictor(args.predict, timeout=args.timeout) as p:
+    with Predictor(args.predict, timeout=args.timeout, **_curve(args)) as p:
         batches = [X[i:i + args.batch] for i in range(0, len(X), args.batch)]
         results = p.predict_many(batches, output=args.output)
     for r in results:
@@ -146,7 +177,7 @@ STATUS_ORDER = ("task", "input_dim", "n_outputs", "model_version", "samples_trai
 def cmd_status(args):
     from .client import Control
 
-    with Control(args.control, timeout=args.timeout) as c:
+    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
         status = c.status()
     if args.json:
         print(json.dumps(status, indent=2))
@@ -206,7 +237,7 @@ def cmd_set(args):
     from .client import Control
 
     settings = _key_values(args.settings, "set")
-    with Control(args.control, timeout=args.timeout) as c:
+    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
         print(json.dumps(c.set(**settings)))
     return EXIT_OK
 
@@ -214,7 +245,7 @@ def cmd_set(args):
 def cmd_checkpoint(args):
     from .client import Control
 
-    with Control(args.control, timeout=args.timeout) as c:
+    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
         result = c.checkpoint()
     print(f"checkpoint {result['path']} ({result['batches_trained']} batches trained)")
     return EXIT_OK
@@ -223,7 +254,7 @@ def cmd_checkpoint(args):
 def cmd_gradcheck(args):
     from .client import Control
 
-    with Control(args.control, timeout=max(args.timeout, 60.0)) as c:
+    with Control(args.control, timeout=max(args.timeout, 60.0), **_curve(args)) as c:
         report = c.gradcheck()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -237,7 +268,7 @@ def cmd_gradcheck(args):
 def cmd_rollback(args):
     from .client import Control
 
-    with Control(args.control, timeout=args.timeout) as c:
+    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
         r = c.rollback()
     print(f"rolled back to the best model (version {r['best_version']}, dev {r['metric']} "
           f"{_fmt(r['best_dev'])}); now serving version {r['model_version']}")
@@ -247,7 +278,7 @@ def cmd_rollback(args):
 def cmd_freeze(args):
     from .client import Control
 
-    with Control(args.control, timeout=args.timeout) as c:
+    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
         r = c.freeze() if args.command == "freeze" else c.unfreeze()
     print("training is frozen" if r["frozen"] else "training goes on")
     return EXIT_OK
@@ -286,6 +317,9 @@ def build_parser():
             p.add_argument(f"--{s}", default=defaults[s],
                            help=f"the daemon's {s} address" + ("" if s in sockets else " (unused here)"))
         p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each reply")
+        p.add_argument("--server-key", metavar="FILE",
+                       help="CURVE: the daemon's public key (server.key, or the 40-character key)")
+        p.add_argument("--client-key", metavar="FILE", help="CURVE: this client's NAME.key_secret")
         p.set_defaults(func=func)
         return p
 
@@ -334,6 +368,15 @@ def build_parser():
     client("rollback", "serve and train on from the best dev model", cmd_rollback, ("control",))
     client("freeze", "stop training (serving and evaluation go on)", cmd_freeze, ("control",))
     client("unfreeze", "resume training", cmd_freeze, ("control",))
+    keys = sub.add_parser("keys", help="make CURVE key pairs (docs/security.md)")
+    keys.add_argument("dir", help="key directory: DIR/server, DIR/clients, DIR/control-clients")
+    keys.add_argument("--server", action="store_true", help="the daemon's pair, DIR/server/server.key[_secret]")
+    keys.add_argument("--client", action="append", metavar="NAME",
+                      help="a client's pair, DIR/clients/NAME.key[_secret] (repeatable)")
+    keys.add_argument("--control", action="append", metavar="NAME",
+                      help="a control client's pair, DIR/control-clients/NAME.key[_secret] (repeatable)")
+    keys.set_defaults(func=cmd_keys)
+
     report = sub.add_parser("report", help="PNG learning curves from a state dir's evaluation history")
     report.add_argument("--state-dir", default="learnd-state", help="the daemon's state dir (default ./learnd-state)")
     report.add_argument("--output", "-o", help="PNG path (default <state-dir>/learning-curves.png)")
@@ -349,18 +392,21 @@ def build_parser():
 def main(argv=None):
     from .client import LearndError, Unreachable
     from .datafiles import DataFileError
+    from .keys import KeyFileError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataFileError, UsageError) as exc:
+    except (DataFileError, UsageError, KeyFileError) as exc:
         print(f"learnd {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except LearndError as exc:
         print(f"learnd {args.command}: the daemon refused: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except Unreachable as exc:
-        print(f"learnd {args.command}: {exc}", file=sys.stderr)
+        hint = ("" if getattr(args, "server_key", None) else
+                "; if the daemon requires CURVE, give --server-key and --client-key")
+        print(f"learnd {args.command}: {exc}{hint}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -3,6 +3,14 @@
 Each talks to one daemon socket through a DEALER and follows the Lazy Pirate pattern
 of the ZeroMQ guide: wait with a timeout, and on silence close the socket (LINGER 0),
 reconnect and resend, a bounded number of times.
+
+With `curve_server_key` (the daemon's public key) and `curve_client_cert` (this
+client's NAME.key_secret) every socket, the first and each one made by a reconnect,
+is a CURVE client.  A socket monitor watches the handshake: when the daemon refuses
+the key, or one end speaks CURVE and the other not, the call raises Unauthorized at
+once instead of waiting out its retries; so do handshakes that fail
+FAILED_HANDSHAKES_FINAL times in a row (a wrong server key, or a CURVE daemon whose
+mismatch this client did not get to see, protocol notes in clients/handshake.py).
 """
 from __future__ import annotations
 
@@ -17,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from . import protocol
+from . import handshake, protocol
+from .keys import load_public, load_secret
 
 DEFAULT_INGEST = "tcp://127.0.0.1:5555"
 DEFAULT_PREDICT = "tcp://127.0.0.1:5556"
@@ -37,6 +46,14 @@ class LearndError(RuntimeError):
         self.message = message
 
 
+class Unauthorized(LearndError):
+    """The daemon refused this client at the handshake (code "unauthorized"): its CURVE
+    key is not allowed there, or one end uses CURVE and the other does not."""
+
+    def __init__(self, message):
+        super().__init__("unauthorized", message)
+
+
 class Unreachable(TimeoutError):
     """No reply after every retry."""
 
@@ -44,35 +61,117 @@ class Unreachable(TimeoutError):
 class _Connection:
     """A DEALER to one address that can be thrown away and made again."""
 
-    def __init__(self, address, timeout, retries, context=None):
+    # ZeroMQ retries a failed handshake every 100 ms; this many failures in a row without
+    # one success is no passing fault (a daemon restarting refuses connections instead).
+    FAILED_HANDSHAKES_FINAL = 3
+
+    def __init__(self, address, timeout, retries, context=None, curve_server_key=None,
+                 curve_client_cert=None):
+        if (curve_server_key is None) != (curve_client_cert is None):
+            raise ValueError("CURVE needs both curve_server_key (the daemon's public key or its "
+                             "NAME.key file) and curve_client_cert (this client's NAME.key_secret)")
         self.address = address
         self.timeout = timeout
         self.retries = retries
+        # Read once: a reconnect must not meet a key file that changed or vanished.
+        self._server_key = None if curve_server_key is None else load_public(curve_server_key)
+        self._client_keys = None if curve_client_cert is None else load_secret(curve_client_cert)
         self._own_context = context is None
         self.ctx = context or zmq.Context()
         self.sock = None
+        self._handshakes = None
+        self._poller = None
+        self.handshake_failure = None     # the last non-final handshake failure, for Unreachable
+        self._refused = False             # the daemon refused this socket's handshake
+        self._failed_handshakes = 0       # in a row, on this socket
         self._connect()
 
+    @property
+    def curve(self):
+        return self._server_key is not None
+
     def _connect(self):
-        if self.sock is not None:
-            self.sock.close(linger=0)
+        self._close_socket()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            self.sock.curve_serverkey = self._server_key
+            self.sock.curve_publickey, self.sock.curve_secretkey = self._client_keys
+        self._handshakes = handshake.monitor(self.sock, self.ctx, handshake.HANDSHAKE_FAILURES
+                                             | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._handshakes, zmq.POLLIN)
+        self._refused = False
+        self._failed_handshakes = 0
         self.sock.connect(self.address)
 
     def _send(self, header, arrays=None):
-        self.sock.send_multipart(protocol.encode(header, arrays), copy=False)
+        self._send_frames(protocol.encode(header, arrays), copy=False)
+
+    def _send_frames(self, frames, copy=True):
+        if self._refused:
+            # A refused socket never tries again; a fresh one lets this call meet a
+            # changed allowlist (and be refused again, once, if it has not changed).
+            self._connect()
+        self.sock.send_multipart(frames, copy=copy)
 
     def _recv(self, timeout):
-        """A decoded reply, or None after `timeout` seconds."""
-        if not self.sock.poll(max(int(timeout * 1000), 0), zmq.POLLIN):
-            return None
-        return protocol.decode(self.sock.recv_multipart(copy=False), _REPLY_LIMITS, reply=True)
+        """A decoded reply, or None after `timeout` seconds; Unauthorized when the
+        handshake was refused."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            wait_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+            events = dict(self._poller.poll(wait_ms))
+            if self.sock in events:
+                return protocol.decode(self.sock.recv_multipart(copy=False), _REPLY_LIMITS, reply=True)
+            if self._handshakes in events:
+                self._on_handshake(handshake.read_event(self._handshakes))
+            elif wait_ms == 0:
+                return None
 
-    def close(self):
+    def _on_handshake(self, outcome):
+        if outcome is None:
+            return
+        if outcome == handshake.SUCCEEDED:
+            self._failed_handshakes = 0
+            return
+        self._failed_handshakes += 1
+        if outcome == handshake.KEY_REFUSED:
+            message = (f"{self.address} refused this client's CURVE key: its public certificate "
+                       "is not in the daemon's allowlist for this socket")
+        elif outcome == handshake.MECHANISM_MISMATCH:
+            message = (f"{self.address} does not use CURVE: connect without a server key and client key"
+                       if self.curve else
+                       f"{self.address} requires CURVE: give the daemon's public key and a client key "
+                       "(--server-key FILE --client-key FILE)")
+        else:
+            self.handshake_failure = (
+                "the CURVE handshake failed: the server key is not the daemon's, or the daemon does "
+                "not use CURVE" if self.curve else
+                "the daemon closed the connection during the handshake: it may require CURVE "
+                "(--server-key FILE --client-key FILE)")
+            if self._failed_handshakes < self.FAILED_HANDSHAKES_FINAL:
+                return
+            message = f"{self.address}: {self._failed_handshakes} handshakes failed in a row; " \
+                      f"{self.handshake_failure}"
+        self._refused = True
+        raise Unauthorized(message)
+
+    def _unreachable(self, text):
+        note = f" ({self.handshake_failure})" if self.handshake_failure else ""
+        return Unreachable(text + note)
+
+    def _close_socket(self):
+        if self._handshakes is not None:
+            self._handshakes.close(linger=0)
+            self._handshakes = None
         if self.sock is not None:
             self.sock.close(linger=0)
             self.sock = None
+
+    def close(self):
+        self._close_socket()
         if self._own_context:
             self.ctx.term()
 
@@ -86,8 +185,8 @@ class _Connection:
 class _RequestReply(_Connection):
     """One request at a time, matched to its reply by id, retried on silence."""
 
-    def __init__(self, address, timeout, retries, context=None):
-        super().__init__(address, timeout, retries, context)
+    def __init__(self, address, timeout, retries, context=None, **curve):
+        super().__init__(address, timeout, retries, context, **curve)
         self._ids = itertools.count(1)
 
     def request(self, header, arrays=None):
@@ -107,8 +206,8 @@ class _RequestReply(_Connection):
                     raise LearndError(err.get("code", "unknown"), err.get("message", ""))
                 return reply
             self._connect()
-        raise Unreachable(f"no reply from {self.address} after {self.retries + 1} attempts "
-                          f"of {self.timeout:g} s")
+        raise self._unreachable(f"no reply from {self.address} after {self.retries + 1} attempts "
+                                f"of {self.timeout:g} s")
 
 
 @dataclass
@@ -118,10 +217,15 @@ class Prediction:
 
 
 class Predictor(_RequestReply):
-    """predict(X) -> Prediction(y, model_version); predict_many for many in flight."""
+    """predict(X) -> Prediction(y, model_version); predict_many for many in flight.
 
-    def __init__(self, address=DEFAULT_PREDICT, timeout=5.0, retries=3, context=None):
-        super().__init__(address, timeout, retries, context)
+    curve_server_key / curve_client_cert: see the module docstring.
+    """
+
+    def __init__(self, address=DEFAULT_PREDICT, timeout=5.0, retries=3, context=None,
+                 curve_server_key=None, curve_client_cert=None):
+        super().__init__(address, timeout, retries, context, curve_server_key=curve_server_key,
+                         curve_client_cert=curve_client_cert)
 
     def predict(self, X, output="label", ids=None):
         arrays = {"x": np.asarray(X)}
@@ -146,7 +250,7 @@ class Predictor(_RequestReply):
                 sent += 1
             reply = self._recv(deadline - time.monotonic())
             if reply is None:
-                raise Unreachable(f"{len(pending)} predictions unanswered by {self.address}")
+                raise self._unreachable(f"{len(pending)} predictions unanswered by {self.address}")
             index = pending.pop(reply.header.get("id"), None)
             if index is None:
                 continue
@@ -160,10 +264,12 @@ class Predictor(_RequestReply):
 
 class Control(_RequestReply):
     """status(), set(**settings), checkpoint(), gradcheck(), rollback(), freeze(),
-    unfreeze(), shutdown()."""
+    unfreeze(), shutdown().  curve_server_key / curve_client_cert: see the module docstring."""
 
-    def __init__(self, address=DEFAULT_CONTROL, timeout=10.0, retries=2, context=None):
-        super().__init__(address, timeout, retries, context)
+    def __init__(self, address=DEFAULT_CONTROL, timeout=10.0, retries=2, context=None,
+                 curve_server_key=None, curve_client_cert=None):
+        super().__init__(address, timeout, retries, context, curve_server_key=curve_server_key,
+                         curve_client_cert=curve_client_cert)
 
     def _op(self, op, **fields):
         return self.request({"op": op, **fields}).header["result"]
@@ -207,11 +313,13 @@ class Producer(_Connection):
     (the daemon's (producer, seq) dedupe keeps a resend from training twice).
 
     Batches the daemon refuses are kept in `rejected`; `flush()` waits for every ack.
+    curve_server_key / curve_client_cert: see the module docstring.
     """
 
     def __init__(self, address=DEFAULT_INGEST, producer_id=None, window=16, timeout=5.0,
-                 retries=5, first_seq=0, context=None):
-        super().__init__(address, timeout, retries, context)
+                 retries=5, first_seq=0, context=None, curve_server_key=None, curve_client_cert=None):
+        super().__init__(address, timeout, retries, context, curve_server_key=curve_server_key,
+                         curve_client_cert=curve_client_cert)
         self.producer_id = producer_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.window = window
         self.next_seq = first_seq
@@ -239,7 +347,7 @@ class Producer(_Connection):
         frames = protocol.encode({"op": "train", "producer": self.producer_id, "seq": seq,
                                   "split": split, **header}, arrays)
         frames = [bytes(f) for f in frames]   # kept for resends: own the bytes
-        self.sock.send_multipart(frames)
+        self._send_frames(frames)
         self._pending[seq] = [frames, time.monotonic(), 0]
         self._pump(0)
         return seq
@@ -271,8 +379,8 @@ class Producer(_Connection):
     def _resend(self):
         attempts = max(entry[2] for entry in self._pending.values()) + 1
         if attempts > self.retries:
-            raise Unreachable(f"{len(self._pending)} batches unacknowledged by {self.address} "
-                              f"after {self.retries} resends")
+            raise self._unreachable(f"{len(self._pending)} batches unacknowledged by {self.address} "
+                                    f"after {self.retries} resends")
         self._connect()
         now = time.monotonic()
         for entry in self._pending.values():
@@ -288,7 +396,7 @@ class Producer(_Connection):
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._pending:
             if deadline is not None and time.monotonic() >= deadline:
-                raise Unreachable(f"{len(self._pending)} batches still unacknowledged")
+                raise self._unreachable(f"{len(self._pending)} batches still unacknowledged")
             self._pump(min(self.timeout, 0.1))
 
     def close(self):
@@ -299,7 +407,7 @@ class Producer(_Connection):
         try:
             if self.sock is not None:
                 self.flush()
-        except Unreachable:
+        except (Unreachable, Unauthorized):
             pass
 
     def __exit__(self, exc_type, *rest):

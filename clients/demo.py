@@ -58,7 +58,7 @@ class _Asker(threading.Thread):
 
 def run_demo(passes=8, quiet=False):
     npz, meta_path = _dataset_path(DATASET)
-    with np.load(npz) as z:
+    with np.load(npz, allow_pickle=False) as z:
         X, y = z["X"], z["y"]
     with open(meta_path) as f:
         meta = json.load(f)

@@ -21,6 +21,10 @@ DTYPES.update({"<i1": np.dtype("i1"), "<u1": np.dtype("u1"), "<b1": np.dtype("?"
                "|b": np.dtype("?")})
 ARRAY_NAMES = ("x", "y", "w", "ids")
 MAX_NDIM = 2
+# Fixed bounds on a header's shape (docs/protocol.md section 8).
+MAX_DEPTH = 8
+MAX_MAP_LEN = 256
+MAX_ARRAY_LEN = 1024
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,11 @@ def _unpack_header(raw, limits):
         header = msgpack.unpackb(
             raw, raw=False, strict_map_key=True, use_list=True,
             max_str_len=limits.max_header_bytes, max_bin_len=limits.max_header_bytes,
-            max_array_len=1024, max_map_len=256, max_ext_len=0)
+            max_array_len=MAX_ARRAY_LEN, max_map_len=MAX_MAP_LEN, max_ext_len=0)
+    except msgpack.exceptions.StackError:
+        # The C unpacker's own depth limit (far below any recursion limit): a small header
+        # of 60,000 nested arrays ends here, not in a crash.
+        raise ProtocolError("bad_header", f"header nests deeper than {MAX_DEPTH} levels") from None
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ProtocolError("bad_header", f"header is not valid msgpack: {exc}") from None
     if not isinstance(header, dict):
@@ -126,7 +134,7 @@ def _unpack_header(raw, limits):
     return header
 
 
-def _check_depth(value, depth=0, limit=8):
+def _check_depth(value, depth=0, limit=MAX_DEPTH):
     if depth > limit:
         raise ProtocolError("bad_header", f"header nests deeper than {limit} levels")
     if isinstance(value, dict):

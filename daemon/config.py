@@ -80,6 +80,11 @@ class Config:
     # Largest |value| of an input or regression target; 0 turns the bound off.  One wild
     # row would otherwise skew the input normalizer's all-time statistics for good.
     max_abs_value: float = 1e15
+    # CURVE (docs/security.md): with a server secret, every socket encrypts and admits only
+    # the clients whose public certificates are in the allowlist directories.
+    curve_server_secret: str = ""       # path of the daemon's NAME.key_secret; "" leaves CURVE off
+    curve_clients_dir: str = ""         # directory of NAME.key files allowed on ingest and predict
+    curve_control_clients_dir: str = ""     # the control socket's allowlist; "" means curve_clients_dir
     # Logging.
     log_json: bool = False
     log_level: str = "info"
@@ -121,6 +126,12 @@ class Config:
                               f"got {self.progressive_validation!r}")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.curve_server_secret and not self.curve_clients_dir:
+            raise ConfigError("curve_server_secret is set but curve_clients_dir is not: give the "
+                              "directory of the client public keys (NAME.key) to allow")
+        if not self.curve_server_secret and (self.curve_clients_dir or self.curve_control_clients_dir):
+            raise ConfigError("curve_clients_dir / curve_control_clients_dir need curve_server_secret, "
+                              "the daemon's secret key file")
         host, sep, port = self.metrics.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f"metrics must be HOST:PORT, got {self.metrics!r}")
@@ -200,6 +211,7 @@ def load(path=None, env=None, flags=None):
         elif name in DAEMON_KEYS:
             value = _parse_env_value(text)
             if name in ("ingest", "predict", "control", "metrics", "state_dir", "log_level",
+                        "curve_server_secret", "curve_clients_dir", "curve_control_clients_dir",
                         "early_stopping_metric", "early_stopping_action", "progressive_validation"):
                 value = text   # addresses and paths are strings even when they look numeric
             daemon[name] = value

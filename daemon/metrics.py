@@ -34,6 +34,12 @@ EVAL_FIGURES = {
 DELAYED_LABEL_OUTCOMES = ("trained", "expired", "unknown")
 PREDICT_OUTCOMES = ("ok", "error")
 CHECKPOINT_OUTCOMES = ("ok", "error")
+SOCKETS = ("ingest", "predict", "control")
+# Why a handshake failed, as the daemon can tell: its ZAP handler refused the CURVE key,
+# or anything else (no CURVE, a wrong server key, not ZMTP at all, a reset mid-handshake;
+# a client without CURVE shows as either a mechanism mismatch or a reset, depending on
+# which end gives up first, so those are not told apart).
+AUTH_FAILURE_REASONS = ("key_refused", "handshake_failed")
 
 
 class Metrics:
@@ -127,6 +133,17 @@ class Metrics:
                                       "Rows of delayed labels: trained from stored inputs, or refused "
                                       "because their id had expired or was never stored.",
                                       ["outcome"], registry=r)
+        self.auth_failures = Counter("learnd_auth_failures_total",
+                                     "Connections refused at the handshake, so none of their messages "
+                                     "was read: CURVE key not allowed, or any other failed handshake.",
+                                     ["socket", "reason"], registry=r)
+        self.auth_allowed_keys = Gauge("learnd_auth_allowed_keys",
+                                       "CURVE client keys each socket accepts (0 with CURVE off).",
+                                       ["socket"], registry=r)
+        for sock in SOCKETS:
+            self.auth_allowed_keys.labels(sock).set(0)
+            for reason in AUTH_FAILURE_REASONS:
+                self.auth_failures.labels(sock, reason)
         for code in ERROR_CODES:
             self.rejected.labels(code)
         for outcome in ("accepted", "duplicate", "rejected"):

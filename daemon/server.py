@@ -1,8 +1,9 @@
 """`learnd serve`: startup, the ingest/control loop, and an orderly shutdown.
 
 Threads: this one runs the ingest and control sockets; the trainer thread owns the
-model; the predict thread serves snapshots; the metrics HTTP server has its own.
-Signal handlers only set `should_exit`.
+model; the predict thread serves snapshots; the metrics HTTP server has its own; a
+handshake watcher counts refused connections (and, with CURVE, a ZAP thread checks
+client keys).  Signal handlers only set flags (`should_exit`, `reload_requested`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from engine.state import write_atomic
 
 from . import control as control_ops
 from .checkpoints import CheckpointStore
+from .curve import CurveServer, HandshakeWatcher
 from .errors import StartupError
 from .httpd import make_server, serve_in_thread
 from .idstore import IdStore
@@ -58,6 +60,7 @@ class Server:
         self.metrics = Metrics(registry)
         self.install_signals = install_signals
         self.should_exit = False
+        self.reload_requested = False
         self.started = time.monotonic()
         self.limits = Limits(max_header_bytes=config.max_header_bytes,
                              max_array_bytes=config.max_array_bytes,
@@ -71,6 +74,8 @@ class Server:
         self.predictor = None
         self.wal = None
         self.http = None
+        self.curve = None
+        self.handshakes = None
         self._pending_acks = []          # (identity, reply, item) waiting for the log's fsync
         self._pending_since = 0.0
         self._control_futures = []       # (identity, echo, future)
@@ -83,6 +88,9 @@ class Server:
     # -- startup ---------------------------------------------------------------------------
     def startup(self):
         cfg = self.config
+        if cfg.curve_server_secret:
+            # Before anything slow (a log replay): a bad key file is an operator's typo.
+            self.curve = CurveServer(cfg)
         self._prepare_state_dir()
         self.checkpoints = CheckpointStore(cfg.state_dir, keep=cfg.checkpoint_keep)
         if cfg.wal:
@@ -91,9 +99,15 @@ class Server:
         self._restore()
         self.metrics.add_live_collector(self._live_values)
         self.ctx = zmq.Context()
+        if self.curve is not None:
+            self.curve.start(self.ctx)
         self.ingest = self._bind(zmq.ROUTER, cfg.ingest, "ingest")
         self.control = self._bind(zmq.ROUTER, cfg.control, "control")
         predict = self._bind(zmq.ROUTER, cfg.predict, "predict")
+        self.handshakes = HandshakeWatcher(self.ctx, {"ingest": self.ingest, "predict": predict,
+                                                      "control": self.control},
+                                           self.metrics.auth_failures, self.curve)
+        self._show_allowed_keys()
         try:
             self.http = make_server(cfg.metrics_host, cfg.metrics_port, self.metrics.registry,
                                     self.healthy, self.ready)
@@ -105,6 +119,7 @@ class Server:
                                        cfg.predict_batch_window_us, cfg.predict_batch_max_rows)
         self.trainer.start()
         self.predictor.start()
+        self.handshakes.start()
         serve_in_thread(self.http)
         log.info("metrics on %s", self.bound["metrics"])
         # Where everything listens, for operators and tools (ports may have been chosen by
@@ -114,6 +129,7 @@ class Server:
         if self.install_signals:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+            signal.signal(signal.SIGHUP, self._on_reload_signal)
         log.info("learnd started (pid %d), state in %s", os.getpid(), os.path.abspath(cfg.state_dir))
 
     def _prepare_state_dir(self):
@@ -180,6 +196,11 @@ class Server:
         sock.setsockopt(zmq.RCVHWM, self.HWM)
         sock.setsockopt(zmq.SNDHWM, self.HWM)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # No frame may be larger than a whole message: ZeroMQ drops a peer that sends one
+        # before it is held in memory, where the decoder's too_large would come too late.
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        if self.curve is not None:
+            self.curve.secure(sock, name)
         try:
             sock.bind(address)
         except zmq.ZMQError as exc:
@@ -193,6 +214,23 @@ class Server:
 
     def _on_signal(self, signum, frame):
         self.should_exit = True
+
+    def _on_reload_signal(self, signum, frame):
+        self.reload_requested = True
+
+    def _reload(self):
+        """SIGHUP: read the CURVE allowlists again; nothing else is reloaded."""
+        self.reload_requested = False
+        if self.curve is None:
+            log.info("SIGHUP: CURVE is off, nothing to reload")
+            return
+        self.curve.reload()
+        self._show_allowed_keys()
+
+    def _show_allowed_keys(self):
+        if self.curve is not None:
+            for name, n in self.curve.allowed_keys().items():
+                self.metrics.auth_allowed_keys.labels(name).set(n)
 
     # -- health ---------------------------------------------------------------------------------
     def healthy(self):
@@ -221,6 +259,7 @@ class Server:
             "n_outputs": self.schema.n_outputs,
             "ready": self.ready(),
             "wal": self.wal is not None,
+            "curve": self.curve is not None,
             "last_checkpoint": t.last_checkpoint_path,
             **t.evaluation_status(),
             "satisficing": satisficing(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)
@@ -272,6 +311,8 @@ class Server:
         reading_ingest = True
         while not self.should_exit:
             self._loop_tick = time.monotonic()
+            if self.reload_requested:
+                self._reload()
             if self.trainer.stopped.is_set():
                 log.error("the trainer thread stopped; shutting down")
                 break
@@ -432,6 +473,9 @@ class Server:
         if self.predictor is not None:
             self.predictor.should_exit.set()
             self.predictor.join(5)
+        if self.handshakes is not None and self.handshakes.is_alive():
+            self.handshakes.should_exit.set()
+            self.handshakes.join(5)
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -441,6 +485,8 @@ class Server:
                 sock.close(linger=0)
         if self.wal is not None:
             self.wal.close()
+        if self.curve is not None:
+            self.curve.stop()
         if self.ctx is not None:
             self.ctx.term()
         log.info("learnd stopped")

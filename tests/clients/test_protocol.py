@@ -92,3 +92,47 @@ def test_a_dtype_that_is_no_string_is_a_bad_array(dtype):
     with pytest.raises(ProtocolError) as err:
         decode(frames)
     assert err.value.code == "bad_array"
+
+
+def test_a_small_header_of_deep_nesting_is_refused_without_recursing():
+    # 60,000 nested arrays fit in 60 KB, under the header limit: msgpack's C unpacker
+    # stops at its own stack limit, and the depth check catches what that lets through.
+    deep = b"\x82\xa1v\x01\xa2op" + b"\x91" * 60_000 + b"\xc0"
+    with pytest.raises(ProtocolError, match="nests deeper") as err:
+        decode([b"", deep])
+    assert err.value.code == "bad_header"
+    nested = None
+    for _ in range(protocol.MAX_DEPTH):
+        nested = [nested]
+    decode([b"", msgpack.packb({"v": 1, "op": "a", "n": nested[0]})])          # depth 8: taken
+    with pytest.raises(ProtocolError, match="nests deeper"):
+        decode([b"", msgpack.packb({"v": 1, "op": "a", "n": nested})])         # depth 9: refused
+
+
+def test_long_maps_and_lists_in_a_header_are_refused():
+    for header in ({"v": 1, "op": "a", **{f"k{i}": i for i in range(protocol.MAX_MAP_LEN)}},
+                   {"v": 1, "op": "a", "list": list(range(protocol.MAX_ARRAY_LEN + 1))}):
+        with pytest.raises(ProtocolError) as err:
+            decode([b"", msgpack.packb(header)])
+        assert err.value.code == "bad_header"
+
+
+def test_the_whole_message_and_the_frame_count_have_limits():
+    limits = Limits(max_message_bytes=1000)
+    frames = encode({"op": "a"}, {"x": np.zeros(200, np.float32), "y": np.zeros(200, np.float32)})
+    assert all(len(f) <= 1000 for f in frames)      # each frame fits; together they do not
+    with pytest.raises(ProtocolError, match="message is") as err:
+        decode(frames, limits)
+    assert err.value.code == "too_large"
+    frames = encode({"op": "a"}, {"x": np.zeros(1), "y": np.zeros(1), "w": np.zeros(1),
+                                  "ids": np.zeros(1, np.int64)}) + [b"\0" * 8]
+    with pytest.raises(ProtocolError, match="array frames") as err:
+        decode(frames)
+    assert err.value.code == "bad_array"
+
+
+def test_ext_types_never_decode():
+    # msgpack ext types are where other codecs hide object (de)serialization: none here.
+    with pytest.raises(ProtocolError) as err:
+        decode([b"", msgpack.packb({"v": 1, "op": "a", "o": msgpack.ExtType(1, b"\x80\x04N.")})])
+    assert err.value.code == "bad_header"

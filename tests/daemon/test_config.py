@@ -40,3 +40,26 @@ def test_bad_settings_are_refused_with_a_message(tmp_path, text, env):
     with pytest.raises(ConfigError) as err:
         load(path, env=env)
     assert str(err.value)
+
+
+def test_every_endpoint_is_on_loopback_by_default():
+    cfg = load(None, env={})
+    assert cfg.metrics_host == "127.0.0.1"
+    for address in (cfg.ingest, cfg.predict, cfg.control):
+        assert address.startswith("tcp://127.0.0.1:")
+    assert cfg.curve_server_secret == ""      # CURVE is opt-in: it needs keys
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"LEARND_CURVE_SERVER_SECRET": "/k/server.key_secret"}, "curve_clients_dir is not"),
+    ({"LEARND_CURVE_CLIENTS_DIR": "/k/clients"}, "need curve_server_secret"),
+    ({"LEARND_CURVE_CONTROL_CLIENTS_DIR": "/k/control"}, "need curve_server_secret"),
+])
+def test_curve_settings_must_come_together(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load(None, env=env)
+
+
+def test_curve_paths_stay_strings():
+    cfg = load(None, env={"LEARND_CURVE_SERVER_SECRET": "123", "LEARND_CURVE_CLIENTS_DIR": "true"})
+    assert cfg.curve_server_secret == "123" and cfg.curve_clients_dir == "true"

@@ -50,6 +50,8 @@ def barrage():
         ("ingest", raw(train(seq=-1), {"x": X_OK, "y": Y_OK}), "bad_header"),
         ("ingest", raw(train(split="validation"), {"x": X_OK, "y": Y_OK}), "bad_header"),
         ("ingest", [b"", msgpack.packb({"v": 1, "op": "x", "deep": [[[[[[[[[[1]]]]]]]]]]})], "bad_header"),
+        ("ingest", [b"", b"\x82\xa1v\x01\xa2op" + b"\x91" * 60_000 + b"\xc0"], "bad_header"),  # 60k deep
+        ("control", [b"", b"\x82\xa1v\x01\xa2op" + b"\x91" * 60_000 + b"\xc0"], "bad_header"),
         # arrays and frames
         ("ingest", [b"", header], "bad_array"),                                   # missing frame
         ("ingest", [b"", header, X_OK.tobytes(), b"extra"], "bad_array"),         # extra frame
@@ -184,3 +186,31 @@ def test_a_bad_first_batch_is_refused_and_the_daemon_lives_on(daemons, x, y, hea
     with Producer(d.ingest, timeout=20) as prod:
         prod.send(np.ones((4, 3), np.float32), np.array([0, 1, 0, 1]))
     assert prod.rejected == []
+
+
+def test_a_frame_over_max_message_bytes_is_dropped_by_zeromq_before_it_is_held(daemons):
+    # Each frame is capped (ZMQ_MAXMSGSIZE) at max_message_bytes: ZeroMQ drops the peer
+    # that sends a larger one as it arrives, so no such frame is ever kept in memory.
+    # A message whose frames each fit but together do not is answered with too_large.
+    d = daemons(env={"LEARND_MAX_MESSAGE_BYTES": "100000"})
+    ctx = zmq.Context()
+    try:
+        big = ctx.socket(zmq.DEALER)
+        big.setsockopt(zmq.LINGER, 0)
+        big.connect(d.control)
+        big.send_multipart([b"", msgpack.packb({"v": 1, "op": "status"}), b"\0" * 200_000])
+        assert not big.poll(1000)
+        big.close()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(d.control)
+        sock.send_multipart(raw({"op": "status"}, {"x": np.zeros(8000), "y": np.zeros(8000)}))
+        assert sock.poll(20_000)
+        reply = protocol.decode(sock.recv_multipart(), reply=True)
+        assert reply.header["error"]["code"] == "too_large"
+        sock.close()
+    finally:
+        ctx.term()
+    with Control(d.control) as c:
+        assert c.status()["samples_trained"] == 0
+    assert d.metrics()["learnd_rejected_total{reason=too_large}"] == 1
