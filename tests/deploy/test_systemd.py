@@ -48,7 +48,7 @@ def test_restart_policy_and_a_stop_timeout_longer_than_the_drain():
     assert s["Restart"] == "on-failure" and s["KillSignal"] == "SIGTERM"
     assert int(s["TimeoutStopSec"]) > 60
     # Configuration (2) and state-dir (4) errors do not go away on a restart.
-    assert set(s["RestartPreventExitStatus"].split()) == {"2", "4"}
+    assert set(s["RestartPreventExitStatus"].split()) == {"2", "4", "6"}
 
 
 def test_exec_start_is_a_valid_learnd_serve_command():
