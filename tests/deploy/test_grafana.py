@@ -67,7 +67,9 @@ def test_the_panels_an_operator_needs():
             in latency
     assert "learnd_predict_latency_bound_seconds" in latency
     assert "learnd_queue_depth" in _panel("Queue depth")
-    assert "sum by (instance, reason) (rate(learnd_rejected_total" in _panel("Rejected inputs by reason")
+    refused = _panel("Rejected inputs and refused handshakes")
+    assert "sum by (instance, reason) (rate(learnd_rejected_total" in refused
+    assert "learnd_auth_failures_total" in refused
     assert "learnd_checkpoints_total" in _panel("Checkpoints")
     assert "learnd_nonfinite_steps_total" in _panel("Non-finite steps")
     assert "learnd_grad_norm" in _panel("Gradient norm per layer")
