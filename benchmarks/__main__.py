@@ -30,6 +30,8 @@ TARGETS = (   # (key, label, op, goal)
     ("predict_p50_vs_torch", "one-sample predict p50 vs PyTorch", "<=", 0.1),
     ("idle_p50_vs_bare", "ZeroMQ predict p50, idle, vs bare round trip", "<=", 1.3),
     ("idle_p99_vs_bare", "ZeroMQ predict p99, idle, vs bare round trip", "<=", 2.0),
+    ("idle_spinning_p50_vs_bare", "  p50 with predict_spin_us (a busy core)", "<=", 1.3),
+    ("idle_spinning_p99_vs_bare", "  p99 with predict_spin_us", "<=", 2.0),
     ("training_p99_vs_bare", "ZeroMQ predict p99, training, vs bare", "<=", 3.0),
     ("daemon_vs_embedded_training", "daemon training vs embedded engine", ">=", 0.9),
     ("daemon_serving_vs_embedded_training", "  the same while serving (no target)", None, None),

@@ -1,12 +1,15 @@
-"""Predict latency over ZeroMQ with the daemon idle and while it trains at full speed,
-against the bare pyzmq round trip carrying the same payload, all in one run.
+"""Predict latency over ZeroMQ with the daemon idle (also with predict_spin_us) and while
+it trains at full speed, against the bare pyzmq round trip carrying the same payload;
+16 concurrent clients with and without dynamic batching; training throughput from
+ingest alone and while serving; all in one run.
 
-    python -m benchmarks.daemon [--seconds S] [--rounds R] [--json PATH]
+    python -m benchmarks.daemon [--seconds S] [--rounds R] [--spin-us US] [--json PATH]
 
 The model is W1 (784-256-128-10, batch norm, keep_prob 0.8, Adam, L2 1e-4, batch 128).
-Rounds interleave the three measurements and medians are quoted, because this machine
-is shared and noisy.  Training runs in a separate producer process, so the client that
-measures latency is never slowed by the producer's own Python.
+Three daemons run side by side: plain, with dynamic batching, and spinning.  Rounds
+interleave the measurements and medians are quoted, because this machine is shared and
+noisy.  Training runs in a separate producer process, so the client that measures
+latency is never slowed by the producer's own Python.
 """
 from __future__ import annotations
 
@@ -144,6 +147,8 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--batch-window-us", type=float, default=500.0,
                         help="predict_batch_window_us of the batching daemon (default 500)")
+    parser.add_argument("--spin-us", type=float, default=1000.0,
+                        help="predict_spin_us of the spinning daemon (default 1000)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     figures = run(args)
@@ -164,14 +169,16 @@ def run(args):
     figures = {"ready_seconds": _ready_seconds()}
     try:
         with tempfile.TemporaryDirectory(prefix="learnd-bench-") as state_dir, \
-                tempfile.TemporaryDirectory(prefix="learnd-bench-") as batching_dir:
+                tempfile.TemporaryDirectory(prefix="learnd-bench-") as batching_dir, \
+                tempfile.TemporaryDirectory(prefix="learnd-bench-") as spinning_dir:
             proc, ends, log = start_daemon(state_dir, W1_ARGS)
             bproc, bends, blog = start_daemon(
                 batching_dir, W1_ARGS, {"LEARND_PREDICT_BATCH_WINDOW_US": str(args.batch_window_us)})
+            sproc, sends, slog = start_daemon(spinning_dir, W1_ARGS, {"LEARND_PREDICT_SPIN_US": str(args.spin_us)})
             try:
-                figures.update(_measure(ends, bends, echo_address, x, args))
+                figures.update(_measure(ends, bends, sends, echo_address, x, args))
             finally:
-                for p, lg in ((proc, log), (bproc, blog)):
+                for p, lg in ((proc, log), (bproc, blog), (sproc, slog)):
                     p.send_signal(signal.SIGTERM)
                     p.wait(60)
                     lg.close()
@@ -181,23 +188,25 @@ def run(args):
     return figures
 
 
-def _measure(ends, bends, echo_address, x, args):
+def _measure(ends, bends, sends, echo_address, x, args):
     rng = np.random.default_rng(2)
-    for e in (ends, bends):
+    for e in (ends, bends, sends):
         with Producer(e["ingest"], producer_id="warm") as prod:   # create the model
             prod.send(rng.standard_normal((BATCH, DIM)).astype(np.float32), rng.integers(0, CLASSES, BATCH))
     control = Control(ends["control"])
     pred = Predictor(ends["predict"])
+    spinning = Predictor(sends["predict"])
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (control.status()["batches_trained"] < 1
-                                           or Control(bends["control"]).status()["batches_trained"] < 1):
+    while time.monotonic() < deadline and any(Control(e["control"]).status()["batches_trained"] < 1
+                                              for e in (ends, bends, sends)):
         time.sleep(0.05)
     concurrent = {"unbatched": [], "batched": []}
-    runs = {"bare": [], "idle": [], "training": []}
+    runs = {"bare": [], "idle": [], "idle_spinning": [], "training": []}
     throughput, alone = [], []
     for _ in range(args.rounds):
         runs["bare"].append(_bare_latencies(echo_address, x, args.seconds))
         runs["idle"].append(_predict_latencies(pred, x, args.seconds))
+        runs["idle_spinning"].append(_predict_latencies(spinning, x, args.seconds))
         concurrent["unbatched"].append(_concurrent(ends["predict"], x, args.seconds, args.clients))
         concurrent["batched"].append(_concurrent(bends["predict"], x, args.seconds, args.clients))
         stop, counter = mp.Event(), mp.Value("q", 0)
@@ -218,6 +227,7 @@ def _measure(ends, bends, echo_address, x, args):
         stop.set()
         producer.join(60)
     pred.close()
+    spinning.close()
     control.close()
 
     def stats(rounds):
@@ -232,10 +242,13 @@ def _measure(ends, bends, echo_address, x, args):
         out[f"clients_{name}"] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
         out[f"clients_{name}"]["clients"] = args.clients
     out["clients_batched"]["batch_window_us"] = args.batch_window_us
+    out["idle_spinning"]["spin_us"] = args.spin_us
     bare = out["bare"]
     out["ratios"] = {
         "idle_p50_vs_bare": out["idle"]["p50_us"] / bare["p50_us"],
         "idle_p99_vs_bare": out["idle"]["p99_us"] / bare["p99_us"],
+        "idle_spinning_p50_vs_bare": out["idle_spinning"]["p50_us"] / bare["p50_us"],
+        "idle_spinning_p99_vs_bare": out["idle_spinning"]["p99_us"] / bare["p99_us"],
         "training_p50_vs_bare": out["training"]["p50_us"] / bare["p50_us"],
         "training_p99_vs_bare": out["training"]["p99_us"] / bare["p99_us"],
     }
@@ -245,6 +258,7 @@ def _measure(ends, bends, echo_address, x, args):
 def _print(f):
     print(f"{'one W1 sample over ZeroMQ':<34} {'p50 µs':>9} {'p99 µs':>9} {'requests':>9}")
     for name, label in (("bare", "bare pyzmq round trip (baseline)"), ("idle", "learnd, idle"),
+                        ("idle_spinning", f"learnd, idle, spin {f['idle_spinning']['spin_us']:g} us"),
                         ("training", "learnd, training at full speed")):
         s = f[name]
         print(f"{label:<34} {s['p50_us']:>9.1f} {s['p99_us']:>9.1f} {s['requests']:>9}")

@@ -45,6 +45,7 @@ class Config:
     blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core
     predict_batch_window_us: float = 0.0   # > 0: answer requests arriving this close together with one kernel call
     predict_batch_max_rows: int = 1024     # most rows in one such batch
+    predict_spin_us: float = 0.0           # > 0: after an answer, poll without sleeping this long
     # State.
     checkpoint_interval_s: float = 60.0
     checkpoint_keep: int = 3

@@ -44,7 +44,7 @@ class PredictServer(threading.Thread):
     POLL_MS = 100
 
     def __init__(self, socket, trainer, metrics, limits, id_store, batch_window_us=0.0,
-                 max_batch_rows=1024):
+                 max_batch_rows=1024, spin_us=0.0):
         super().__init__(name="learnd-predict", daemon=True)
         self.socket = socket
         self.trainer = trainer
@@ -53,6 +53,7 @@ class PredictServer(threading.Thread):
         self.id_store = id_store
         self.batch_window_s = batch_window_us / 1e6
         self.max_batch_rows = max(1, max_batch_rows)
+        self.spin_s = spin_us / 1e6
         self.should_exit = threading.Event()
         self._workspaces = {}     # one per snapshot layout, reused across requests
         self.latencies = LatencyWindow()   # recent latencies, for the satisficing p99
@@ -63,14 +64,21 @@ class PredictServer(threading.Thread):
     def run(self):
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
+        spin_until = 0.0
         while not self.should_exit.is_set():
-            if not poller.poll(self.POLL_MS):
+            # Spin, then block: for spin_s after an answer the thread polls without
+            # sleeping, so a client's next request is read without waking a sleeping thread
+            # (on a virtual machine that wake-up can cost more than the request itself).
+            spinning = time.perf_counter() < spin_until
+            if not poller.poll(0 if spinning else self.POLL_MS):
                 continue
             # Serve what has arrived before polling again.
             for _ in range(1000):
                 if not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
                     break
                 self._serve_batch()
+            if self.spin_s:
+                spin_until = time.perf_counter() + self.spin_s
         self.socket.close(linger=0)
 
     def _serve_batch(self):

@@ -116,7 +116,8 @@ class Server:
                                EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
         self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
         self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store,
-                                       cfg.predict_batch_window_us, cfg.predict_batch_max_rows)
+                                       cfg.predict_batch_window_us, cfg.predict_batch_max_rows,
+                                       cfg.predict_spin_us)
         self.trainer.start()
         self.predictor.start()
         self.handshakes.start()

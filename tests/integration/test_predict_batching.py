@@ -1,8 +1,11 @@
 """Dynamic batching on the predict socket: concurrent clients' requests answered by one
-kernel call still get their own rows, the same answers as alone, and one version."""
+kernel call still get their own rows, the same answers as alone, and one version; and
+spin-then-block polling, which answers alike and spins only right after requests."""
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -77,3 +80,36 @@ def test_concurrent_requests_get_their_own_rows_and_single_request_answers(daemo
     else:
         # 16 clients with requests in flight within a 2 ms window: far fewer kernel calls
         assert kernel_calls < requests / 2
+
+
+def _cpu_seconds(pid):
+    """User + system CPU time the process has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_spin_then_block_answers_alike_and_spins_only_right_after_requests(daemons, seed):
+    rng = np.random.default_rng(seed)
+    spin_us = 20_000
+    d = daemons(args=["--no-wal", "--batch-size", str(BATCH), "--set", "hidden=[16]",
+                      "--set", f"predict_spin_us={spin_us}"])
+    train_a_little(d, rng)
+    x = rng.standard_normal((5, DIM)).astype(np.float32)
+    with Predictor(d.predict, timeout=20) as p:
+        first = p.predict(x, output="proba")
+        # Requests 1 ms apart: each is read by a thread still spinning from the last one.
+        replies = []
+        for _ in range(200):
+            replies.append(p.predict(x, output="proba"))
+            time.sleep(0.001)
+        assert all(np.array_equal(r.y, first.y) and r.model_version == first.model_version for r in replies)
+        # After the last answer the thread spins for 20 ms, then blocks: an idle second
+        # costs next to no CPU, although a spinning thread would burn the whole second.
+        time.sleep(0.2)
+        cpu0, t0 = _cpu_seconds(d.proc.pid), time.monotonic()
+        time.sleep(1.0)
+        idle_share = (_cpu_seconds(d.proc.pid) - cpu0) / (time.monotonic() - t0)
+        assert idle_share < 0.25, idle_share
+        # And it still answers after blocking.
+        assert np.array_equal(p.predict(x, output="proba").y, first.y)
