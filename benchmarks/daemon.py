@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import signal
 import tempfile
 import time
 
@@ -24,7 +23,7 @@ import numpy as np
 import zmq
 
 from clients.client import Control, Predictor, Producer
-from clients.launch import start_daemon
+from clients.launch import start_daemon, stop_daemon
 
 W1_ARGS = ["--set", "hidden=[256,128]", "--set", "keep_prob=0.8", "--set", "l2=0.0001",
            "--batch-size", "128", "--no-wal"]
@@ -125,9 +124,7 @@ def _ready_seconds(extra_env=None):
                         time.sleep(0.01)
             return float("nan")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-            log.close()
+            stop_daemon(proc, log)
 
 
 def _predict_latencies(pred, x, seconds):
@@ -179,9 +176,7 @@ def run(args):
                 figures.update(_measure(ends, bends, sends, echo_address, x, args))
             finally:
                 for p, lg in ((proc, log), (bproc, blog), (sproc, slog)):
-                    p.send_signal(signal.SIGTERM)
-                    p.wait(60)
-                    lg.close()
+                    stop_daemon(p, lg)
     finally:
         stop_echo.set()
         echo.join(5)

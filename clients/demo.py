@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -14,7 +12,7 @@ import time
 import numpy as np
 
 from .client import Control, Predictor, Producer
-from .launch import start_daemon
+from .launch import start_daemon, stop_daemon
 
 DATASET = "digits"
 REFRESH_S = 0.5
@@ -75,12 +73,7 @@ def run_demo(passes=8, quiet=False):
         try:
             return _stream(ends, Xtr, ytr, Xte, yte, passes, quiet, t_start)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+            stop_daemon(proc, log)
             print(f"daemon stopped (exit {proc.returncode}) after {time.monotonic() - t_start:.1f} s")
 
 

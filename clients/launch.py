@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,3 +47,18 @@ def start_daemon(state_dir, extra_args=(), env=None, log_path=None, timeout=STAR
     proc.kill()
     log.close()
     raise RuntimeError("the daemon did not start in time")
+
+
+def stop_daemon(proc, log=None, timeout=60.0):
+    """SIGTERM the daemon (it drains, checkpoints and exits), kill it if it has not exited
+    within `timeout` seconds, close its log; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if log is not None:
+        log.close()
+    return proc.returncode

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 from clients.client import Control, Predictor, Producer
-from clients.launch import start_daemon
+from clients.launch import start_daemon, stop_daemon
 from engine.datasets import load
 
 BATCH = 64
@@ -58,13 +56,7 @@ def warm(state_dir, dtype):
                 predictor.predict(X[:1])
             control.checkpoint()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        stop_daemon(proc, log)
     return proc.returncode
 
 

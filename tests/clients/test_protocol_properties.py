@@ -4,7 +4,6 @@ ProtocolError with a stable code, never anything else."""
 from __future__ import annotations
 
 import msgpack
-import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp

@@ -10,8 +10,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from . import files
 
 PORTS = {"5555", "5556", "5557", "9500"}
