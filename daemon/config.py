@@ -66,6 +66,7 @@ class Config:
     # Early stopping on the dev split (patience counted in evaluations; 0: off).
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
+    early_stopping_min_dev_rows: int = 100  # fewer dev rows than this: no best is taken yet
     early_stopping_metric: str = "auto"     # auto (error, or loss for regression) | error | loss
     early_stopping_action: str = "none"     # none | serve_best | freeze
     # Satisficing metric: predict latency p99 over the recent requests, against a bound.

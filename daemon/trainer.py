@@ -43,7 +43,8 @@ GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time
 LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "publish_interval_ms",
                         "checkpoint_interval_s", "eval_interval_s", "eval_interval_samples",
                         "bayes_error", "diagnosis_tolerance", "early_stopping_patience",
-                        "early_stopping_min_delta", "early_stopping_action", "predict_p99_bound_ms")
+                        "early_stopping_min_delta", "early_stopping_min_dev_rows", "early_stopping_action",
+                        "predict_p99_bound_ms")
 BEST_MODEL_FILE = "best-model.npz"
 HELD_OUT = ("train_dev", "dev", "test")    # splits kept in reservoirs, never trained on
 
@@ -396,7 +397,9 @@ class Trainer(threading.Thread):
         self._last_eval_samples = self.samples_trained
         self.diagnosis = diagnose(results, self.config.bayes_error, self.config.diagnosis_tolerance)
         self._set_diagnosis_metrics()
-        if "dev" in results:
+        # A best taken on a handful of dev rows (the reservoir is still filling) would be
+        # a lucky draw that later, honest evaluations can never beat.
+        if "dev" in results and results["dev"]["rows"] >= self.config.early_stopping_min_dev_rows:
             self._early_stopping(results["dev"].get(self._stopping_metric()))
         self.history.append({
             "time": time.time(), "samples": self.samples_trained, "version": self.batches_trained,

@@ -244,6 +244,20 @@ def test_early_stopping_serves_the_best_model_then_rollback_and_freeze(daemons, 
         d.wait_until(lambda: c.status()["samples_trained"] > trained, what="training again")
 
 
+def test_early_stopping_takes_no_best_from_a_dev_split_of_few_rows(daemons, digits):
+    X, y = digits
+    d = daemons(args=settings(hidden="[16]", eval_interval_samples=256, early_stopping_min_dev_rows=100))
+    stream(d.ingest, X[:40], y[:40], split="dev", producer_id="target")
+    stream(d.ingest, X[40:1040], y[40:1040], split="train")
+    s = status_when(d, lambda st: evaluated("dev", samples=900)(st), "a dev evaluation")
+    assert s["evaluation"]["dev"]["rows"] == 40
+    assert s["early_stopping"]["best_version"] is None          # 40 rows: not yet
+    stream(d.ingest, X[1040:1140], y[1040:1140], split="dev", producer_id="target", first_seq=1000)
+    stream(d.ingest, X[:512], y[:512], split="train", producer_id="p2")
+    s = status_when(d, lambda st: st["early_stopping"]["best_version"] is not None, "a best dev model")
+    assert s["evaluation"]["dev"]["rows"] >= 100
+
+
 def test_rollback_without_a_dev_evaluation_is_not_ready(daemons, digits):
     X, y = digits
     d = daemons(args=settings(hidden="[8]"))
