@@ -79,7 +79,7 @@ KEY_LAYOUT = {"server": "server", "client": "clients", "control": "control-clien
 
 
 def cmd_keys(args):
-    from .keys import KeyFileError, create_keypair
+    from .keys import create_keypair
 
     wanted = ([("server", "server")] if args.server else []) + \
         [("client", n) for n in args.client or []] + [("control", n) for n in args.control or []]
@@ -89,7 +89,7 @@ def cmd_keys(args):
         for kind, name in wanted:
             public, secret = create_keypair(os.path.join(args.dir, KEY_LAYOUT[kind]), name)
             print(f"{kind:<8} {public}  (secret: {secret}, mode 0600)")
-    except (KeyFileError, OSError) as exc:
+    except OSError as exc:   # a KeyFileError reaches main(), which maps it to a usage error
         raise UsageError(str(exc)) from None
     return EXIT_OK
 
@@ -102,6 +102,13 @@ def _curve(args):
     if args.server_key is None:
         return {}
     return {"curve_server_key": args.server_key, "curve_client_cert": args.client_key}
+
+
+def _control(args, timeout=None):
+    """A Control client for the command's --control address and CURVE keys."""
+    from .client import Control
+
+    return Control(args.control, timeout=args.timeout if timeout is None else timeout, **_curve(args))
 
 
 # -- client commands -------------------------------------------------------------------------
@@ -175,9 +182,7 @@ STATUS_ORDER = ("task", "input_dim", "n_outputs", "model_version", "samples_trai
 
 
 def cmd_status(args):
-    from .client import Control
-
-    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
+    with _control(args) as c:
         status = c.status()
     if args.json:
         print(json.dumps(status, indent=2))
@@ -234,27 +239,21 @@ def _fmt(v):
 
 
 def cmd_set(args):
-    from .client import Control
-
     settings = _key_values(args.settings, "set")
-    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
+    with _control(args) as c:
         print(json.dumps(c.set(**settings)))
     return EXIT_OK
 
 
 def cmd_checkpoint(args):
-    from .client import Control
-
-    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
+    with _control(args) as c:
         result = c.checkpoint()
     print(f"checkpoint {result['path']} ({result['batches_trained']} batches trained)")
     return EXIT_OK
 
 
 def cmd_gradcheck(args):
-    from .client import Control
-
-    with Control(args.control, timeout=max(args.timeout, 60.0), **_curve(args)) as c:
+    with _control(args, timeout=max(args.timeout, 60.0)) as c:
         report = c.gradcheck()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -266,9 +265,7 @@ def cmd_gradcheck(args):
 
 
 def cmd_rollback(args):
-    from .client import Control
-
-    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
+    with _control(args) as c:
         r = c.rollback()
     print(f"rolled back to the best model (version {r['best_version']}, dev {r['metric']} "
           f"{_fmt(r['best_dev'])}); now serving version {r['model_version']}")
@@ -276,9 +273,7 @@ def cmd_rollback(args):
 
 
 def cmd_freeze(args):
-    from .client import Control
-
-    with Control(args.control, timeout=args.timeout, **_curve(args)) as c:
+    with _control(args) as c:
         r = c.freeze() if args.command == "freeze" else c.unfreeze()
     print("training is frozen" if r["frozen"] else "training goes on")
     return EXIT_OK

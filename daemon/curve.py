@@ -20,11 +20,11 @@ from clients import handshake
 from clients.keys import KeyFileError, is_private, load_allowlist, load_secret
 
 from .errors import StartupError
+from .metrics import HANDSHAKE_FAILED
 
 log = logging.getLogger("learnd.curve")
 
 EXIT_KEYS = 6          # CURVE configured, but a key file or directory is missing or invalid
-SOCKETS = ("ingest", "predict", "control")
 
 
 class Allowlist:
@@ -137,8 +137,8 @@ class HandshakeWatcher(threading.Thread):
                 for pair, _ in poller.poll(self.POLL_MS):
                     failure = handshake.read_event(pair)
                     if failure is not None and failure != handshake.SUCCEEDED:
-                        self._count(self.pairs[pair], "key_refused" if failure == handshake.KEY_REFUSED
-                                    else "handshake_failed")
+                        self._count(self.pairs[pair], failure if failure == handshake.KEY_REFUSED
+                                    else HANDSHAKE_FAILED)
                 self._log_due()
         finally:
             for pair in self.pairs:
@@ -158,6 +158,6 @@ class HandshakeWatcher(threading.Thread):
             refused = self.curve.allowlists[name].last_refused if self.curve is not None else None
             log.warning("the %s socket refused %d handshake(s) (%s)%s", name, sum(unlogged.values()),
                         counts, f"; last refused client key {refused}" if refused and
-                        "key_refused" in unlogged else "")
+                        handshake.KEY_REFUSED in unlogged else "")
             unlogged.clear()
             self._last_log[name] = now

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
+from clients import handshake
 from clients.protocol import ERROR_CODES
 
 from .diagnosis import GAPS, VERDICTS
@@ -39,7 +40,8 @@ SOCKETS = ("ingest", "predict", "control")
 # or anything else (no CURVE, a wrong server key, not ZMTP at all, a reset mid-handshake;
 # a client without CURVE shows as either a mechanism mismatch or a reset, depending on
 # which end gives up first, so those are not told apart).
-AUTH_FAILURE_REASONS = ("key_refused", "handshake_failed")
+HANDSHAKE_FAILED = "handshake_failed"
+AUTH_FAILURE_REASONS = (handshake.KEY_REFUSED, HANDSHAKE_FAILED)
 
 
 class Metrics:
