@@ -22,8 +22,8 @@ import time
 import numpy as np
 import zmq
 
-from clients.client import Control, Predictor, Producer
-from clients.launch import start_daemon, stop_daemon
+from learnd.clients.client import Control, Predictor, Producer
+from learnd.clients.launch import start_daemon, stop_daemon
 
 W1_ARGS = ["--set", "hidden=[256,128]", "--set", "keep_prob=0.8", "--set", "l2=0.0001",
            "--batch-size", "128", "--no-wal"]

@@ -55,8 +55,8 @@ import sys
 import time
 
 if __package__ in (None, ""):
-    # Run as a script: put the repository first on the path, and drop benchmarks/
-    # itself, whose engine.py would otherwise shadow the engine package.
+    # Run as a script: put the repository first on the path (for benchmarks.*), and drop
+    # benchmarks/ itself, whose modules would otherwise shadow same-named packages.
     _here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
     sys.path.insert(0, os.path.dirname(_here))
@@ -64,8 +64,7 @@ if __package__ in (None, ""):
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-import engine
-from engine import Model
+from learnd.engine import Model
 from benchmarks.numpy_reference import NumpyMLP
 
 try:
@@ -377,7 +376,7 @@ def environment(blas_threads, torch_threads):
         pass
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, cwd=os.path.dirname(os.path.dirname(engine.__file__)),
+                                text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
                                 timeout=5).stdout.strip()
     except Exception:
         commit = ""

@@ -105,7 +105,7 @@ def _correct(pred, y):
 
 
 def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides):
-    from engine import Model
+    from learnd.engine import Model
 
     model = Model(hidden=hidden, task=task, n_outputs=n_outputs, seed=seed, **overrides)
     right = scored = 0
@@ -149,7 +149,7 @@ def run_sklearn(X, y, start, task, n_outputs, seed, hidden):
 def _one(job):
     """One (learner, data set, seed) run; a top-level function so a pool can call it."""
     learner, name, seed, hidden, overrides = job
-    from engine.datasets import load
+    from learnd.engine.datasets import load
 
     X, y, meta = load(name)
     start = meta["heldout"]["start"]
@@ -193,7 +193,7 @@ def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1):
 
 
 def _warm(hidden, overrides):
-    from engine import Model
+    from learnd.engine import Model
     rng = np.random.default_rng(0)
     X = rng.normal(size=(8, 3)).astype(np.float32)
     for task, k, y in (("binary", 1, rng.integers(0, 2, 8)),
@@ -240,7 +240,7 @@ def check_overrides(overrides):
     """Reject --set keys that are not Model settings (or are fixed by the benchmark)."""
     import inspect
 
-    from engine import Model
+    from learnd.engine import Model
     allowed = set(inspect.signature(Model.__init__).parameters) - {
         "self", "hidden", "task", "n_outputs", "seed"}
     bad = sorted(set(overrides) - allowed)

@@ -11,7 +11,7 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from engine import Model
+from learnd.engine import Model
 
 W1_SPEC = dict(hidden=(256, 128), task="multiclass", n_outputs=10, input_dim=784,
                batch_norm=True, keep_prob=0.8, optimizer="adam", l2=1e-4)

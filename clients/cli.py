@@ -47,10 +47,10 @@ def _key_values(items, command):
 
 # -- serve -------------------------------------------------------------------------------
 def cmd_serve(args):
-    from daemon import logs
-    from daemon.config import DAEMON_KEYS, load
-    from daemon.errors import ConfigError, StartupError
-    from daemon.server import Server
+    from learnd.daemon import logs
+    from learnd.daemon.config import DAEMON_KEYS, load
+    from learnd.daemon.errors import ConfigError, StartupError
+    from learnd.daemon.server import Server
 
     try:
         settings = _key_values(args.set, "serve")

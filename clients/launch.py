@@ -14,7 +14,7 @@ START_TIMEOUT_S = 120.0   # a cold Numba cache compiles every kernel first
 def serve_command(state_dir, extra_args=()):
     """The `learnd serve` command line for a state dir, on ephemeral loopback ports;
     later arguments in extra_args override those addresses."""
-    return [sys.executable, "-m", "clients.cli", "serve", "--state-dir", str(state_dir),
+    return [sys.executable, "-m", "learnd", "serve", "--state-dir", str(state_dir),
             "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
             "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *extra_args]
 

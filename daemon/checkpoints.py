@@ -15,7 +15,7 @@ import struct
 import msgpack
 import numpy as np
 
-from engine.state import write_atomic
+from learnd.engine.state import write_atomic
 
 log = logging.getLogger("learnd.checkpoints")
 

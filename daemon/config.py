@@ -18,8 +18,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from engine import EngineError
-from engine.spec import ModelSpec
+from learnd.engine import EngineError
+from learnd.engine.spec import ModelSpec
 
 from .errors import ConfigError
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import math
 
-from clients.protocol import ProtocolError
-from engine import EngineError
+from learnd.clients.protocol import ProtocolError
+from learnd.engine import EngineError
 
 from .errors import ConfigError
 

@@ -16,8 +16,8 @@ import time
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from clients import handshake
-from clients.keys import KeyFileError, is_private, load_allowlist, load_secret
+from learnd.clients import handshake
+from learnd.clients.keys import KeyFileError, is_private, load_allowlist, load_secret
 
 from .errors import StartupError
 from .metrics import HANDSHAKE_FAILED

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 
-from engine.state import write_atomic
+from learnd.engine.state import write_atomic
 
 log = logging.getLogger("learnd.history")
 

@@ -5,9 +5,9 @@ import copy
 
 import numpy as np
 
-from clients.protocol import ProtocolError
-from engine import EngineError
-from engine.spec import ModelSpec
+from learnd.clients.protocol import ProtocolError
+from learnd.engine import EngineError
+from learnd.engine.spec import ModelSpec
 
 from . import schema as checks
 from .trainer import TrainItem

@@ -9,8 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
-from clients import handshake
-from clients.protocol import ERROR_CODES
+from learnd.clients import handshake
+from learnd.clients.protocol import ERROR_CODES
 
 from .diagnosis import GAPS, VERDICTS
 

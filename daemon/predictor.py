@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
-from clients import protocol
-from clients.protocol import ProtocolError
-from engine.kernels.normalize import count_nonfinite
+from learnd.clients import protocol
+from learnd.clients.protocol import ProtocolError
+from learnd.engine.kernels.normalize import count_nonfinite
 
 from .latency import LatencyWindow
 

@@ -6,10 +6,10 @@ import logging
 
 import numpy as np
 
-from clients.protocol import ProtocolError
-from engine import EngineError
-from engine.labels import write_targets
-from engine.spec import TASKS
+from learnd.clients.protocol import ProtocolError
+from learnd.engine import EngineError
+from learnd.engine.labels import write_targets
+from learnd.engine.spec import TASKS
 
 log = logging.getLogger("learnd.schema")
 

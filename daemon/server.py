@@ -16,11 +16,12 @@ import time
 
 import numpy as np
 import zmq
+from threadpoolctl import threadpool_limits
 
-from clients import protocol
-from clients.protocol import Limits, ProtocolError
-from engine.spec import ModelSpec
-from engine.state import write_atomic
+from learnd.clients import protocol
+from learnd.clients.protocol import Limits, ProtocolError
+from learnd.engine.spec import ModelSpec
+from learnd.engine.state import write_atomic
 
 from . import control as control_ops
 from .checkpoints import CheckpointStore
@@ -168,7 +169,21 @@ class Server:
             self._replay_wal()
 
     def _replay_wal(self):
-        """Train again what the log holds past the checkpoint: every acknowledged row once."""
+        """Train again what the log holds past the checkpoint: every acknowledged row once.
+
+        The steps run under the trainer's BLAS thread limit: OpenBLAS may round a GEMM
+        differently with another thread count, and a replayed step must equal the live one.
+        """
+        import scipy.linalg.cython_blas  # noqa: F401  (load it before limiting its threads)
+        with threadpool_limits(limits=self.config.blas_threads, user_api="blas"):
+            replayed = self._replay_wal_records()
+        if replayed:
+            self.metrics.wal_replayed.inc(replayed)
+            log.info("replayed %d logged messages newer than the checkpoint", replayed)
+            self.trainer.publish()
+            self.trainer.write_checkpoint("after log replay")
+
+    def _replay_wal_records(self):
         replayed = 0
         for lsn, frames in self.wal.replay(self.trainer.last_lsn):
             try:
@@ -185,11 +200,7 @@ class Server:
             self.trainer.consume(item, now)
             self.trainer._train_ready_batches(now)
             replayed += 1
-        if replayed:
-            self.metrics.wal_replayed.inc(replayed)
-            log.info("replayed %d logged messages newer than the checkpoint", replayed)
-            self.trainer.publish()
-            self.trainer.write_checkpoint("after log replay")
+        return replayed
 
     def _bind(self, kind, address, name):
         sock = self.ctx.socket(kind)

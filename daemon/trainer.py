@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from engine import EngineError, Model
-from engine.model import LIVE_SETTINGS
-from engine.state import state_from_bytes, state_to_bytes, write_atomic
+from learnd.engine import EngineError, Model
+from learnd.engine.model import LIVE_SETTINGS
+from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 
 from . import splits
 from .checkpoints import decode, pack_array, unpack_array

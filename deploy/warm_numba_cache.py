@@ -18,9 +18,9 @@ import sys
 import tempfile
 import time
 
-from clients.client import Control, Predictor, Producer
-from clients.launch import start_daemon, stop_daemon
-from engine.datasets import load
+from learnd.clients.client import Control, Predictor, Producer
+from learnd.clients.launch import start_daemon, stop_daemon
+from learnd.engine.datasets import load
 
 BATCH = 64
 DEADLINE_S = 300.0      # a cold cache on a slow builder compiles every kernel first

@@ -341,7 +341,7 @@ class Model:
         return model
 
     def save(self, path):
-        """Write the state to `path` atomically (a versioned .npz; see engine.state)."""
+        """Write the state to `path` atomically (a versioned .npz; see learnd.engine.state)."""
         state_io.write_atomic(path, state_io.state_to_bytes(self.get_state()))
 
     @classmethod

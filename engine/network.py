@@ -14,7 +14,7 @@ from .spec import ModelSpec
 class Layout:
     """Where every array of a network lives, for one spec and input size.
 
-    `table` is the kernels' int64 layer table (columns in engine.kernels.network);
+    `table` is the kernels' int64 layer table (columns in learnd.engine.kernels.network);
     `param_slices`/`stat_slices` map DESIGN's names (W1, b1, gamma1, ...) to
     (offset, shape) in the flat `params`/`stats` buffers.
     """

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.launch import start_daemon
+from learnd.clients.launch import start_daemon
 
 START_TIMEOUT_S = 90.0     # a cold Numba cache compiles every kernel first
 

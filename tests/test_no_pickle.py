@@ -4,7 +4,7 @@ import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "daemon", "clients", "benchmarks")
+PACKAGES = ("src", "engine", "daemon", "clients", "benchmarks")
 FORBIDDEN = [
     (re.compile(r"^\s*(import|from)\s+(c?[Pp]ickle|dill|cloudpickle|joblib|shelve|marshal)\b", re.M),
      "a pickle-family import"),

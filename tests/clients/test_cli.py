@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from engine.datasets import split
+from learnd.engine.datasets import split
 
 
 def learnd(*args, stdin=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "clients.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "learnd", *args], input=stdin,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -41,7 +41,7 @@ def test_every_command(daemons, data_files):
     r = learnd("replay", str(tmp / "test.csv"), "--label", "digit", "--split", "test", "--quiet", ing)
     assert r.returncode == 0, r.stderr
 
-    from clients.client import Control
+    from learnd.clients.client import Control
     with Control(d.control) as c:   # acked is not yet trained: with a cold cache the trainer compiles first
         d.wait_until(lambda: c.status()["samples_trained"] >= 3 * 1438 + 128 - 1, timeout=120,
                      what="replayed rows trained")
@@ -103,11 +103,11 @@ def test_demo_runs_and_reports_the_held_out_score():
 def test_ctrl_c_during_replay_flushes_and_exits_130(daemons, data_files):
     import signal
 
-    from clients.client import Control
+    from learnd.clients.client import Control
 
     tmp, _, _ = data_files
     d = daemons()
-    proc = subprocess.Popen([sys.executable, "-m", "clients.cli", "replay", str(tmp / "train.npz"),
+    proc = subprocess.Popen([sys.executable, "-m", "learnd", "replay", str(tmp / "train.npz"),
                              "--rate", "1000", "--passes", "50", "--split", "train", f"--ingest={d.ingest}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -5,8 +5,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from clients.cli import main as cli_main
-from clients.keys import KeyFileError, create_keypair, load_allowlist, load_public, load_secret
+from learnd.clients.cli import main as cli_main
+from learnd.clients.keys import KeyFileError, create_keypair, load_allowlist, load_public, load_secret
 
 
 def test_learnd_keys_lays_out_pairs_that_load_and_keeps_secrets_private(tmp_path, capsys):

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients import protocol
-from clients.protocol import Limits, ProtocolError, decode, encode
+from learnd.clients import protocol
+from learnd.clients.protocol import Limits, ProtocolError, decode, encode
 
 
 def test_round_trip_keeps_arrays_bit_for_bit():

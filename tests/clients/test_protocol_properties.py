@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from clients import protocol
-from clients.protocol import ARRAY_NAMES, DTYPES, Limits, ProtocolError, decode, encode
+from learnd.clients import protocol
+from learnd.clients.protocol import ARRAY_NAMES, DTYPES, Limits, ProtocolError, decode, encode
 
 # Fixed example counts and a derandomized search: CI time is bounded and a failure
 # reproduces on every run; no deadline, so a loaded machine does not flake.

@@ -11,15 +11,15 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from clients import protocol
-from clients.protocol import ARRAY_NAMES, Message, ProtocolError
-from daemon.idstore import IdStore
-from daemon.ingest import IngestChecker
-from daemon.metrics import Metrics
-from daemon.predictor import PredictServer
-from daemon.schema import Schema
-from daemon.splits import SplitAssigner
-from engine import Model
+from learnd.clients import protocol
+from learnd.clients.protocol import ARRAY_NAMES, Message, ProtocolError
+from learnd.daemon.idstore import IdStore
+from learnd.daemon.ingest import IngestChecker
+from learnd.daemon.metrics import Metrics
+from learnd.daemon.predictor import PredictServer
+from learnd.daemon.schema import Schema
+from learnd.daemon.splits import SplitAssigner
+from learnd.engine import Model
 from tests.clients.test_protocol_properties import ALLOWED_DTYPES, PROPERTY, wild_values
 
 INPUT_DIM = 3

@@ -1,7 +1,7 @@
 import pytest
 
-from daemon.config import load
-from daemon.errors import ConfigError
+from learnd.daemon.config import load
+from learnd.daemon.errors import ConfigError
 
 
 def test_precedence_file_then_env_then_flags(tmp_path):

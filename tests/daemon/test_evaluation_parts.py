@@ -8,14 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from daemon.diagnosis import RECIPES, diagnose
-from daemon.early_stopping import EarlyStopping
-from daemon.evaluation import RecentWindow, Reservoir
-from daemon.history import EvalHistory, read_history
-from daemon.latency import LatencyWindow, satisficing
-from daemon.progressive import ProgressiveScore, batch_scores
-from daemon.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws
-from engine.metrics import evaluate_outputs
+from learnd.daemon.diagnosis import RECIPES, diagnose
+from learnd.daemon.early_stopping import EarlyStopping
+from learnd.daemon.evaluation import RecentWindow, Reservoir
+from learnd.daemon.history import EvalHistory, read_history
+from learnd.daemon.latency import LatencyWindow, satisficing
+from learnd.daemon.progressive import ProgressiveScore, batch_scores
+from learnd.daemon.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws
+from learnd.engine.metrics import evaluate_outputs
 
 
 # -- splits ---------------------------------------------------------------------------------

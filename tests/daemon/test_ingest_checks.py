@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients import protocol
-from clients.protocol import ProtocolError
-from daemon.idstore import IdStore
-from daemon.ingest import IngestChecker
-from daemon.metrics import Metrics
-from daemon.schema import Schema, check_converted, check_x, targets
-from daemon.splits import SplitAssigner
+from learnd.clients import protocol
+from learnd.clients.protocol import ProtocolError
+from learnd.daemon.idstore import IdStore
+from learnd.daemon.ingest import IngestChecker
+from learnd.daemon.metrics import Metrics
+from learnd.daemon.schema import Schema, check_converted, check_x, targets
+from learnd.daemon.splits import SplitAssigner
 
 REGRESSION = Schema(input_dim=3, task="regression", n_outputs=1)
 MULTICLASS = Schema(input_dim=3, task="multiclass", n_outputs=4)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import zmq
 
-from clients import protocol
-from daemon.idstore import IdStore
-from daemon.metrics import Metrics
-from daemon.predictor import PredictServer
-from engine import Model
+from learnd.clients import protocol
+from learnd.daemon.idstore import IdStore
+from learnd.daemon.metrics import Metrics
+from learnd.daemon.predictor import PredictServer
+from learnd.engine import Model
 
 
 class BrokenSnapshot:

@@ -4,13 +4,13 @@ import os
 import numpy as np
 import pytest
 
-from daemon import checkpoints
-from daemon.checkpoints import CheckpointStore, CorruptCheckpoint
-from daemon.dedupe import Dedupe
-from daemon.idstore import IdStore
-from daemon.rebatch import Rebatcher
-from daemon.wal import WriteAheadLog
-from engine import state as engine_state
+from learnd.daemon import checkpoints
+from learnd.daemon.checkpoints import CheckpointStore, CorruptCheckpoint
+from learnd.daemon.dedupe import Dedupe
+from learnd.daemon.idstore import IdStore
+from learnd.daemon.rebatch import Rebatcher
+from learnd.daemon.wal import WriteAheadLog
+from learnd.engine import state as engine_state
 
 
 def test_wal_replays_what_follows_an_lsn_and_cuts_a_torn_tail(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from clients.cli import build_parser
+from learnd.clients.cli import build_parser
 
 from . import files
 

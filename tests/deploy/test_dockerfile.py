@@ -124,7 +124,7 @@ def test_the_warm_up_fills_a_cache_a_daemon_then_loads_without_compiling(daemons
     figures(f"warm-up command filled {len(kernels)} kernel indexes: {result.stdout.strip()}")
 
     from tests.integration.exposition import FAST_EVAL_ENV, drive_to_full_exposition
-    from engine.datasets import load
+    from learnd.engine.datasets import load
 
     X, y, _ = load("digits")
     d = daemons(env={"NUMBA_CACHE_DIR": str(cache), "NUMBA_DEBUG_CACHE": "1", **FAST_EVAL_ENV})

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from clients.cli import build_parser
+from learnd.clients.cli import build_parser
 
 from . import files
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.kernels import network as KN
+from learnd.engine.kernels import network as KN
 
 TASKS = ("binary", "multiclass", "multilabel", "regression")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "linear")

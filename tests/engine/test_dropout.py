@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from engine import EngineError, Model
-from engine.kernels import network as KN
+from learnd.engine import EngineError, Model
+from learnd.engine.kernels import network as KN
 
 from . import reference as ref
 from .helpers import batch, dropout_masks

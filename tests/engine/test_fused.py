@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from engine.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
-from engine.kernels.batchnorm import batchnorm_backward, batchnorm_forward_train
-from engine.kernels.dropout import dropout_backward, dropout_forward
-from engine.kernels.hidden import hidden_backward, hidden_forward_train
-from engine.kernels.regularization import (add_weight_penalty_and_grad, add_weight_penalty_grad,
+from learnd.engine.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
+from learnd.engine.kernels.batchnorm import batchnorm_backward, batchnorm_forward_train
+from learnd.engine.kernels.dropout import dropout_backward, dropout_forward
+from learnd.engine.kernels.hidden import hidden_backward, hidden_forward_train
+from learnd.engine.kernels.regularization import (add_weight_penalty_and_grad, add_weight_penalty_grad,
                                            weight_penalty)
-from engine.kernels.rng import seed_state
+from learnd.engine.kernels.rng import seed_state
 
 
 def separate_chain(Z, gamma, beta, kind, keep, bn, drop, G, state):

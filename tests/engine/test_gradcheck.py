@@ -3,8 +3,8 @@ activation x head x batch norm x penalty, and the report names a planted wrong g
 import numpy as np
 import pytest
 
-from engine import GradCheckReport, Model
-from engine.network import Network
+from learnd.engine import GradCheckReport, Model
+from learnd.engine.network import Network
 
 from . import reference as ref
 from .helpers import (ACTIVATIONS, N_OUTPUTS, TASKS, assert_same_state, batch, full_state,

@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from engine import Model
+from learnd.engine import Model
 
 LIMIT = 16_000   # bytes; one float32 batch of 1024 x 100 inputs is 409,600
 

@@ -4,7 +4,7 @@ that zeros never breaks."""
 import numpy as np
 import pytest
 
-from engine import Model
+from learnd.engine import Model
 
 from .helpers import batch
 

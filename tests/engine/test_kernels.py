@@ -4,20 +4,20 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from engine import Model
-from engine.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
-from engine.kernels.batchnorm import (batchnorm_backward, batchnorm_forward_eval,
+from learnd.engine import Model
+from learnd.engine.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
+from learnd.engine.kernels.batchnorm import (batchnorm_backward, batchnorm_forward_eval,
                                       batchnorm_forward_train, batchnorm_update_running)
-from engine.kernels.dense import dense_backward, dense_forward
-from engine.kernels.dropout import dropout_backward, dropout_forward
-from engine.kernels.labels import (class_ids_to_onehot, copy_into, first_bad_binary,
+from learnd.engine.kernels.dense import dense_backward, dense_forward
+from learnd.engine.kernels.dropout import dropout_backward, dropout_forward
+from learnd.engine.kernels.labels import (class_ids_to_onehot, copy_into, first_bad_binary,
                                    first_bad_onehot)
-from engine.kernels.losses import HEADS, head_loss, head_output, softmax_rows
-from engine.kernels.normalize import (count_nonfinite, normalize_into, normalizer_scale,
+from learnd.engine.kernels.losses import HEADS, head_loss, head_output, softmax_rows
+from learnd.engine.kernels.normalize import (count_nonfinite, normalize_into, normalizer_scale,
                                       welford_merge)
-from engine.kernels.optim import adam_step, global_norm, momentum_step, rmsprop_step, sgd_step
-from engine.kernels.regularization import add_weight_penalty_grad, weight_penalty
-from engine.kernels.rng import next_uniform, seed_state
+from learnd.engine.kernels.optim import adam_step, global_norm, momentum_step, rmsprop_step, sgd_step
+from learnd.engine.kernels.regularization import add_weight_penalty_grad, weight_penalty
+from learnd.engine.kernels.rng import next_uniform, seed_state
 
 from . import reference as ref
 from .helpers import ACTIVATIONS as ACTIVATION_NAMES

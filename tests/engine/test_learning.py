@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from engine import Model
-from engine.datasets import load, split
+from learnd.engine import Model
+from learnd.engine.datasets import load, split
 
 from .helpers import OPTIMIZERS
 

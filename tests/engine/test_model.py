@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from engine import EngineError, Model
+from learnd.engine import EngineError, Model
 
 from . import reference as ref
 from .helpers import N_OUTPUTS, TASKS, batch, targets

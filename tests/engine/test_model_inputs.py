@@ -3,7 +3,7 @@ it must refuse raises EngineError saying what was expected, with the model uncha
 import numpy as np
 import pytest
 
-from engine import EngineError, Model
+from learnd.engine import EngineError, Model
 
 from .helpers import assert_same_state, batch, full_state
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from engine import Model
+from learnd.engine import Model
 
 from . import reference as ref
 from .helpers import batch, targets

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from engine import EngineError, Model
-from engine.optimizers import OPTIMIZERS
+from learnd.engine import EngineError, Model
+from learnd.engine.optimizers import OPTIMIZERS
 
 LR, B1, B2, EPS = 0.05, 0.8, 0.95, 1e-8
 

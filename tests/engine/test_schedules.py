@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from engine import EngineError, Model
-from engine.schedules import SCHEDULES
+from learnd.engine import EngineError, Model
+from learnd.engine.schedules import SCHEDULES
 
 A0 = 0.1
 

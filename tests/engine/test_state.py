@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from engine import EngineError, Model, Snapshot
+from learnd.engine import EngineError, Model, Snapshot
 
 from .helpers import OPTIMIZERS, assert_same_state, batch, full_state
 

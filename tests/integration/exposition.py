@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.client import Control, Predictor, Producer
+from learnd.clients.client import Control, Predictor, Producer
 
 BATCH = 64
 # Evaluate often, so the wait for an evaluation of every split is short.

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import zmq
 
-from clients.client import Predictor, Producer
-from engine.datasets import split
+from learnd.clients.client import Predictor, Producer
+from learnd.engine.datasets import split
 
 REPLY_TIMEOUT_S = 10.0      # a reply slower than this is an error, not a retry
 BATCH = 64

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import zmq
 
-from clients import protocol
-from clients.client import Control, Predictor, Producer
-from engine.datasets import split
+from learnd.clients import protocol
+from learnd.clients.client import Control, Predictor, Producer
+from learnd.engine.datasets import split
 
 MAX_ARRAY_BYTES = 200_000
 

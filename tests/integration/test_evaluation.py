@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from clients.client import Control, LearndError, Predictor, Producer
-from daemon.progressive import ProgressiveScore
-from engine import Model
-from engine.datasets import load
+from learnd.clients.client import Control, LearndError, Predictor, Producer
+from learnd.daemon.progressive import ProgressiveScore
+from learnd.engine import Model
+from learnd.engine.datasets import load
 
 BATCH = 64
 
@@ -108,7 +108,7 @@ def test_a_tiny_model_underfits_avoidable_bias(daemons, digits):
     print("underfit:", {k: v["error"] for k, v in s["evaluation"].items()}, diag["gaps"], diag["verdict"])
     assert diag["verdict"] == "avoidable_bias", diag
     assert diag["gaps"]["avoidable_bias"] > 0.3 and "bigger network" in diag["recipe"]
-    r = subprocess.run([sys.executable, "-m", "clients.cli", "status", f"--control={d.control}"],
+    r = subprocess.run([sys.executable, "-m", "learnd", "status", f"--control={d.control}"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "AVOIDABLE_BIAS" in r.stdout and "bigger network" in r.stdout
     assert d.metrics()["learnd_diagnosis_verdict{verdict=avoidable_bias}"] == 1.0
@@ -300,14 +300,14 @@ def test_report_draws_learning_curves_from_the_history(daemons, digits, tmp_path
         n_records = sum(1 for _ in f)
     assert n_records >= 8
     out = tmp_path / "curves.png"
-    r = subprocess.run([sys.executable, "-m", "clients.cli", "report", "--state-dir", d.state_dir,
+    r = subprocess.run([sys.executable, "-m", "learnd", "report", "--state-dir", d.state_dir,
                         "-o", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run([sys.executable, "-m", "clients.cli", "report", "--state-dir", str(empty)],
+    r = subprocess.run([sys.executable, "-m", "learnd", "report", "--state-dir", str(empty)],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no evaluation history" in r.stderr
 

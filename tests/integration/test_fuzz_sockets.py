@@ -26,8 +26,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from clients import protocol
-from clients.client import Control, Predictor
+from learnd.clients import protocol
+from learnd.clients.client import Control, Predictor
 from tests.integration.test_bad_input import (  # noqa: F401  (busy_daemon: a fixture)
     MAX_ARRAY_BYTES, barrage, busy_daemon, raw, train, train_on_digits)
 

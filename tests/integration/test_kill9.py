@@ -19,10 +19,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from clients import protocol
-from clients.client import Control
-from clients.launch import serve_command
-from daemon.checkpoints import decode as decode_checkpoint
+from learnd.clients import protocol
+from learnd.clients.client import Control
+from learnd.clients.launch import serve_command
+from learnd.daemon.checkpoints import decode as decode_checkpoint
 
 KILLS = 20
 STARTUP_KILL_EVERY = 5          # every 5th kill lands while the daemon starts (log replay)

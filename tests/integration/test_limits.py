@@ -13,11 +13,11 @@ import time
 import pytest
 import zmq
 
-from clients import protocol
-from clients.client import Control, LearndError, Predictor, Producer
-from clients.launch import serve_command
-from daemon.checkpoints import decode as decode_checkpoint
-from engine.datasets import split
+from learnd.clients import protocol
+from learnd.clients.client import Control, LearndError, Predictor, Producer
+from learnd.clients.launch import serve_command
+from learnd.daemon.checkpoints import decode as decode_checkpoint
+from learnd.engine.datasets import split
 
 BATCH = 64
 SMALL_MODEL = {"LEARND_MODEL_HIDDEN": "[32]", "LEARND_CHECKPOINT_INTERVAL_S": "0"}

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from clients.client import Control, Predictor, Producer
-from engine.datasets import split
+from learnd.clients.client import Control, Predictor, Producer
+from learnd.engine.datasets import split
 
 BATCH = 64
 PASSES = 5

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from clients.client import Control, Predictor, Producer
+from learnd.clients.client import Control, Predictor, Producer
 
 DIM, CLASSES, BATCH = 12, 4, 32
 CLIENTS, REQUESTS = 16, 12

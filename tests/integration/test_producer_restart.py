@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from clients.client import Control, Producer
+from learnd.clients.client import Control, Producer
 
 
 def free_port():

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import yaml
 
-from engine.datasets import split
+from learnd.engine.datasets import split
 from tests.conftest import Daemon
 from tests.deploy import files
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import zmq
 
-from clients import protocol
-from clients.cli import main as cli_main
-from clients.client import Control, Predictor, Producer, Unauthorized
-from clients.keys import create_keypair, load_public, load_secret
-from clients.launch import serve_command
-from engine.datasets import split
+from learnd.clients import protocol
+from learnd.clients.cli import main as cli_main
+from learnd.clients.client import Control, Predictor, Producer, Unauthorized
+from learnd.clients.keys import create_keypair, load_public, load_secret
+from learnd.clients.launch import serve_command
+from learnd.engine.datasets import split
 
 NO_ANSWER_S = 1.0      # how long a refused peer waits for the answer that never comes
 SOCKETS = ("ingest", "predict", "control")

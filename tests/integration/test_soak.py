@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from clients.client import Control, Producer
-from engine.datasets import split
+from learnd.clients.client import Control, Producer
+from learnd.engine.datasets import split
 
 DURATION_S = float(os.environ.get("SOAK_SECONDS", "60"))
 WARM_UP_S = min(10.0, DURATION_S / 3)
