@@ -28,7 +28,7 @@ def test_the_reader_takes_records_up_to_the_durable_lsn_and_goes_on_from_there(t
     rest = reader.read(upto_lsn=59, max_records=1000)
     assert [lsn for lsn, _ in rest] == list(range(10, 60))
     assert all(frames == _frames(lsn) for lsn, frames in rest)
-    assert len(wal._segments()) > 5
+    assert len(wal._segments()) >= 4
     assert reader.read(upto_lsn=59) == []
 
 
