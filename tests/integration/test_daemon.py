@@ -12,9 +12,9 @@ import pytest
 import zmq
 from threadpoolctl import threadpool_limits
 
-from clients.client import Control, LearndError, Predictor, Producer
-from engine import Model
-from engine.datasets import split
+from learnd.clients.client import Control, LearndError, Predictor, Producer
+from learnd.engine import Model
+from learnd.engine.datasets import split
 
 BATCH = 64
 
@@ -136,7 +136,7 @@ def test_busy_when_too_many_control_ops_wait(daemons, digits):
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(d.control)
-    from clients import protocol
+    from learnd.clients import protocol
     try:
         for i in range(30):
             sock.send_multipart(protocol.encode({"op": "gradcheck", "id": i}))

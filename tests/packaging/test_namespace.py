@@ -108,3 +108,22 @@ def test_python_dash_m_learnd_is_the_command_line():
                        text=True, cwd=os.path.dirname(sys.executable), timeout=120)
     assert r.returncode == 0, r.stderr
     assert "serve" in r.stdout and "replay" in r.stdout
+
+
+def test_no_file_imports_the_bare_folder_names():
+    """From the repository root the source folders are importable as bare `engine`,
+    `daemon`, `clients` too; an import of those would load a second copy of the package
+    beside learnd.*, so none is allowed anywhere in the tree."""
+    import re
+    bare = re.compile(r"^\s*(from|import)\s+(engine|daemon|clients)\b", re.M)
+    found = []
+    for top in ("src", "engine", "daemon", "clients", "tests", "benchmarks", "deploy"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(folder, f)
+                    with open(path) as fh:
+                        for m in bare.finditer(fh.read()):
+                            found.append(f"{os.path.relpath(path, ROOT)}: {m.group(0).strip()}")
+    assert found == []
