@@ -12,6 +12,11 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
+# Numba's GEMMs call SciPy's OpenBLAS: load it before limiting BLAS threads as the
+# daemon's trainer does (one thread), or the limit would miss it and, on some CPUs,
+# OpenBLAS with two threads rounds differently.
+import scipy.linalg.cython_blas  # noqa: E402,F401
+
 from learnd.clients.client import Control, LearndError, Predictor, Producer
 from learnd.daemon.progressive import ProgressiveScore
 from learnd.engine import Model
