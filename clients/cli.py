@@ -59,7 +59,7 @@ def cmd_serve(args):
         flags = {k: v for k, v in settings.items() if k in DAEMON_KEYS}
         flags.update({k: v for k, v in {
             "ingest": args.ingest, "predict": args.predict, "control": args.control,
-            "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
+            "snapshots": args.snapshots, "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
             "log_json": True if args.log_json else None, "log_level": args.log_level,
             "wal": False if args.no_wal else None}.items() if v is not None})
         config = load(args.config, flags={**flags, "model": model})
@@ -323,6 +323,8 @@ def build_parser():
     serve.add_argument("--ingest", help="ingest ROUTER address (default tcp://127.0.0.1:5555)")
     serve.add_argument("--predict", help="predict ROUTER address (default tcp://127.0.0.1:5556)")
     serve.add_argument("--control", help="control ROUTER address (default tcp://127.0.0.1:5557)")
+    serve.add_argument("--snapshots", help="snapshots XPUB address, for followers "
+                       "(default tcp://127.0.0.1:5558)")
     serve.add_argument("--metrics", help="metrics HTTP HOST:PORT (default 127.0.0.1:9500)")
     serve.add_argument("--state-dir", help="checkpoints and write-ahead log (default ./learnd-state)")
     serve.add_argument("--batch-size", type=int, help="rows per training step (default 64)")

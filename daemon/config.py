@@ -35,6 +35,7 @@ class Config:
     ingest: str = "tcp://127.0.0.1:5555"
     predict: str = "tcp://127.0.0.1:5556"
     control: str = "tcp://127.0.0.1:5557"
+    snapshots: str = "tcp://127.0.0.1:5558"    # XPUB: each published version, for followers
     metrics: str = "127.0.0.1:9500"
     state_dir: str = "learnd-state"
     # Training.
@@ -212,7 +213,7 @@ def load(path=None, env=None, flags=None):
             model[mname] = _parse_env_value(text)
         elif name in DAEMON_KEYS:
             value = _parse_env_value(text)
-            if name in ("ingest", "predict", "control", "metrics", "state_dir", "log_level",
+            if name in ("ingest", "predict", "control", "snapshots", "metrics", "state_dir", "log_level",
                         "curve_server_secret", "curve_clients_dir", "curve_control_clients_dir",
                         "early_stopping_metric", "early_stopping_action", "progressive_validation"):
                 value = text   # addresses and paths are strings even when they look numeric

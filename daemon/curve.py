@@ -69,7 +69,8 @@ class CurveServer:
             control = clients if control_dir == config.curve_clients_dir else Allowlist(control_dir)
         except KeyFileError as exc:
             raise StartupError(f"CURVE: {exc}", EXIT_KEYS) from None
-        self.allowlists = {"ingest": clients, "predict": clients, "control": control}
+        # Snapshots carry the whole model: followers need a client key like producers.
+        self.allowlists = {"ingest": clients, "predict": clients, "snapshots": clients, "control": control}
         self.authenticator = None
 
     def start(self, context):

@@ -35,7 +35,7 @@ EVAL_FIGURES = {
 DELAYED_LABEL_OUTCOMES = ("trained", "expired", "unknown")
 PREDICT_OUTCOMES = ("ok", "error")
 CHECKPOINT_OUTCOMES = ("ok", "error")
-SOCKETS = ("ingest", "predict", "control")
+SOCKETS = ("ingest", "predict", "control", "snapshots")
 # Why a handshake failed, as the daemon can tell: its ZAP handler refused the CURVE key,
 # or anything else (no CURVE, a wrong server key, not ZMTP at all, a reset mid-handshake;
 # a client without CURVE shows as either a mechanism mismatch or a reset, depending on

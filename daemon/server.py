@@ -35,6 +35,7 @@ from .latency import satisficing
 from .metrics import Metrics
 from .predictor import PredictServer
 from .schema import Schema
+from .serving.broadcast import SnapshotBroadcast
 from .splits import NAMES as SPLIT_NAMES
 from .splits import SplitAssigner
 from .trainer import Trainer
@@ -105,8 +106,10 @@ class Server:
         self.ingest = self._bind(zmq.ROUTER, cfg.ingest, "ingest")
         self.control = self._bind(zmq.ROUTER, cfg.control, "control")
         predict = self._bind(zmq.ROUTER, cfg.predict, "predict")
+        snapshots = self._bind(zmq.XPUB, cfg.snapshots, "snapshots", SnapshotBroadcast.configure)
+        self.trainer.broadcast = SnapshotBroadcast(snapshots)
         self.handshakes = HandshakeWatcher(self.ctx, {"ingest": self.ingest, "predict": predict,
-                                                      "control": self.control},
+                                                      "control": self.control, "snapshots": snapshots},
                                            self.metrics.auth_failures, self.curve)
         self._show_allowed_keys()
         try:
@@ -202,12 +205,15 @@ class Server:
             replayed += 1
         return replayed
 
-    def _bind(self, kind, address, name):
+    def _bind(self, kind, address, name, configure=None):
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.HWM)
         sock.setsockopt(zmq.SNDHWM, self.HWM)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if kind == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        if configure is not None:
+            configure(sock)
         # No frame may be larger than a whole message: ZeroMQ drops a peer that sends one
         # before it is held in memory, where the decoder's too_large would come too late.
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
@@ -491,6 +497,8 @@ class Server:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+        if self.trainer is not None and self.trainer.broadcast is not None:
+            self.trainer.broadcast.socket.close(linger=0)
         for name in ("ingest", "control"):
             sock = getattr(self, name, None)
             if sock is not None:

@@ -86,6 +86,7 @@ class Trainer(threading.Thread):
         self.commands: queue.Queue = queue.Queue()
         self.model: Model | None = None
         self.snapshot = None              # the published engine.Snapshot, replaced whole
+        self.broadcast = None             # serving.broadcast.SnapshotBroadcast, or None
         self.ready = threading.Event()    # kernels compiled (and model present)
         self.stop_requested = threading.Event()
         self.stopped = threading.Event()
@@ -146,14 +147,20 @@ class Trainer(threading.Thread):
     def publish(self, now=None):
         """Make the model as it is now the one that serves (a new immutable snapshot)."""
         now = time.monotonic() if now is None else now
-        self.snapshot = self.model.snapshot(version=self.batches_trained)
+        self._set_snapshot(self.model.snapshot(version=self.batches_trained))
         self._last_publish = now
         self.serving_best = False
+
+    def _set_snapshot(self, snapshot):
+        """The one place a version is published: to the predict thread and followers."""
+        self.snapshot = snapshot
+        if self.broadcast is not None:
+            self.broadcast.publish(snapshot)
 
     def publish_best(self):
         """Serve the best dev model (early stopping's serve_best) until the latest beats it."""
         best = Model.from_state(self.best_state)
-        self.snapshot = best.snapshot(version=self.early.best_version)
+        self._set_snapshot(best.snapshot(version=self.early.best_version))
         self.serving_best = True
         log.info("serving the best model: version %d, dev %s %.4g", self.early.best_version,
                  self._stopping_metric(), self.early.best)
@@ -339,6 +346,8 @@ class Trainer(threading.Thread):
     # -- housekeeping ----------------------------------------------------------------------
     def _housekeeping(self, now):
         cfg = self.config
+        if self.broadcast is not None and self.broadcast.poll_subscriptions() and self.snapshot is not None:
+            self.broadcast.publish(self.snapshot)     # a new follower gets the current version now
         if self.model is None:
             return
         if self.snapshot is None or (not self.serving_best and self.snapshot.version != self.batches_trained

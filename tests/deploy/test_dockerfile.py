@@ -12,7 +12,7 @@ import sys
 
 from . import files
 
-PORTS = {"5555", "5556", "5557", "9500"}
+PORTS = {"5555", "5556", "5557", "5558", "9500"}
 
 
 def _instructions(word):
@@ -61,11 +61,10 @@ def test_ports_volume_and_bind_addresses_agree():
     exposed = set(" ".join(_instructions("EXPOSE")).split())
     assert exposed == PORTS
     env = files.dockerfile_env()
-    bound = {env[k].rsplit(":", 1)[1] for k in ("LEARND_INGEST", "LEARND_PREDICT", "LEARND_CONTROL",
-                                                 "LEARND_METRICS")}
+    sockets = ("LEARND_INGEST", "LEARND_PREDICT", "LEARND_CONTROL", "LEARND_SNAPSHOTS", "LEARND_METRICS")
+    bound = {env[k].rsplit(":", 1)[1] for k in sockets}
     assert bound == PORTS
-    assert all("0.0.0.0" in env[k] for k in ("LEARND_INGEST", "LEARND_PREDICT", "LEARND_CONTROL",
-                                            "LEARND_METRICS"))
+    assert all("0.0.0.0" in env[k] for k in sockets)
     (volume,) = _instructions("VOLUME")
     assert json.loads(volume) == [env["LEARND_STATE_DIR"]]
 
