@@ -50,7 +50,7 @@ def cmd_serve(args):
     from learnd.daemon import logs
     from learnd.daemon.config import DAEMON_KEYS, load
     from learnd.daemon.errors import ConfigError, StartupError
-    from learnd.daemon.server import Server
+    from learnd.daemon.supervisor.server import Server
 
     try:
         settings = _key_values(args.set, "serve")

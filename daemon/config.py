@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 from learnd.engine import EngineError
 from learnd.engine.spec import ModelSpec
 
-from .errors import ConfigError
+from learnd.daemon.errors import ConfigError
 
 
 EARLY_STOPPING_ACTIONS = ("none", "serve_best", "freeze")

@@ -8,13 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from learnd.daemon.diagnosis import RECIPES, diagnose
-from learnd.daemon.early_stopping import EarlyStopping
-from learnd.daemon.evaluation import RecentWindow, Reservoir
-from learnd.daemon.history import EvalHistory, read_history
-from learnd.daemon.latency import LatencyWindow, satisficing
-from learnd.daemon.progressive import ProgressiveScore, batch_scores
-from learnd.daemon.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws
+from learnd.daemon.training.diagnosis import RECIPES, diagnose
+from learnd.daemon.training.early_stopping import EarlyStopping
+from learnd.daemon.training.evaluation import RecentWindow, Reservoir
+from learnd.daemon.training.history import EvalHistory, read_history
+from learnd.daemon.serving.latency import LatencyWindow, satisficing
+from learnd.daemon.training.progressive import ProgressiveScore, batch_scores
+from learnd.daemon.ingest.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws
 from learnd.engine.metrics import evaluate_outputs
 
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from learnd.daemon.wal import LogReader, WriteAheadLog
+from learnd.daemon.log.wal import LogReader, WriteAheadLog
 
 
 def _frames(i):
@@ -55,7 +55,7 @@ def test_a_segment_trimmed_while_open_is_read_to_its_end(tmp_path):
 
 _APPENDER = textwrap.dedent("""
     import sys
-    from learnd.daemon.wal import WriteAheadLog
+    from learnd.daemon.log.wal import WriteAheadLog
     wal = WriteAheadLog(sys.argv[1], segment_bytes=20000).open()
     for i in range(1, int(sys.argv[2]) + 1):
         wal.append([b"h%d" % i, bytes(i % 300)])

@@ -23,23 +23,23 @@ from learnd.clients.protocol import Limits, ProtocolError
 from learnd.engine.spec import ModelSpec
 from learnd.engine.state import write_atomic
 
-from . import control as control_ops
-from .checkpoints import CheckpointStore
-from .curve import CurveServer, HandshakeWatcher
-from .errors import StartupError
-from .httpd import make_server, serve_in_thread
-from .idstore import IdStore
-from .ingest import IngestChecker, train_fields
-from .latency import WINDOW as LATENCY_WINDOW
-from .latency import satisficing
-from .metrics import Metrics
-from .predictor import PredictServer
-from .schema import Schema
-from .serving.broadcast import SnapshotBroadcast
-from .splits import NAMES as SPLIT_NAMES
-from .splits import SplitAssigner
-from .trainer import Trainer
-from .wal import WriteAheadLog
+from learnd.daemon.supervisor import control as control_ops
+from learnd.daemon.training.checkpoints import CheckpointStore
+from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
+from learnd.daemon.errors import StartupError
+from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
+from learnd.daemon.ingest.idstore import IdStore
+from learnd.daemon.ingest.checks import IngestChecker, train_fields
+from learnd.daemon.serving.latency import WINDOW as LATENCY_WINDOW
+from learnd.daemon.serving.latency import satisficing
+from learnd.daemon.metrics import Metrics
+from learnd.daemon.serving.predictor import PredictServer
+from learnd.daemon.ingest.schema import Schema
+from learnd.daemon.serving.broadcast import SnapshotBroadcast
+from learnd.daemon.ingest.splits import NAMES as SPLIT_NAMES
+from learnd.daemon.ingest.splits import SplitAssigner
+from learnd.daemon.training.trainer import Trainer
+from learnd.daemon.log.wal import WriteAheadLog
 
 log = logging.getLogger("learnd.server")
 

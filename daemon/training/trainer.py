@@ -23,15 +23,15 @@ from learnd.engine import EngineError, Model
 from learnd.engine.model import LIVE_SETTINGS
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 
-from . import splits
-from .checkpoints import decode, pack_array, unpack_array
-from .dedupe import Dedupe
-from .diagnosis import GAPS, diagnose
-from .early_stopping import EarlyStopping
-from .evaluation import RecentWindow, Reservoir
-from .history import EvalHistory
-from .progressive import ProgressiveScore
-from .rebatch import Rebatcher
+from learnd.daemon.ingest import splits
+from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
+from learnd.daemon.ingest.dedupe import Dedupe
+from learnd.daemon.training.diagnosis import GAPS, diagnose
+from learnd.daemon.training.early_stopping import EarlyStopping
+from learnd.daemon.training.evaluation import RecentWindow, Reservoir
+from learnd.daemon.training.history import EvalHistory
+from learnd.daemon.training.progressive import ProgressiveScore
+from learnd.daemon.training.rebatch import Rebatcher
 
 log = logging.getLogger("learnd.trainer")
 

@@ -19,8 +19,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from learnd.clients import handshake
 from learnd.clients.keys import KeyFileError, is_private, load_allowlist, load_secret
 
-from .errors import StartupError
-from .metrics import HANDSHAKE_FAILED
+from learnd.daemon.errors import StartupError
+from learnd.daemon.metrics import HANDSHAKE_FAILED
 
 log = logging.getLogger("learnd.curve")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoints import pack_array, unpack_array
+from learnd.daemon.training.checkpoints import pack_array, unpack_array
 
 
 class Reservoir:
