@@ -21,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from learnd.engine import EngineError, Model
 from learnd.engine.model import LIVE_SETTINGS
+from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 
 from learnd.daemon.ingest import splits
@@ -495,6 +496,46 @@ class Trainer(threading.Thread):
             self.early.restart()
         log.warning("training %s", "frozen" if frozen else "unfrozen")
         return {"frozen": self.frozen}
+
+    def status_part(self, queue_depth=None):
+        """What `status` reports of training; queue_depth: messages waiting for this
+        trainer (default: its in-memory queue)."""
+        model, snap, s = self.model, self.snapshot, self.schema
+        return {
+            "model_version": snap.version if snap is not None else None,
+            "samples_trained": self.samples_trained,
+            "batches_trained": self.batches_trained,
+            "nonfinite_steps": self.nonfinite_steps,
+            "queue_depth": self.queue.qsize() if queue_depth is None else queue_depth,
+            "rows_waiting": len(self.rebatcher) if self.rebatcher is not None else 0,
+            "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", ModelSpec.lr),
+            "train_loss": self.train_loss,
+            "task": s.task,
+            "input_dim": s.input_dim,
+            "n_outputs": s.n_outputs,
+            "last_checkpoint": self.last_checkpoint_path,
+            **self.evaluation_status(),
+        }
+
+    def live_values(self, queue_depth=None):
+        """The trainer's scrape-time gauges: {name: (help, value)}."""
+        snap, model = self.snapshot, self.model
+        return {
+            "learnd_queue_depth": ("Train messages waiting for the trainer.",
+                                   self.queue.qsize() if queue_depth is None else queue_depth),
+            "learnd_model_version": ("Version of the snapshot serving predictions.",
+                                     snap.version if snap is not None else 0),
+            "learnd_learning_rate": ("Learning rate of the next step.",
+                                     model.learning_rate if model is not None
+                                     else self.config.model.get("lr", ModelSpec.lr)),
+            "learnd_best_model_version": ("Model version of the best dev figure (NaN before one).",
+                                          float("nan") if self.early.best_version is None
+                                          else self.early.best_version),
+            "learnd_early_stopped": ("1 when early stopping's patience has run out.", float(self.early.stopped)),
+            "learnd_training_frozen": ("1 while training is frozen.", float(self.frozen)),
+            "learnd_serving_best": ("1 while the best dev model serves instead of the latest.",
+                                    float(self.serving_best)),
+        }
 
     def evaluation_status(self):
         """The evaluation part of `status`: figures per split, diagnosis, progressive
