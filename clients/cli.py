@@ -51,6 +51,7 @@ def cmd_serve(args):
     from learnd.daemon.config import DAEMON_KEYS, load
     from learnd.daemon.errors import ConfigError, StartupError
     from learnd.daemon.supervisor.server import Server
+    from learnd.daemon.supervisor.tree import Supervisor
 
     try:
         settings = _key_values(args.set, "serve")
@@ -68,7 +69,7 @@ def cmd_serve(args):
         return EXIT_USAGE
     logs.setup(config.log_json, config.log_level)
     try:
-        return Server(config).run()
+        return (Server if args.single_process else Supervisor)(config).run()
     except StartupError as exc:
         print(f"learnd serve: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -329,6 +330,8 @@ def build_parser():
     serve.add_argument("--state-dir", help="checkpoints and write-ahead log (default ./learnd-state)")
     serve.add_argument("--batch-size", type=int, help="rows per training step (default 64)")
     serve.add_argument("--no-wal", action="store_true", help="acknowledge without the write-ahead log")
+    serve.add_argument("--single-process", action="store_true",
+                       help="run every stage as a thread of one process (debugging, the smallest hosts)")
     serve.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--set", action="append", metavar="KEY=VALUE",

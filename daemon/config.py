@@ -44,6 +44,9 @@ class Config:
     queue_size: int = 256           # train messages held between ingest and the trainer
     publish_interval_ms: float = 10.0   # at most this long between snapshots for serving
     blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core
+    predict_workers: int = 1        # predict worker processes of the process tree
+    child_restart_limit: int = 5    # deaths of one child within child_restart_window_s stop the daemon
+    child_restart_window_s: float = 60.0
     predict_batch_window_us: float = 0.0   # > 0: answer requests arriving this close together with one kernel call
     predict_batch_max_rows: int = 1024     # most rows in one such batch
     predict_spin_us: float = 0.0           # > 0: after an answer, poll without sleeping this long
@@ -111,6 +114,8 @@ class Config:
                 raise ConfigError(f"setting {f.name!r} must be a finite number >= 0, got {value!r}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (batch norm needs 2 rows), got {self.batch_size}")
+        if self.predict_workers != 1:
+            raise ConfigError(f"predict_workers must be 1 in this version, got {self.predict_workers}")
         if self.queue_size < 1 or self.checkpoint_keep < 1:
             raise ConfigError("queue_size and checkpoint_keep must be >= 1")
         if self.dev_fraction + self.test_fraction > 1.0:

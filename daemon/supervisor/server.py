@@ -28,8 +28,7 @@ from learnd.daemon.ingest.stage import IngestStage
 from learnd.daemon.log.wal import WriteAheadLog
 from learnd.daemon.metrics import Metrics
 from learnd.daemon.serving.broadcast import SnapshotBroadcast
-from learnd.daemon.serving.latency import WINDOW as LATENCY_WINDOW
-from learnd.daemon.serving.latency import satisficing
+from learnd.daemon.serving.latency import satisficing, satisficing_values
 from learnd.daemon.serving.predictor import PredictServer
 from learnd.daemon.supervisor import control as control_ops
 from learnd.daemon.supervisor import sockets
@@ -258,16 +257,9 @@ class Server:
         }
 
     def _satisficing_values(self):
-        bound = self.config.predict_p99_bound_ms / 1e3
-        s = satisficing(self.predictor.latencies, bound) if self.predictor is not None else {"met": None}
-        met = float("nan") if s["met"] is None else float(s["met"])
-        return {
-            "learnd_predict_latency_p99_seconds": (
-                f"p99 of the last {LATENCY_WINDOW} predict latencies.", s.get("p99_seconds", float("nan"))),
-            "learnd_predict_latency_bound_seconds": ("Configured bound on the predict p99 (satisficing).", bound),
-            "learnd_satisficing_met": ("1 when the satisficing metric is within its bound.",
-                                       ("metric", {"predict_latency_p99": met})),
-        }
+        if self.predictor is None:
+            return {}
+        return satisficing_values(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)
 
     # -- the loop -------------------------------------------------------------------------------
     def main_loop(self):

@@ -88,6 +88,7 @@ class Trainer(threading.Thread):
         self.model: Model | None = None
         self.snapshot = None              # the published engine.Snapshot, replaced whole
         self.broadcast = None             # serving.broadcast.SnapshotBroadcast, or None
+        self.publisher = None             # serving.snapshots.SnapshotPublisher (process tree), or None
         self.ready = threading.Event()    # kernels compiled (and model present)
         self.stop_requested = threading.Event()
         self.stopped = threading.Event()
@@ -155,8 +156,11 @@ class Trainer(threading.Thread):
     def _set_snapshot(self, snapshot):
         """The one place a version is published: to the predict thread and followers."""
         self.snapshot = snapshot
+        data = None
+        if self.publisher is not None:      # the predict workers map it from shared memory
+            _, data = self.publisher.publish(snapshot)
         if self.broadcast is not None:
-            self.broadcast.publish(snapshot)
+            self.broadcast.publish(snapshot, data)
 
     def publish_best(self):
         """Serve the best dev model (early stopping's serve_best) until the latest beats it."""
