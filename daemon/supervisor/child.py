@@ -207,6 +207,7 @@ def main(argv=None):
         return cls(config, run, role).run()
     except StartupError as exc:
         log.error("%s: %s", role, exc)
+        run.write_startup_error(role, str(exc), exc.exit_code)
         return exc.exit_code
 
 

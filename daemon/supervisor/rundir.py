@@ -76,6 +76,11 @@ class RunDir:
     def write_info(self, role, bound):
         write_atomic(self.info_path(role), json.dumps({"pid": os.getpid(), "bound": bound}).encode())
 
+    def write_startup_error(self, role, message, exit_code):
+        """Why this child could not start, for the supervisor to report as its own."""
+        write_atomic(self.info_path(role), json.dumps({"pid": os.getpid(), "error": message,
+                                                       "exit_code": exit_code}).encode())
+
     def read_info(self, role):
         try:
             with open(self.info_path(role)) as f:

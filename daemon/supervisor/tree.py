@@ -63,7 +63,7 @@ class Child:
 
     def __init__(self, role, run, binds):
         self.role = role
-        self.run = run
+        self.rundir = run
         self.binds = binds           # {config key: address}; concrete once first bound
         self.proc = None
         self.started = 0.0
@@ -72,7 +72,7 @@ class Child:
         self.restart_at = None       # monotonic time of the next start, after a death
 
     def start(self):
-        argv = [sys.executable, "-m", "learnd.daemon.supervisor.child", self.role, self.run.path,
+        argv = [sys.executable, "-m", "learnd.daemon.supervisor.child", self.role, self.rundir.path,
                 *[f"{k}={v}" for k, v in self.binds.items()]]
         self.proc = subprocess.Popen(argv)
         self.started = time.monotonic()
@@ -82,8 +82,11 @@ class Child:
         """The child's info once it serves; raises StartupError if it exits or hangs."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = self.run.read_info(self.role)
+            info = self.rundir.read_info(self.role)
             if info is not None and info.get("pid") == self.proc.pid:
+                if "error" in info:
+                    self.proc.wait(STOP_TIMEOUT_S)
+                    raise StartupError(info["error"], info["exit_code"])
                 return info
             if self.proc.poll() is not None:
                 raise StartupError(f"the {self.role} process exited with {self.proc.returncode} "
@@ -126,6 +129,7 @@ class Supervisor:
         self.ctx = None
         self.http = None
         self.curve = None
+        self.rundir = None
 
     # -- startup ---------------------------------------------------------------------------
     def startup(self):
@@ -141,8 +145,8 @@ class Supervisor:
         except OSError as exc:
             raise StartupError(f"state dir {cfg.state_dir} is not writable: {exc.strerror}",
                                EXIT_STATE_DIR) from None
-        self.run = RunDir.for_state_dir(cfg.state_dir).create()
-        self.run.write_config(cfg)
+        self.rundir = RunDir.for_state_dir(cfg.state_dir).create()
+        self.rundir.write_config(cfg)
         self.ctx = zmq.Context()
         if self.curve is not None:
             self.curve.start(self.ctx)
@@ -154,14 +158,14 @@ class Supervisor:
                  **{r: {"predict": cfg.predict} for r in roles if r.startswith("predict-")}}
         self.links = {}
         for role in roles:
-            child = self.children[role] = Child(role, self.run, binds[role])
+            child = self.children[role] = Child(role, self.rundir, binds[role])
             child.start()
             info = child.wait_serving(START_TIMEOUT_S)
             for name, address in info["bound"].items():
                 child.binds[name] = address       # a restart binds the same port again
                 self.bound[name] = address
             self._link(role)
-        self.registry.register(TreeCollector(self.ctx, lambda: {r: self.run.control(r) for r, c in
+        self.registry.register(TreeCollector(self.ctx, lambda: {r: self.rundir.control(r) for r, c in
                                                                  self.children.items() if c.alive},
                                              self.collect_failures, self.metrics.registry))
         self.handshakes = HandshakeWatcher(self.ctx, {"control": self.control}, self.metrics.auth_failures,
@@ -172,7 +176,7 @@ class Supervisor:
             "learnd_uptime_seconds": ("Seconds since the daemon started.", time.monotonic() - self.started),
             "learnd_ready": ("1 when the model exists and its kernels are compiled.", float(self.ready())),
         })
-        self._snapshots = SnapshotReader(self.run.snapshots)
+        self._snapshots = SnapshotReader(self.rundir.snapshots)
         try:
             self.http = make_server(cfg.metrics_host, cfg.metrics_port, self.registry, self.healthy, self.ready)
         except OSError as exc:
@@ -196,7 +200,7 @@ class Supervisor:
             old.close(linger=0)
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.run.control(role))
+        sock.connect(self.rundir.control(role))
         self.links[role] = sock
 
     def _on_signal(self, signum, frame):
@@ -276,13 +280,12 @@ class Supervisor:
             self._complete(pending)
 
     def _complete(self, pending):
+        if pending.op == "status":
+            self._reply_status(pending.identity, pending.echo, _answered_parts(pending))
+            return
         trainer = pending.trainer_result or pending.replies.get("trainer", {})
         if not trainer.get("ok"):
             self._pass_on(pending, trainer)
-            return
-        if pending.op == "status":
-            parts = {r: h.get("result") for r, h in pending.replies.items() if h.get("ok")}
-            self._reply_status(pending.identity, pending.echo, parts)
             return
         settings = pending.header.get("settings") if pending.op == "set" else None
         theirs = {k: v for k, v in settings.items() if k in PREDICT_SETTINGS} if isinstance(settings, dict) else {}
@@ -415,10 +418,19 @@ class Supervisor:
                 self.should_exit = True
                 return
             for rid, p in list(self.pending.items()):
-                if role in p.waiting:
-                    del self.pending[rid]
-                    self.endpoint.reject(p.identity, ProtocolError(
-                        "not_ready", f"the {role} process restarted before it answered"), p.echo)
+                if role not in p.waiting:
+                    continue
+                if p.op == "status":
+                    # An operator asks for status most when something is wrong: the
+                    # others' parts still answer, and `processes` shows who is down.
+                    p.waiting.discard(role)
+                    if not p.waiting:
+                        del self.pending[rid]
+                        self._reply_status(p.identity, p.echo, _answered_parts(p))
+                    continue
+                del self.pending[rid]
+                self.endpoint.reject(p.identity, ProtocolError(
+                    "not_ready", f"the {role} process restarted before it answered"), p.echo)
             c.restart_at = now + BACKOFF_S[min(len(c.deaths) - 1, len(BACKOFF_S) - 1)]
 
     def _restart(self, c):
@@ -444,7 +456,8 @@ class Supervisor:
     def shutdown(self):
         """In order: ingest stops reading and acknowledges what it logged; the trainer
         finishes the log and checkpoints; the predict workers stop last."""
-        log.info("shutting down the process tree")
+        if self.children:
+            log.info("shutting down the process tree")
         order = ["ingest", "trainer"] + [r for r in self.children if r.startswith("predict-")]
         for role in order:
             c = self.children.get(role)
@@ -472,9 +485,10 @@ class Supervisor:
             if self.curve is not None:
                 self.curve.stop()
             self.ctx.term()
-        if getattr(self, "run", None) is not None and not any(c.alive for c in self.children.values()):
-            self.run.remove()       # shared memory is freed with the daemon
-        log.info("learnd stopped")
+        if self.rundir is not None and not any(c.alive for c in self.children.values()):
+            self.rundir.remove()       # shared memory is freed with the daemon
+        if self.children:
+            log.info("learnd stopped")
 
     def run(self):
         """startup, main loop, shutdown; returns the process exit code."""
@@ -495,6 +509,11 @@ class _Pending:
         self.replies = {}
         self.sent = 0.0
         self.trainer_result = None   # a `set` the trainer took, while the workers take theirs
+
+
+def _answered_parts(pending):
+    """{role: its status part} of the children that answered a status request."""
+    return {r: h.get("result") for r, h in pending.replies.items() if h.get("ok")}
 
 
 class _Forwarded:

@@ -76,6 +76,11 @@ def test_kill9_to_random_processes_of_the_tree(daemons, tmp_path, seed, figures,
                     d.wait_until(lambda: all(p["alive"] for p in c.status()["processes"]), timeout=30,
                                  what="every child alive")
                     os.kill(_pid_of(c.status(), role), signal.SIGKILL)
+                if role == "ingest":
+                    # What the dead ingest had read but not logged is gone: a producer
+                    # that outlives it sends its unacknowledged messages again.
+                    producer.pump(0.2)
+                    producer.connect(d.ingest)
             killed[role] += 1
             producer.pump(0.2)
             took = _answered_again(d.predict, ANSWER_AGAIN_S)
@@ -105,8 +110,17 @@ def test_kill9_to_random_processes_of_the_tree(daemons, tmp_path, seed, figures,
 
 
 @pytest.mark.parametrize("daemon_mode", ["tree"])
-def test_a_child_that_keeps_dying_stops_the_daemon_with_exit_7(daemons, daemon_mode):
-    d = daemons(env={"LEARND_CHILD_RESTART_LIMIT": "3", "LEARND_CHILD_RESTART_WINDOW_S": "60"})
+def test_a_child_that_keeps_dying_stops_the_daemon_with_exit_7(daemons, seed, daemon_mode):
+    d = daemons(env={"LEARND_CHILD_RESTART_LIMIT": "3", "LEARND_CHILD_RESTART_WINDOW_S": "60",
+                     "LEARND_MODEL_HIDDEN": "[16]"})
+    producer = ResendingProducer(seed)
+    try:
+        producer.connect(d.ingest)
+        producer.pump(2.0)                  # a model for the predict worker to serve
+        producer.pump(30, send_new=False)
+    finally:
+        producer.close()
+    d.wait_until(lambda: _answered_again(d.predict, 1.0) is not None, timeout=30, what="a model")
     for k in range(3):
         with Control(d.control) as c:
             d.wait_until(lambda: all(p["alive"] for p in c.status()["processes"]), timeout=30,
