@@ -10,11 +10,21 @@ import scipy.linalg.cython_blas  # noqa: F401  (Numba's BLAS, loaded before limi
 from threadpoolctl import threadpool_limits
 
 from learnd import Model
-from learnd.clients.client import Predictor, Producer
+from learnd.clients.client import LearndError, Predictor, Producer
 from learnd.engine.datasets import split
 
 BATCH = 64
 STEPS = 60
+
+
+def _answers(predictor, rows):
+    try:
+        predictor.predict(rows)
+        return True
+    except LearndError as exc:
+        if exc.code != "not_ready":
+            raise
+        return False
 
 
 def test_every_answer_equals_the_embedded_model_at_the_version_it_names(daemons):
@@ -34,7 +44,9 @@ def test_every_answer_equals_the_embedded_model_at_the_version_it_names(daemons)
     asker = threading.Thread(target=ask)
     with Producer(d.ingest, producer_id="c", window=2, timeout=30) as prod:
         prod.send(Xtr[:BATCH], ytr[:BATCH], split="train")
-        prod.flush()
+        prod.flush()                   # logged; the model exists once the trainer took it
+        with Predictor(d.predict, timeout=20) as p:
+            d.wait_until(lambda: _answers(p, rows), timeout=30, what="the first model")
         asker.start()
         for k in range(1, STEPS):
             i = (k * BATCH) % (len(Xtr) - BATCH)
