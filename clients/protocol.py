@@ -20,6 +20,9 @@ DTYPES = {s: np.dtype(s) for s in
 DTYPES.update({"<i1": np.dtype("i1"), "<u1": np.dtype("u1"), "<b1": np.dtype("?"),
                "|b": np.dtype("?")})
 ARRAY_NAMES = ("x", "y", "w", "ids")
+# The `split` a train message may name (docs/protocol.md section 4): "auto" lets the
+# daemon divide rows by their hash, the others send every row of the message there.
+TRAIN_SPLITS = ("auto", "train", "train_dev", "dev", "test")
 MAX_NDIM = 2
 # Fixed bounds on a header's shape (docs/protocol.md section 8).
 MAX_DEPTH = 8
