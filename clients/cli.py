@@ -50,7 +50,8 @@ def cmd_serve(args):
     from learnd.daemon import logs
     from learnd.daemon.config import DAEMON_KEYS, load
     from learnd.daemon.errors import ConfigError, StartupError
-    from learnd.daemon.server import Server
+    from learnd.daemon.supervisor.server import Server
+    from learnd.daemon.supervisor.tree import Supervisor
 
     try:
         settings = _key_values(args.set, "serve")
@@ -59,7 +60,7 @@ def cmd_serve(args):
         flags = {k: v for k, v in settings.items() if k in DAEMON_KEYS}
         flags.update({k: v for k, v in {
             "ingest": args.ingest, "predict": args.predict, "control": args.control,
-            "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
+            "snapshots": args.snapshots, "metrics": args.metrics, "state_dir": args.state_dir, "batch_size": args.batch_size,
             "log_json": True if args.log_json else None, "log_level": args.log_level,
             "wal": False if args.no_wal else None}.items() if v is not None})
         config = load(args.config, flags={**flags, "model": model})
@@ -68,7 +69,7 @@ def cmd_serve(args):
         return EXIT_USAGE
     logs.setup(config.log_json, config.log_level)
     try:
-        return Server(config).run()
+        return (Server if args.single_process else Supervisor)(config).run()
     except StartupError as exc:
         print(f"learnd serve: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -343,10 +344,14 @@ def build_parser():
     serve.add_argument("--ingest", help="ingest ROUTER address (default tcp://127.0.0.1:5555)")
     serve.add_argument("--predict", help="predict ROUTER address (default tcp://127.0.0.1:5556)")
     serve.add_argument("--control", help="control ROUTER address (default tcp://127.0.0.1:5557)")
+    serve.add_argument("--snapshots", help="snapshots XPUB address, for followers "
+                       "(default tcp://127.0.0.1:5558)")
     serve.add_argument("--metrics", help="metrics HTTP HOST:PORT (default 127.0.0.1:9500)")
     serve.add_argument("--state-dir", help="checkpoints and write-ahead log (default ./learnd-state)")
     serve.add_argument("--batch-size", type=int, help="rows per training step (default 64)")
     serve.add_argument("--no-wal", action="store_true", help="acknowledge without the write-ahead log")
+    serve.add_argument("--single-process", action="store_true",
+                       help="run every stage as a thread of one process (debugging, the smallest hosts)")
     serve.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -16,7 +16,8 @@ def serve_command(state_dir, extra_args=()):
     later arguments in extra_args override those addresses."""
     return [sys.executable, "-m", "learnd", "serve", "--state-dir", str(state_dir),
             "--ingest", "tcp://127.0.0.1:0", "--predict", "tcp://127.0.0.1:0",
-            "--control", "tcp://127.0.0.1:0", "--metrics", "127.0.0.1:0", *extra_args]
+            "--control", "tcp://127.0.0.1:0", "--snapshots", "tcp://127.0.0.1:0",
+            "--metrics", "127.0.0.1:0", *extra_args]
 
 
 def start_daemon(state_dir, extra_args=(), env=None, log_path=None, timeout=START_TIMEOUT_S):

@@ -19,7 +19,8 @@ DTYPES = {s: np.dtype(s) for s in
 # Spellings that mean the same single-byte types.
 DTYPES.update({"<i1": np.dtype("i1"), "<u1": np.dtype("u1"), "<b1": np.dtype("?"),
                "|b": np.dtype("?")})
-ARRAY_NAMES = ("x", "y", "w", "ids")
+# `snapshot` (uint8) travels only on the snapshots socket: a model version for followers.
+ARRAY_NAMES = ("x", "y", "w", "ids", "snapshot")
 # The `split` a train message may name (docs/protocol.md section 4): "auto" lets the
 # daemon divide rows by their hash, the others send every row of the message there.
 TRAIN_SPLITS = ("auto", "train", "train_dev", "dev", "test")

@@ -21,7 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
 from learnd.engine import EngineError
 from learnd.engine.spec import ModelSpec
 
-from .errors import ConfigError
+from learnd.daemon.errors import ConfigError
 
 
 EARLY_STOPPING_ACTIONS = ("none", "serve_best", "freeze")
@@ -35,6 +35,7 @@ class Config:
     ingest: str = "tcp://127.0.0.1:5555"
     predict: str = "tcp://127.0.0.1:5556"
     control: str = "tcp://127.0.0.1:5557"
+    snapshots: str = "tcp://127.0.0.1:5558"    # XPUB: each published version, for followers
     metrics: str = "127.0.0.1:9500"
     state_dir: str = "learnd-state"
     # Training.
@@ -43,6 +44,9 @@ class Config:
     queue_size: int = 256           # train messages held between ingest and the trainer
     publish_interval_ms: float = 10.0   # at most this long between snapshots for serving
     blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core
+    predict_workers: int = 1        # predict worker processes of the process tree
+    child_restart_limit: int = 5    # deaths of one child within child_restart_window_s stop the daemon
+    child_restart_window_s: float = 60.0
     predict_batch_window_us: float = 0.0   # > 0: answer requests arriving this close together with one kernel call
     predict_batch_max_rows: int = 1024     # most rows in one such batch
     predict_spin_us: float = 0.0           # > 0: after an answer, poll without sleeping this long
@@ -110,6 +114,8 @@ class Config:
                 raise ConfigError(f"setting {f.name!r} must be a finite number >= 0, got {value!r}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (batch norm needs 2 rows), got {self.batch_size}")
+        if self.predict_workers != 1:
+            raise ConfigError(f"predict_workers must be 1 in this version, got {self.predict_workers}")
         if self.queue_size < 1 or self.checkpoint_keep < 1:
             raise ConfigError("queue_size and checkpoint_keep must be >= 1")
         if self.dev_fraction + self.test_fraction > 1.0:
@@ -212,7 +218,7 @@ def load(path=None, env=None, flags=None):
             model[mname] = _parse_env_value(text)
         elif name in DAEMON_KEYS:
             value = _parse_env_value(text)
-            if name in ("ingest", "predict", "control", "metrics", "state_dir", "log_level",
+            if name in ("ingest", "predict", "control", "snapshots", "metrics", "state_dir", "log_level",
                         "curve_server_secret", "curve_clients_dir", "curve_control_clients_dir",
                         "early_stopping_metric", "early_stopping_action", "progressive_validation"):
                 value = text   # addresses and paths are strings even when they look numeric

@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from learnd.clients import handshake
 from learnd.clients.protocol import ERROR_CODES
 
-from .diagnosis import GAPS, VERDICTS
+from learnd.daemon.training.diagnosis import GAPS, VERDICTS
 
 # Latency buckets from 25 µs to 2.5 s: predict replies take tens of microseconds.
 LATENCY_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3,
@@ -35,7 +35,7 @@ EVAL_FIGURES = {
 DELAYED_LABEL_OUTCOMES = ("trained", "expired", "unknown")
 PREDICT_OUTCOMES = ("ok", "error")
 CHECKPOINT_OUTCOMES = ("ok", "error")
-SOCKETS = ("ingest", "predict", "control")
+SOCKETS = ("ingest", "predict", "control", "snapshots")
 # Why a handshake failed, as the daemon can tell: its ZAP handler refused the CURVE key,
 # or anything else (no CURVE, a wrong server key, not ZMTP at all, a reset mid-handshake;
 # a client without CURVE shows as either a mechanism mismatch or a reset, depending on

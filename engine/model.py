@@ -244,11 +244,11 @@ class Model:
         P = self.predict_proba(X)
         return evaluate_outputs(self.spec.task, P, Y.copy(), w)
 
-    def snapshot(self, version=0):
+    def snapshot(self, version=0, meta=None):
         """An immutable, self-contained copy of what inference needs (see Snapshot)."""
         if self.network is None:
             raise EngineError("the model has not seen data yet; there is nothing to snapshot")
-        return Snapshot(self.network, self.normalizer.shift, self.normalizer.inv_scale, version)
+        return Snapshot(self.network, self.normalizer.shift, self.normalizer.inv_scale, version, meta)
 
     # -- checking ------------------------------------------------------------------------
     def gradient_check(self, X, y, sample_weight=None, eps=1e-7, max_entries=None):

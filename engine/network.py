@@ -3,6 +3,9 @@ table the kernels read, and growable workspaces for training and inference.
 """
 from __future__ import annotations
 
+import json
+import struct
+
 import numpy as np
 
 from .kernels import network as K
@@ -188,29 +191,43 @@ class Network:
         return other
 
 
+SNAPSHOT_MAGIC = b"LEARNDSN"
+SNAPSHOT_FORMAT = 1
+_SNAPSHOT_HEAD = struct.Struct("<8sII")     # magic, format, meta length
+_ALIGN = 64                                  # every array starts on a cache line
+_SNAPSHOT_ARRAYS = ("table", "params", "stats", "shift", "inv_scale")
+
+
 class Snapshot:
     """An immutable copy of everything inference needs: parameters, running statistics,
     the input normalizer's shift and scale, the layer table.  Self-contained, so it can
     be published to other threads, serialized, or sent to a replica.
 
+    `to_bytes()` lays it out as one buffer (a header, a JSON description, then each
+    array on a 64-byte boundary) and `Snapshot.from_buffer(buf)` reads one back without
+    copying: its arrays are views of `buf`, so a process that maps a published snapshot
+    predicts from the mapped memory itself.  `meta` carries what the publisher adds
+    (which member of a population it is, for one).
+
     Each thread that predicts from a snapshot brings its own `Workspace`.
     """
 
-    def __init__(self, network: Network, shift, inv_scale, version=0):
+    def __init__(self, network: Network, shift, inv_scale, version=0, meta=None):
         self.version = version
+        self.meta = dict(meta or {})
         self.dtype = network.dtype
         self.task = network.spec.task
         self.n_outputs = network.spec.n_outputs
         self.input_dim = network.spec.input_dim
         self.bn_eps = network.spec.bn_eps
         self.head = network.layout.head
-        self.table = network.layout.infer_table
+        self.table = network.layout.infer_table.copy()
         self.units_per_row = network.layout.infer_units_per_row
         self.params = network.flat_params.copy()
         self.stats = network.flat_stats.copy()
         self.shift = np.array(shift, dtype=network.dtype)
         self.inv_scale = np.array(inv_scale, dtype=network.dtype)
-        for a in (self.params, self.stats, self.shift, self.inv_scale):
+        for a in (self.table, self.params, self.stats, self.shift, self.inv_scale):
             a.flags.writeable = False
 
     def new_workspace(self):
@@ -222,3 +239,64 @@ class Snapshot:
         K.predict_forward(X, self.shift, self.inv_scale, self.params, self.stats, self.table,
                           self.head, self.bn_eps, buf, workspace.cap, out)
         return out
+
+    # -- one buffer ------------------------------------------------------------------------
+    def to_bytes(self):
+        """The snapshot as one self-describing buffer (see the class docstring)."""
+        arrays = {name: getattr(self, name) for name in _SNAPSHOT_ARRAYS}
+        layout, offset = {}, 0
+        for name, a in arrays.items():
+            layout[name] = [offset, list(a.shape), a.dtype.str]
+            offset += -(-a.nbytes // _ALIGN) * _ALIGN
+        meta = json.dumps({
+            "version": int(self.version), "meta": self.meta, "dtype": self.dtype.name,
+            "task": self.task, "n_outputs": int(self.n_outputs), "input_dim": int(self.input_dim),
+            "bn_eps": float(self.bn_eps), "head": int(self.head),
+            "units_per_row": int(self.units_per_row), "arrays": layout,
+        }).encode()
+        start = -(-(_SNAPSHOT_HEAD.size + len(meta)) // _ALIGN) * _ALIGN
+        out = bytearray(start + offset)
+        _SNAPSHOT_HEAD.pack_into(out, 0, SNAPSHOT_MAGIC, SNAPSHOT_FORMAT, len(meta))
+        out[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + len(meta)] = meta
+        for name, a in arrays.items():
+            o = start + layout[name][0]
+            out[o:o + a.nbytes] = np.ascontiguousarray(a).tobytes()
+        return bytes(out)
+
+    @classmethod
+    def from_buffer(cls, buf):
+        """A Snapshot whose arrays are read-only views of `buf` (bytes, mmap, memoryview).
+
+        Raises ValueError if `buf` is not a whole snapshot of a format this engine reads.
+        """
+        view = memoryview(buf).cast("B")
+        if len(view) < _SNAPSHOT_HEAD.size:
+            raise ValueError(f"{len(view)} bytes is shorter than a snapshot header")
+        magic, fmt, meta_len = _SNAPSHOT_HEAD.unpack_from(view, 0)
+        if magic != SNAPSHOT_MAGIC:
+            raise ValueError("not a learnd snapshot (bad magic)")
+        if fmt != SNAPSHOT_FORMAT:
+            raise ValueError(f"snapshot format {fmt} is not supported")
+        meta = json.loads(bytes(view[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + meta_len]))
+        start = -(-(_SNAPSHOT_HEAD.size + meta_len) // _ALIGN) * _ALIGN
+        snap = cls.__new__(cls)
+        for name, (offset, shape, dtype) in meta["arrays"].items():
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape))
+            o = start + offset
+            if o + count * dt.itemsize > len(view):
+                raise ValueError(f"snapshot truncated: array {name} ends past {len(view)} bytes")
+            a = np.frombuffer(view, dtype=dt, count=count, offset=o).reshape(shape)
+            if a.flags.writeable:
+                a.flags.writeable = False
+            setattr(snap, name, a)
+        snap.version = meta["version"]
+        snap.meta = meta["meta"]
+        snap.dtype = np.dtype(meta["dtype"])
+        snap.task = meta["task"]
+        snap.n_outputs = meta["n_outputs"]
+        snap.input_dim = meta["input_dim"]
+        snap.bn_eps = meta["bn_eps"]
+        snap.head = meta["head"]
+        snap.units_per_row = meta["units_per_row"]
+        return snap

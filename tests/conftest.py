@@ -106,13 +106,25 @@ class Daemon:
             return ""
 
 
+MODES = ("tree", "single-process")
+
+
+@pytest.fixture(params=MODES)
+def daemon_mode(request):
+    """How `learnd serve` runs: the process tree (the default) or --single-process.  Every
+    test that starts daemons runs in both, unless it names the mode it is about with
+    @pytest.mark.parametrize("daemon_mode", [...])."""
+    return request.param
+
+
 @pytest.fixture
-def daemons(tmp_path):
-    """A factory of started daemons; every one is killed at the end of the test."""
+def daemons(tmp_path, daemon_mode):
+    """A factory of started daemons (in `daemon_mode`); every one is killed at the end of the test."""
     started = []
+    mode_args = ["--single-process"] if daemon_mode == "single-process" else []
 
     def start(name="state", args=(), env=None, state_dir=None):
-        d = Daemon(state_dir or tmp_path / name, args, env)
+        d = Daemon(state_dir or tmp_path / name, [*mode_args, *args], env)
         started.append(d)
         return d.start()
 

@@ -13,12 +13,12 @@ from hypothesis.extra import numpy as hnp
 
 from learnd.clients import protocol
 from learnd.clients.protocol import ARRAY_NAMES, Message, ProtocolError
-from learnd.daemon.idstore import IdStore
-from learnd.daemon.ingest import IngestChecker
+from learnd.daemon.ingest.idstore import IdStore
+from learnd.daemon.ingest.checks import IngestChecker
 from learnd.daemon.metrics import Metrics
-from learnd.daemon.predictor import PredictServer
-from learnd.daemon.schema import Schema
-from learnd.daemon.splits import SplitAssigner
+from learnd.daemon.serving.predictor import PredictServer
+from learnd.daemon.ingest.schema import Schema
+from learnd.daemon.ingest.splits import SplitAssigner
 from learnd.engine import Model
 from tests.clients.test_protocol_properties import ALLOWED_DTYPES, PROPERTY, wild_values
 

@@ -9,14 +9,14 @@ import msgpack
 import numpy as np
 import pytest
 
-from learnd.daemon.checkpoints import unpack_array
-from learnd.daemon.diagnosis import GAPS, RECIPES, diagnose, why_no_figure
-from learnd.daemon.early_stopping import EarlyStopping
-from learnd.daemon.evaluation import RecentWindow, Reservoir
-from learnd.daemon.history import EvalHistory, read_history
-from learnd.daemon.latency import LatencyWindow, satisficing
-from learnd.daemon.progressive import ProgressiveScore, batch_scores
-from learnd.daemon.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws, row_keys
+from learnd.daemon.ingest.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws, row_keys
+from learnd.daemon.serving.latency import LatencyWindow, satisficing
+from learnd.daemon.training.checkpoints import unpack_array
+from learnd.daemon.training.diagnosis import GAPS, RECIPES, diagnose, why_no_figure
+from learnd.daemon.training.early_stopping import EarlyStopping
+from learnd.daemon.training.evaluation import RecentWindow, Reservoir
+from learnd.daemon.training.history import EvalHistory, read_history
+from learnd.daemon.training.progressive import ProgressiveScore, batch_scores
 from learnd.engine.metrics import evaluate_outputs
 
 

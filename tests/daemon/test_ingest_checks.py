@@ -7,11 +7,11 @@ import pytest
 
 from learnd.clients import protocol
 from learnd.clients.protocol import ProtocolError
-from learnd.daemon.idstore import IdStore
-from learnd.daemon.ingest import IngestChecker
+from learnd.daemon.ingest.idstore import IdStore
+from learnd.daemon.ingest.checks import IngestChecker
 from learnd.daemon.metrics import Metrics
-from learnd.daemon.schema import Schema, check_converted, check_x, targets
-from learnd.daemon.splits import SplitAssigner
+from learnd.daemon.ingest.schema import Schema, check_converted, check_x, targets
+from learnd.daemon.ingest.splits import SplitAssigner
 
 REGRESSION = Schema(input_dim=3, task="regression", n_outputs=1)
 MULTICLASS = Schema(input_dim=3, task="multiclass", n_outputs=4)

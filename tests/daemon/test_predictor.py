@@ -7,9 +7,9 @@ import pytest
 import zmq
 
 from learnd.clients import protocol
-from learnd.daemon.idstore import IdStore
+from learnd.daemon.ingest.idstore import IdStore
 from learnd.daemon.metrics import Metrics
-from learnd.daemon.predictor import PredictServer
+from learnd.daemon.serving.predictor import PredictServer
 from learnd.engine import Model
 
 

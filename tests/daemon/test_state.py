@@ -4,12 +4,12 @@ import os
 import numpy as np
 import pytest
 
-from learnd.daemon import checkpoints
-from learnd.daemon.checkpoints import CheckpointStore, CorruptCheckpoint
-from learnd.daemon.dedupe import Dedupe
-from learnd.daemon.idstore import IdStore
-from learnd.daemon.rebatch import Rebatcher
-from learnd.daemon.wal import WriteAheadLog
+from learnd.daemon.training import checkpoints
+from learnd.daemon.training.checkpoints import CheckpointStore, CorruptCheckpoint
+from learnd.daemon.ingest.dedupe import Dedupe
+from learnd.daemon.ingest.idstore import IdStore
+from learnd.daemon.training.rebatch import Rebatcher
+from learnd.daemon.log.wal import WriteAheadLog
 from learnd.engine import state as engine_state
 
 

@@ -36,7 +36,7 @@ def test_container_ports_are_the_images():
     assert set(ports.values()) == exposed
     env = files.dockerfile_env()
     assert ports["metrics"] == int(env["LEARND_METRICS"].rsplit(":", 1)[1])
-    for name in ("ingest", "predict", "control"):
+    for name in ("ingest", "predict", "control", "snapshots"):
         assert ports[name] == int(env[f"LEARND_{name.upper()}"].rsplit(":", 1)[1])
 
 

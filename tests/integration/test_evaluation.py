@@ -18,8 +18,8 @@ from threadpoolctl import threadpool_limits
 import scipy.linalg.cython_blas  # noqa: E402,F401
 
 from learnd.clients.client import Control, LearndError, Predictor, Producer
-from learnd.daemon.progressive import ProgressiveScore
-from learnd.daemon.splits import DEV, TEST, TRAIN_DEV, SplitAssigner
+from learnd.daemon.ingest.splits import DEV, TEST, TRAIN_DEV, SplitAssigner
+from learnd.daemon.training.progressive import ProgressiveScore
 from learnd.engine import Model
 from learnd.engine.datasets import load
 

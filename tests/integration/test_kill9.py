@@ -22,7 +22,7 @@ import zmq
 from learnd.clients import protocol
 from learnd.clients.client import Control
 from learnd.clients.launch import serve_command
-from learnd.daemon.checkpoints import decode as decode_checkpoint
+from learnd.daemon.training.checkpoints import decode as decode_checkpoint
 
 KILLS = 20
 STARTUP_KILL_EVERY = 5          # every 5th kill lands while the daemon starts (log replay)

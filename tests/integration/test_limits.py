@@ -16,7 +16,7 @@ import zmq
 from learnd.clients import protocol
 from learnd.clients.client import Control, LearndError, Predictor, Producer
 from learnd.clients.launch import serve_command
-from learnd.daemon.checkpoints import decode as decode_checkpoint
+from learnd.daemon.training.checkpoints import decode as decode_checkpoint
 from learnd.engine.datasets import split
 
 BATCH = 64

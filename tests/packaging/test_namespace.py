@@ -64,7 +64,7 @@ def _isolated(code):
 
 def test_learnd_imports_from_one_namespace_and_python_daemon_beside_it():
     r = _isolated(
-        "import daemon, learnd, learnd.daemon.server, learnd.clients.client, learnd.engine\n"
+        "import daemon, learnd, learnd.daemon.supervisor.server, learnd.clients.client, learnd.engine\n"
         "from learnd import Model\n"
         "assert hasattr(daemon, 'DaemonContext'), daemon.__file__\n"
         "assert Model is learnd.engine.Model\n"

@@ -10,7 +10,7 @@ import math
 from learnd.clients.protocol import ProtocolError
 from learnd.engine import EngineError
 
-from .errors import ConfigError
+from learnd.daemon.errors import ConfigError
 
 OPS = ("status", "set", "checkpoint", "gradcheck", "rollback", "freeze", "unfreeze", "shutdown")
 

@@ -11,10 +11,12 @@ import hashlib
 import logging
 import os
 import struct
+from dataclasses import dataclass
 
 import msgpack
 import numpy as np
 
+from learnd.daemon.ingest.dedupe import Dedupe
 from learnd.engine.state import write_atomic
 
 log = logging.getLogger("learnd.checkpoints")
@@ -52,11 +54,14 @@ def decode(data):
 class CheckpointStore:
     """checkpoint-<n>.ckpt files in `directory`, n rising; keeps the newest `keep`."""
 
-    def __init__(self, directory, keep=3):
+    def __init__(self, directory, keep=3, writer=True):
+        """writer: this process writes checkpoints (and so may remove its own partial
+        writes); a reader (the ingest process) must not touch another's temporary file."""
         self.directory = directory
         self.keep = keep
         os.makedirs(directory, exist_ok=True)
-        self._remove_partial_writes()
+        if writer:
+            self._remove_partial_writes()
 
     def _remove_partial_writes(self):
         """Delete the temporary files a crash mid-write left (write_atomic's .tmp-*.part):
@@ -111,3 +116,24 @@ def pack_array(arr):
 
 def unpack_array(d):
     return np.frombuffer(d["data"], dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+
+
+@dataclass
+class ConsumedState:
+    """What the newest checkpoint says was consumed: the stream's schema, the (producer,
+    seq) pairs taken, and the newest log record in it."""
+
+    schema: dict
+    dedupe: Dedupe
+    last_lsn: int
+
+
+def newest_consumed_state(store, dedupe_window):
+    """The ConsumedState of the newest readable checkpoint in `store` (an empty one when
+    there is none), read without building the model."""
+    def parse(payload):
+        d = payload["daemon"]
+        return ConsumedState(dict(d["schema"]), Dedupe.from_state(d["dedupe"], dedupe_window), int(d["last_lsn"]))
+
+    state, _ = store.load_newest(parse)
+    return state if state is not None else ConsumedState({}, Dedupe(dedupe_window), 0)

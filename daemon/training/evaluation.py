@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checkpoints import pack_array, unpack_array
-from .splits import row_keys
+from learnd.daemon.ingest.splits import row_keys
+from learnd.daemon.training.checkpoints import pack_array, unpack_array
 
 
 class Reservoir:

@@ -144,3 +144,97 @@ class WriteAheadLog:
             self.sync()
             os.close(self._fd)
             self._fd = None
+
+
+PAST = object()      # LogReader._record: a whole record beyond the lsn asked for
+
+
+class LogReader:
+    """The log read as a queue: the records after a position, in order, as they are
+    appended (the trainer's side; the appending side is WriteAheadLog).
+
+    `read(upto_lsn)` returns the whole records with position < lsn <= upto_lsn, reading
+    on from where the last call stopped, across segment files.  The caller passes an lsn
+    the writer has already written (and made durable), so every record up to it is whole
+    in the files; a record being written after it is never taken.  Segments trimmed away
+    under the reader (older than any checkpoint needs) are skipped; one it has open stays
+    readable until it moves on.
+    """
+
+    def __init__(self, directory, after_lsn=0):
+        self.directory = directory
+        self.position = after_lsn        # newest lsn returned
+        self._path = None
+        self._file = None
+
+    def _segments(self):
+        out = []
+        for name in os.listdir(self.directory):
+            if name.startswith("wal-") and name.endswith(".log"):
+                try:
+                    out.append((int(name[4:-4]), os.path.join(self.directory, name)))
+                except ValueError:
+                    continue
+        return sorted(out)
+
+    def _next_segment(self):
+        """Open the segment to read next; False when there is none after the open one."""
+        segments = self._segments()
+        if self._path is None:
+            # The last segment starting at or before position + 1, else the oldest left.
+            holding = [p for first, p in segments if first <= self.position + 1]
+            chosen = holding[-1] if holding else (segments[0][1] if segments else None)
+        else:
+            # Names are zero-padded first lsns, so they sort in log order.
+            later = [p for _, p in segments if p > self._path]
+            chosen = later[0] if later else None
+        if chosen is None:
+            return False
+        if self._file is not None:
+            self._file.close()
+        self._file, self._path = open(chosen, "rb"), chosen
+        return True
+
+    def _record(self, upto_lsn):
+        """The next record of the open segment as (lsn, frames); None at the segment's
+        end, PAST for a whole record after upto_lsn (both left unread)."""
+        start = self._file.tell()
+        head = self._file.read(_HEAD.size)
+        if len(head) == _HEAD.size:
+            length, crc = _HEAD.unpack(head)
+            body = self._file.read(length)
+            if len(body) == length:
+                if zlib.crc32(body) != crc:
+                    raise ValueError(f"write-ahead log {self._path}: the record at byte {start} "
+                                     f"fails its checksum")
+                lsn, frames = msgpack.unpackb(body, raw=False)
+                if lsn <= upto_lsn:
+                    return lsn, frames
+                self._file.seek(start)
+                return PAST
+        self._file.seek(start)
+        return None
+
+    def read(self, upto_lsn, max_records=64):
+        """[(lsn, frames)] of at most max_records records after the position, up to upto_lsn."""
+        out = []
+        if upto_lsn <= self.position or (self._file is None and not self._next_segment()):
+            return out
+        while len(out) < max_records and self.position < upto_lsn:
+            record = self._record(upto_lsn)
+            if record is PAST:
+                break
+            if record is None:
+                # Past this segment's last whole record: the rest is in the next segment.
+                if not self._next_segment():
+                    break
+                continue
+            if record[0] > self.position:
+                out.append(record)
+                self.position = record[0]
+        return out
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -29,6 +29,19 @@ class LatencyWindow:
         return float(np.quantile(self.values[:n], q))
 
 
+def satisficing_values(window, bound_s):
+    """The satisficing gauges for a metrics live collector: {name: (help, value)}."""
+    s = satisficing(window, bound_s)
+    met = float("nan") if s["met"] is None else float(s["met"])
+    return {
+        "learnd_predict_latency_p99_seconds": (
+            f"p99 of the last {WINDOW} predict latencies.", s.get("p99_seconds", float("nan"))),
+        "learnd_predict_latency_bound_seconds": ("Configured bound on the predict p99 (satisficing).", bound_s),
+        "learnd_satisficing_met": ("1 when the satisficing metric is within its bound.",
+                                   ("metric", {"predict_latency_p99": met})),
+    }
+
+
 def satisficing(window, bound_s):
     """{"metric", "p99_seconds", "bound_seconds", "requests", "met"}: requests is how many
     answered requests the p99 is over; met (and the p99) is unknown, None (NaN), before

@@ -19,8 +19,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from learnd.clients import handshake
 from learnd.clients.keys import KeyFileError, is_private, load_allowlist, load_secret
 
-from .errors import StartupError
-from .metrics import HANDSHAKE_FAILED
+from learnd.daemon.errors import StartupError
+from learnd.daemon.metrics import HANDSHAKE_FAILED
 
 log = logging.getLogger("learnd.curve")
 
@@ -69,7 +69,8 @@ class CurveServer:
             control = clients if control_dir == config.curve_clients_dir else Allowlist(control_dir)
         except KeyFileError as exc:
             raise StartupError(f"CURVE: {exc}", EXIT_KEYS) from None
-        self.allowlists = {"ingest": clients, "predict": clients, "control": control}
+        # Snapshots carry the whole model: followers need a client key like producers.
+        self.allowlists = {"ingest": clients, "predict": clients, "snapshots": clients, "control": control}
         self.authenticator = None
 
     def start(self, context):

@@ -14,36 +14,35 @@ import os
 import signal
 import time
 
-import numpy as np
 import zmq
 from threadpoolctl import threadpool_limits
 
 from learnd.clients import protocol
 from learnd.clients.protocol import Limits, ProtocolError
-from learnd.engine.spec import ModelSpec
+from learnd.daemon.errors import StartupError
+from learnd.daemon.ingest.checks import IngestChecker, train_fields
+from learnd.daemon.ingest.idstore import IdStore
+from learnd.daemon.ingest.schema import Schema
+from learnd.daemon.ingest.splits import SplitAssigner
+from learnd.daemon.ingest.stage import IngestStage
+from learnd.daemon.log.wal import WriteAheadLog
+from learnd.daemon.metrics import Metrics
+from learnd.daemon.serving.broadcast import SnapshotBroadcast
+from learnd.daemon.serving.latency import satisficing, satisficing_values
+from learnd.daemon.serving.predictor import PredictServer
+from learnd.daemon.supervisor import control as control_ops
+from learnd.daemon.supervisor import sockets
+from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
+from learnd.daemon.supervisor.endpoint import ControlEndpoint
+from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
+from learnd.daemon.training.checkpoints import CheckpointStore
+from learnd.daemon.training.trainer import Trainer
 from learnd.engine.state import write_atomic
-
-from . import control as control_ops
-from .checkpoints import CheckpointStore
-from .curve import CurveServer, HandshakeWatcher
-from .errors import StartupError
-from .httpd import make_server, serve_in_thread
-from .idstore import IdStore
-from .ingest import IngestChecker, train_fields
-from .latency import WINDOW as LATENCY_WINDOW
-from .latency import satisficing
-from .metrics import Metrics
-from .predictor import PredictServer
-from .schema import Schema
-from .splits import NAMES as SPLIT_NAMES
-from .splits import SplitAssigner
-from .trainer import Trainer
-from .wal import WriteAheadLog
 
 log = logging.getLogger("learnd.server")
 
 ENDPOINTS_FILE = "endpoints.json"
-EXIT_PORT_IN_USE = 3
+EXIT_PORT_IN_USE = sockets.EXIT_PORT_IN_USE
 EXIT_STATE_DIR = 4
 EXIT_TRAINER_FAILED = 5
 
@@ -52,9 +51,7 @@ class Server:
     IDLE_POLL_MS = 100
     BUSY_POLL_MS = 2
     DRAIN_TIMEOUT_S = 60.0
-    HWM = 1000           # messages ZeroMQ buffers per peer before pushing back
     REJECT_LOG_INTERVAL_S = 10.0
-    MAX_PENDING_CONTROL = 8      # control ops waiting for the trainer before 'busy'
 
     def __init__(self, config, registry=None, install_signals=True):
         self.config = config
@@ -77,9 +74,6 @@ class Server:
         self.http = None
         self.curve = None
         self.handshakes = None
-        self._pending_acks = []          # (identity, reply, item) waiting for the log's fsync
-        self._pending_since = 0.0
-        self._control_futures = []       # (identity, echo, future)
         self._loop_tick = time.monotonic()
         self._rejects_since_log = 0
         self._last_reject_log = 0.0
@@ -104,9 +98,15 @@ class Server:
             self.curve.start(self.ctx)
         self.ingest = self._bind(zmq.ROUTER, cfg.ingest, "ingest")
         self.control = self._bind(zmq.ROUTER, cfg.control, "control")
+        self.ingest_stage = IngestStage(self.ingest, self.checker, self.accepted, self.wal, self.metrics,
+                                        self.limits, cfg.wal_fsync_ms, self.trainer.queue.put, self._reject)
+        self.control_endpoint = ControlEndpoint(self.control, self.control_ops.handle, self.limits,
+                                                self.metrics.rejected, self._reject)
         predict = self._bind(zmq.ROUTER, cfg.predict, "predict")
+        snapshots = self._bind(zmq.XPUB, cfg.snapshots, "snapshots", SnapshotBroadcast.configure)
+        self.trainer.broadcast = SnapshotBroadcast(snapshots)
         self.handshakes = HandshakeWatcher(self.ctx, {"ingest": self.ingest, "predict": predict,
-                                                      "control": self.control},
+                                                      "control": self.control, "snapshots": snapshots},
                                            self.metrics.auth_failures, self.curve)
         self._show_allowed_keys()
         try:
@@ -202,26 +202,9 @@ class Server:
             replayed += 1
         return replayed
 
-    def _bind(self, kind, address, name):
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, self.HWM)
-        sock.setsockopt(zmq.SNDHWM, self.HWM)
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        # No frame may be larger than a whole message: ZeroMQ drops a peer that sends one
-        # before it is held in memory, where the decoder's too_large would come too late.
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
-        if self.curve is not None:
-            self.curve.secure(sock, name)
-        try:
-            sock.bind(address)
-        except zmq.ZMQError as exc:
-            sock.close()
-            raise StartupError(f"cannot bind the {name} socket to {address}: {zmq.strerror(exc.errno)}",
-                               EXIT_PORT_IN_USE if exc.errno == zmq.EADDRINUSE else 1) from None
-        endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self.bound[name] = endpoint
-        log.info("%s socket bound to %s", name, endpoint)
+    def _bind(self, kind, address, name, configure=None):
+        sock, self.bound[name] = sockets.bind(self.ctx, kind, address, name, self.config.max_message_bytes,
+                                              self.curve, configure)
         return sock
 
     def _on_signal(self, signum, frame):
@@ -253,67 +236,30 @@ class Server:
         return self.healthy() and self.trainer.ready.is_set() and self.trainer.snapshot is not None
 
     def status(self):
-        t = self.trainer
-        model = t.model
-        snap = t.snapshot
         return control_ops.clean({
-            "model_version": snap.version if snap is not None else None,
-            "samples_trained": t.samples_trained,
-            "batches_trained": t.batches_trained,
-            "nonfinite_steps": t.nonfinite_steps,
-            "queue_depth": t.queue.qsize(),
-            "rows_waiting": len(t.rebatcher) if t.rebatcher is not None else 0,
-            "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", ModelSpec.lr),
-            "train_loss": t.train_loss,
+            **self.trainer.status_part(),
             "uptime_seconds": time.monotonic() - self.started,
-            "task": self.schema.task,
-            "input_dim": self.schema.input_dim,
-            "n_outputs": self.schema.n_outputs,
             "ready": self.ready(),
             "wal": self.wal is not None,
             "curve": self.curve is not None,
-            "last_checkpoint": t.last_checkpoint_path,
-            **t.evaluation_status(),
             "satisficing": satisficing(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)
             if self.predictor is not None else None,
             "bound": dict(self.bound),
         })
 
     def _live_values(self):
-        t = self.trainer
-        snap = t.snapshot
-        model = t.model
         return {
-            "learnd_queue_depth": ("Train messages waiting for the trainer.", t.queue.qsize()),
-            "learnd_model_version": ("Version of the snapshot serving predictions.",
-                                     snap.version if snap is not None else 0),
-            "learnd_learning_rate": ("Learning rate of the next step.",
-                                     model.learning_rate if model is not None
-                                     else self.config.model.get("lr", ModelSpec.lr)),
+            **self.trainer.live_values(),
             "learnd_uptime_seconds": ("Seconds since the daemon started.", time.monotonic() - self.started),
             "learnd_ready": ("1 when the model exists and its kernels are compiled.", float(self.ready())),
             "learnd_delayed_label_store_rows": ("Inputs kept for delayed labels.", len(self.id_store)),
-            "learnd_best_model_version": ("Model version of the best dev figure (NaN before one).",
-                                          float("nan") if t.early.best_version is None
-                                          else t.early.best_version),
-            "learnd_early_stopped": ("1 when early stopping's patience has run out.", float(t.early.stopped)),
-            "learnd_training_frozen": ("1 while training is frozen.", float(t.frozen)),
-            "learnd_serving_best": ("1 while the best dev model serves instead of the latest.",
-                                    float(t.serving_best)),
             **self._satisficing_values(),
         }
 
     def _satisficing_values(self):
-        bound = self.config.predict_p99_bound_ms / 1e3
-        s = satisficing(self.predictor.latencies, bound) if self.predictor is not None else {"met": None}
-        met = float("nan") if s["met"] is None else float(s["met"])
-        return {
-            "learnd_predict_latency_p99_seconds": (
-                f"p99 of the last {LATENCY_WINDOW} predict latencies.", s.get("p99_seconds", float("nan"))),
-            "learnd_predict_latency_bound_seconds": ("Configured bound on the predict p99 (satisficing).", bound),
-            "learnd_satisficing_met": ("1 when the satisficing metric is within its bound.",
-                                       ("metric", {"predict_latency_p99": met})),
-        }
+        if self.predictor is None:
+            return {}
+        return satisficing_values(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)
 
     # -- the loop -------------------------------------------------------------------------------
     def main_loop(self):
@@ -328,7 +274,8 @@ class Server:
             if self.trainer.stopped.is_set():
                 log.error("the trainer thread stopped; shutting down")
                 break
-            room = self.trainer.queue.maxsize - self.trainer.queue.qsize() - len(self._pending_acks)
+            stage = self.ingest_stage
+            room = self.trainer.queue.maxsize - self.trainer.queue.qsize() - len(stage.pending)
             room = max(room, 0)
             if (room > 0) != reading_ingest:
                 # A full queue stops reads; ZeroMQ's high-water mark then pushes back on producers.
@@ -336,14 +283,14 @@ class Server:
                 if not reading_ingest:
                     self.metrics.ingest_paused.inc()
                 poller.modify(self.ingest, zmq.POLLIN if reading_ingest else 0)
-            busy = self._pending_acks or self._control_futures or not reading_ingest
+            busy = stage.pending or self.control_endpoint.waiting or not reading_ingest
             events = dict(poller.poll(self.BUSY_POLL_MS if busy else self.IDLE_POLL_MS))
             if self.control in events:
-                self._drain(self.control, self._on_control, 100)
+                self._drain(self.control, self.control_endpoint.on_message, 100)
             if self.ingest in events and reading_ingest:
-                self._drain(self.ingest, self._on_ingest, max(room, 0))
-            self._flush_acks()
-            self._answer_control()
+                self._drain(self.ingest, stage.handle, max(room, 0))
+            stage.flush()
+            self.control_endpoint.answer_ready()
             self._log_rejects()
 
     def _drain(self, sock, handler, limit):
@@ -374,114 +321,17 @@ class Server:
             self._rejects_since_log = 0
             self._last_reject_log = now
 
-    def _on_ingest(self, frames):
-        identity, echo = frames[0], {}
-        try:
-            message = protocol.decode(frames[1:], self.limits)
-            if isinstance(message.header.get("seq"), int):
-                echo["seq"] = message.header["seq"]
-            if message.op != "train":
-                raise ProtocolError("unknown_op", f"the ingest socket takes 'train', not {message.op!r}")
-            producer, seq, _ = train_fields(message.header)
-            if self.accepted.seen(producer, seq):
-                self.metrics.ingest_messages.labels("duplicate").inc()
-                reply = protocol.ok(seq=seq, accepted=0, duplicate=True)
-                if self._pending_acks:   # the original may still await its fsync: ack after it
-                    self._pending_acks.append((identity, reply, None))
-                else:
-                    self._reply(self.ingest, identity, reply)
-                return
-            item = self.checker.item(message)
-        except ProtocolError as exc:
-            self.metrics.ingest_messages.labels("rejected").inc()
-            self._reject(self.ingest, identity, exc, echo)
-            return
-        reply = protocol.ok(seq=seq, accepted=int(item.x.shape[0]))
-        if self.wal is None:
-            self._count_accepted(producer, seq, item)
-            self.trainer.queue.put_nowait(item)
-            self._reply(self.ingest, identity, reply)
-            return
-        if "x" not in message.arrays:   # log the resolved inputs: the id store is not durable
-            logged = protocol.encode(message.header, {"x": item.x, "y": message.arrays["y"],
-                                                      **({"w": message.arrays["w"]} if "w" in message.arrays else {})})
-        else:
-            logged = frames[1:]
-        item.lsn = self.wal.append([bytes(f.buffer if hasattr(f, "buffer") else f) for f in logged[1:]])
-        # Only a logged message counts as seen: one the log refused (a full disk) must be
-        # taken again when its producer resends it, not acknowledged as a duplicate.
-        self._count_accepted(producer, seq, item)
-        if not self._pending_acks:
-            self._pending_since = time.monotonic()
-        self._pending_acks.append((identity, reply, item))
-        if self.config.wal_fsync_ms == 0:   # the policy "fsync every message"
-            self._flush_acks(force=True)
-
-    def _count_accepted(self, producer, seq, item):
-        self.accepted.add(producer, seq)
-        self.metrics.ingest_messages.labels("accepted").inc()
-        for code, rows in enumerate(np.bincount(item.codes, minlength=len(SPLIT_NAMES)).tolist()):
-            if rows:
-                self.metrics.ingest_rows.labels(SPLIT_NAMES[code]).inc(rows)
-
-    def _flush_acks(self, force=False):
-        """fsync the log once for every message waiting, then hand them on and ack them."""
-        if not self._pending_acks:
-            return
-        if not force and time.monotonic() - self._pending_since < self.config.wal_fsync_ms / 1e3:
-            return
-        t0 = time.perf_counter()
-        self.wal.sync()
-        self.metrics.wal_fsync_seconds.observe(time.perf_counter() - t0)
-        for identity, reply, item in self._pending_acks:
-            if item is not None:
-                self.trainer.queue.put(item)
-            self._reply(self.ingest, identity, reply)
-        self._pending_acks.clear()
-
-    def _on_control(self, frames):
-        identity, echo = frames[0], {}
-        try:
-            message = protocol.decode(frames[1:], self.limits)
-            if "id" in message.header:
-                echo["id"] = message.header["id"]
-            result = self.control_ops.handle(message)
-        except ProtocolError as exc:
-            self._reject(self.control, identity, exc, echo)
-            return
-        if hasattr(result, "add_done_callback"):
-            self._control_futures.append((identity, echo, result))
-            if len(self._control_futures) > self.MAX_PENDING_CONTROL and result.cancel():
-                self._control_futures.pop()
-                self._reject(self.control, identity, ProtocolError(
-                    "busy", f"{self.MAX_PENDING_CONTROL} control operations are already waiting"), echo)
-        else:
-            self._reply(self.control, identity, protocol.ok(**echo, result=result))
-
-    def _answer_control(self):
-        waiting = []
-        for identity, echo, fut in self._control_futures:
-            if not fut.done():
-                waiting.append((identity, echo, fut))
-                continue
-            exc = fut.exception()
-            if exc is None:
-                self._reply(self.control, identity, protocol.ok(**echo, result=control_ops.clean(fut.result())))
-            else:
-                code, text = control_ops.error_for(exc)
-                self.metrics.rejected.labels(code).inc()
-                self._reply(self.control, identity, protocol.error(code, text, **echo))
-        self._control_futures = waiting
-
     # -- shutdown ----------------------------------------------------------------------------------
     def shutdown(self):
         log.info("shutting down: draining the training queue")
-        if self.wal is not None and self._pending_acks:
-            self._flush_acks(force=True)
+        stage = getattr(self, "ingest_stage", None)
+        if stage is not None and stage.pending:
+            stage.flush(force=True)
         if self.trainer is not None and self.trainer.is_alive():
             self.trainer.stop_requested.set()
             self.trainer.stopped.wait(self.DRAIN_TIMEOUT_S)
-            self._answer_control()
+            if getattr(self, "control_endpoint", None) is not None:
+                self.control_endpoint.answer_ready()
         if self.predictor is not None:
             self.predictor.should_exit.set()
             self.predictor.join(5)
@@ -491,6 +341,8 @@ class Server:
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
+        if self.trainer is not None and self.trainer.broadcast is not None:
+            self.trainer.broadcast.socket.close(linger=0)
         for name in ("ingest", "control"):
             sock = getattr(self, name, None)
             if sock is not None:

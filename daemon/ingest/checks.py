@@ -9,8 +9,8 @@ from learnd.clients.protocol import TRAIN_SPLITS, ProtocolError
 from learnd.engine import EngineError
 from learnd.engine.spec import ModelSpec
 
-from . import schema as checks
-from .trainer import TrainItem
+from learnd.daemon.ingest import schema as checks
+from learnd.daemon.training.trainer import TrainItem
 
 MAX_PRODUCER_LEN = 256
 

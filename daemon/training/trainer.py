@@ -22,17 +22,18 @@ from threadpoolctl import threadpool_limits
 from learnd.clients.protocol import TRAIN_SPLITS
 from learnd.engine import EngineError, Model
 from learnd.engine.model import LIVE_SETTINGS
+from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 
-from . import splits
-from .checkpoints import decode, pack_array, unpack_array
-from .dedupe import Dedupe
-from .diagnosis import GAPS, diagnose, why_no_figure
-from .early_stopping import EarlyStopping
-from .evaluation import RecentWindow, Reservoir
-from .history import EvalHistory
-from .progressive import ProgressiveScore
-from .rebatch import Rebatcher
+from learnd.daemon.ingest import splits
+from learnd.daemon.ingest.dedupe import Dedupe
+from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
+from learnd.daemon.training.diagnosis import GAPS, diagnose, why_no_figure
+from learnd.daemon.training.early_stopping import EarlyStopping
+from learnd.daemon.training.evaluation import RecentWindow, Reservoir
+from learnd.daemon.training.history import EvalHistory
+from learnd.daemon.training.progressive import ProgressiveScore
+from learnd.daemon.training.rebatch import Rebatcher
 
 log = logging.getLogger("learnd.trainer")
 
@@ -87,6 +88,8 @@ class Trainer(threading.Thread):
         self.commands: queue.Queue = queue.Queue()
         self.model: Model | None = None
         self.snapshot = None              # the published engine.Snapshot, replaced whole
+        self.broadcast = None             # serving.broadcast.SnapshotBroadcast, or None
+        self.publisher = None             # serving.snapshots.SnapshotPublisher (process tree), or None
         self.ready = threading.Event()    # kernels compiled (and model present)
         self.stop_requested = threading.Event()
         self.stopped = threading.Event()
@@ -147,14 +150,23 @@ class Trainer(threading.Thread):
     def publish(self, now=None):
         """Make the model as it is now the one that serves (a new immutable snapshot)."""
         now = time.monotonic() if now is None else now
-        self.snapshot = self.model.snapshot(version=self.batches_trained)
+        self._set_snapshot(self.model.snapshot(version=self.batches_trained))
         self._last_publish = now
         self.serving_best = False
+
+    def _set_snapshot(self, snapshot):
+        """The one place a version is published: to the predict thread and followers."""
+        self.snapshot = snapshot
+        data = None
+        if self.publisher is not None:      # the predict workers map it from shared memory
+            _, data = self.publisher.publish(snapshot)
+        if self.broadcast is not None:
+            self.broadcast.publish(snapshot, data)
 
     def publish_best(self):
         """Serve the best dev model (early stopping's serve_best) until the latest beats it."""
         best = Model.from_state(self.best_state)
-        self.snapshot = best.snapshot(version=self.early.best_version)
+        self._set_snapshot(best.snapshot(version=self.early.best_version))
         self.serving_best = True
         log.info("serving the best model: version %d, dev %s %.4g", self.early.best_version,
                  self._stopping_metric(), self.early.best)
@@ -343,6 +355,8 @@ class Trainer(threading.Thread):
     # -- housekeeping ----------------------------------------------------------------------
     def _housekeeping(self, now):
         cfg = self.config
+        if self.broadcast is not None and self.broadcast.poll_subscriptions() and self.snapshot is not None:
+            self.broadcast.publish(self.snapshot)     # a new follower gets the current version now
         if self.model is None:
             return
         if self.snapshot is None or (not self.serving_best and self.snapshot.version != self.batches_trained
@@ -503,6 +517,46 @@ class Trainer(threading.Thread):
             self.early.restart()
         log.warning("training %s", "frozen" if frozen else "unfrozen")
         return {"frozen": self.frozen}
+
+    def status_part(self, queue_depth=None):
+        """What `status` reports of training; queue_depth: messages waiting for this
+        trainer (default: its in-memory queue)."""
+        model, snap, s = self.model, self.snapshot, self.schema
+        return {
+            "model_version": snap.version if snap is not None else None,
+            "samples_trained": self.samples_trained,
+            "batches_trained": self.batches_trained,
+            "nonfinite_steps": self.nonfinite_steps,
+            "queue_depth": self.queue.qsize() if queue_depth is None else queue_depth,
+            "rows_waiting": len(self.rebatcher) if self.rebatcher is not None else 0,
+            "learning_rate": model.learning_rate if model is not None else self.config.model.get("lr", ModelSpec.lr),
+            "train_loss": self.train_loss,
+            "task": s.task,
+            "input_dim": s.input_dim,
+            "n_outputs": s.n_outputs,
+            "last_checkpoint": self.last_checkpoint_path,
+            **self.evaluation_status(),
+        }
+
+    def live_values(self, queue_depth=None):
+        """The trainer's scrape-time gauges: {name: (help, value)}."""
+        snap, model = self.snapshot, self.model
+        return {
+            "learnd_queue_depth": ("Train messages waiting for the trainer.",
+                                   self.queue.qsize() if queue_depth is None else queue_depth),
+            "learnd_model_version": ("Version of the snapshot serving predictions.",
+                                     snap.version if snap is not None else 0),
+            "learnd_learning_rate": ("Learning rate of the next step.",
+                                     model.learning_rate if model is not None
+                                     else self.config.model.get("lr", ModelSpec.lr)),
+            "learnd_best_model_version": ("Model version of the best dev figure (NaN before one).",
+                                          float("nan") if self.early.best_version is None
+                                          else self.early.best_version),
+            "learnd_early_stopped": ("1 when early stopping's patience has run out.", float(self.early.stopped)),
+            "learnd_training_frozen": ("1 while training is frozen.", float(self.frozen)),
+            "learnd_serving_best": ("1 while the best dev model serves instead of the latest.",
+                                    float(self.serving_best)),
+        }
 
     def evaluation_status(self):
         """The evaluation part of `status`: figures per split, diagnosis, progressive

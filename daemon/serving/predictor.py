@@ -19,7 +19,7 @@ from learnd.clients import protocol
 from learnd.clients.protocol import ProtocolError
 from learnd.engine.kernels.normalize import count_nonfinite
 
-from .latency import LatencyWindow
+from learnd.daemon.serving.latency import LatencyWindow
 
 log = logging.getLogger("learnd.predictor")
 

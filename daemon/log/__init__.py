@@ -1,0 +1,1 @@
+"""The write-ahead log: the durable queue between ingest and the trainer."""

@@ -1,0 +1,1 @@
+"""Snapshots and serving: published model versions in shared memory, and the predict loop."""

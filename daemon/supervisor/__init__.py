@@ -1,0 +1,1 @@
+"""Operations: the single-process daemon, the supervisor of the process tree, control, metrics HTTP, CURVE."""

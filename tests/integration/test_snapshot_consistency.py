@@ -1,0 +1,55 @@
+"""Every predict answer comes from one whole published version: while the trainer
+publishes after every step, thousands of answers each equal, bit for bit, the embedded
+model trained on the same batches up to the version the reply names."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (Numba's BLAS, loaded before limiting its threads)
+from threadpoolctl import threadpool_limits
+
+from learnd import Model
+from learnd.clients.client import Predictor, Producer
+from learnd.engine.datasets import split
+
+BATCH = 64
+STEPS = 60
+
+
+def test_every_answer_equals_the_embedded_model_at_the_version_it_names(daemons):
+    Xtr, ytr, Xte, _ = split("digits")
+    rows = Xte[:8]
+    d = daemons(args=["--set", "hidden=[32]"], env={"LEARND_PUBLISH_INTERVAL_MS": "0"})
+    answers, done = [], threading.Event()
+
+    def ask():
+        with Predictor(d.predict, timeout=20) as p:
+            for _ in range(20_000):               # bounded; stops when training is done
+                if done.is_set() and len(answers) > 3000:
+                    return
+                r = p.predict(rows, output="proba")
+                answers.append((r.model_version, r.y))
+
+    asker = threading.Thread(target=ask)
+    with Producer(d.ingest, producer_id="c", window=2, timeout=30) as prod:
+        prod.send(Xtr[:BATCH], ytr[:BATCH], split="train")
+        prod.flush()
+        asker.start()
+        for k in range(1, STEPS):
+            i = (k * BATCH) % (len(Xtr) - BATCH)
+            prod.send(Xtr[i:i + BATCH], ytr[i:i + BATCH], split="train")
+    done.set()
+    asker.join(120)
+    versions = sorted({v for v, _ in answers})
+    assert len(answers) > 3000 and len(versions) > 10, (len(answers), versions)
+    with threadpool_limits(1, user_api="blas"):
+        model = Model(hidden=(32,), task="multiclass", n_outputs=10, input_dim=64)
+        expected = {}
+        for k in range(STEPS):
+            i = (k * BATCH) % (len(Xtr) - BATCH)
+            model.partial_fit(Xtr[i:i + BATCH], ytr[i:i + BATCH])
+            if k + 1 in versions:
+                expected[k + 1] = model.predict_proba(rows)
+    wrong = [v for v, y in answers if not np.array_equal(y, expected[v])]
+    assert wrong == [], f"{len(wrong)} of {len(answers)} answers differ from their version's model"
