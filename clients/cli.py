@@ -206,14 +206,7 @@ def _evaluation_rows(status):
     rows = []
     d = status.get("diagnosis")
     if d:
-        se = d.get("gap_errors") or {}
-        gaps = ", ".join(f"{k} {_fmt(v)}" + (f" ± {se[k]:.2g}" if se.get(k) is not None else "")
-                         for k, v in d["gaps"].items())
-        rows.append(("diagnosis", f"{d['verdict'].upper()} ({d['figure']} gaps over Bayes proxy "
-                                  f"{_fmt(d['bayes_error'])}, counted above tolerance "
-                                  f"{_fmt(d['tolerance'])} and {_fmt(d.get('noise_sigmas'))} standard "
-                                  f"errors: {gaps})"))
-        rows.append(("what to do", d["recipe"]))
+        rows.extend(_diagnosis_rows(d))
     p = status.get("progressive")
     if p and p.get("rows"):
         rows.append(("progressive", ", ".join(f"{k} {_fmt(v)}" for k, v in p.items())))
@@ -221,15 +214,41 @@ def _evaluation_rows(status):
     if e:
         state = ("frozen" if e["frozen"] else "serving best" if e["serving_best"]
                  else "stopped" if e["stopped"] else "watching" if e["patience"] else "off")
-        rows.append(("early stopping", f"{state}: best dev {e['metric']} {_fmt(e['best_dev'])} at version "
-                                       f"{_fmt(e['best_version'])}, {e['evaluations_since_best']} evaluations "
-                                       f"since (patience {e['patience']}, action {e['action']})"))
+        best = (f"best dev {e['metric']} {_fmt(e['best_dev'])} at version {e['best_version']}, "
+                f"{e['evaluations_since_best']} evaluations since" if e["best_version"] is not None
+                else "no best dev figure yet")
+        rows.append(("early stopping", f"{state}: {best} (patience {e['patience']}, action {e['action']})"))
     sat = status.get("satisficing")
     if sat:
-        met = {True: "MET", False: "NOT MET", None: "no requests yet"}[sat["met"]]
-        p99 = sat["p99_seconds"]
-        rows.append(("satisficing", f"predict p99 {_fmt(None if p99 is None else p99 * 1e3)} ms "
-                                    f"<= {_fmt(sat['bound_seconds'] * 1e3)} ms: {met}"))
+        bound = f"{_fmt(sat['bound_seconds'] * 1e3)} ms"
+        if sat["met"] is None:
+            rows.append(("satisficing", f"predict p99 <= {bound}: UNKNOWN (no predict request answered yet)"))
+        else:
+            rows.append(("satisficing", f"predict p99 {_fmt(sat['p99_seconds'] * 1e3)} ms <= {bound} over "
+                                        f"the last {sat.get('requests')} answered requests: "
+                                        f"{'MET' if sat['met'] else 'NOT MET'}"))
+    return rows
+
+
+def _diagnosis_rows(d):
+    """The verdict, the gaps that have a figure, those that have none and why, the recipe."""
+    if d["figure"] is None:
+        rows = [("diagnosis", f"{d['verdict'].upper()} (no figures yet: the task is not known)")]
+    else:
+        rows = [("diagnosis", f"{d['verdict'].upper()} ({d['figure']} gaps over Bayes proxy "
+                              f"{_fmt(d['bayes_error'])}, counted above tolerance {_fmt(d['tolerance'])} "
+                              f"and {_fmt(d.get('noise_sigmas'))} standard errors)")]
+    se = d.get("gap_errors") or {}
+    measured = [f"{k} {_fmt(v)}" + (f" ± {se[k]:.2g}" if se.get(k) is not None else "")
+                for k, v in d["gaps"].items() if v is not None]
+    if measured:
+        rows.append(("gaps", ", ".join(measured)))
+    by_reason = {}
+    for gap, reason in (d.get("unmeasured") or {}).items():
+        by_reason.setdefault(reason, []).append(gap)
+    for i, (reason, gaps) in enumerate(by_reason.items()):
+        rows.append(("not measured" if i == 0 else "", f"{', '.join(gaps)}: {reason}"))
+    rows.append(("what to do", d["recipe"]))
     return rows
 
 
@@ -301,6 +320,7 @@ def cmd_demo(args):
 # -- parser ------------------------------------------------------------------------------------
 def build_parser():
     from .client import DEFAULT_CONTROL, DEFAULT_INGEST, DEFAULT_PREDICT
+    from .protocol import TRAIN_SPLITS
 
     parser = argparse.ArgumentParser(prog="learnd", description="Train a neural network online "
                                      "from ZeroMQ streams and serve it while it learns.")
@@ -346,7 +366,9 @@ def build_parser():
     replay.add_argument("--batch", type=int, default=64, help="rows per message (default 64)")
     replay.add_argument("--rate", type=float, default=0.0, help="rows per second (default: as fast as acked)")
     replay.add_argument("--passes", type=int, default=1, help="times through the file (default 1)")
-    replay.add_argument("--split", default="auto", choices=("auto", "train", "dev", "test"))
+    replay.add_argument("--split", default="auto", choices=TRAIN_SPLITS,
+                        help="auto: the daemon divides the rows by their hash; the others send every "
+                             "row there (default auto)")
     replay.add_argument("--producer", help="producer id (default: host-pid-random)")
     replay.add_argument("--window", type=int, default=16, help="batches in flight before waiting for acks")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -330,7 +330,12 @@ class Producer(_Connection):
         self.rejected: list[Rejected] = []
 
     def send(self, X, y=None, w=None, ids=None, split="auto", **header):
-        """Queue one batch (blocks while `window` batches await their acks); returns its seq."""
+        """Queue one batch (blocks while `window` batches await their acks); returns its seq.
+
+        split: "auto" (the daemon divides the rows by their hash), "train", "train_dev",
+        "dev" or "test" (every row goes there)."""
+        if split not in protocol.TRAIN_SPLITS:
+            raise ValueError(f"split must be one of {', '.join(protocol.TRAIN_SPLITS)}, got {split!r}")
         while len(self._pending) >= self.window:
             self._pump(self.timeout)
         arrays = {}

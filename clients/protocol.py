@@ -21,6 +21,9 @@ DTYPES.update({"<i1": np.dtype("i1"), "<u1": np.dtype("u1"), "<b1": np.dtype("?"
                "|b": np.dtype("?")})
 # `snapshot` (uint8) travels only on the snapshots socket: a model version for followers.
 ARRAY_NAMES = ("x", "y", "w", "ids", "snapshot")
+# The `split` a train message may name (docs/protocol.md section 4): "auto" lets the
+# daemon divide rows by their hash, the others send every row of the message there.
+TRAIN_SPLITS = ("auto", "train", "train_dev", "dev", "test")
 MAX_NDIM = 2
 # Fixed bounds on a header's shape (docs/protocol.md section 8).
 MAX_DEPTH = 8

@@ -5,14 +5,13 @@ import copy
 
 import numpy as np
 
-from learnd.clients.protocol import ProtocolError
+from learnd.clients.protocol import TRAIN_SPLITS, ProtocolError
 from learnd.engine import EngineError
 from learnd.engine.spec import ModelSpec
 
 from learnd.daemon.ingest import schema as checks
 from learnd.daemon.training.trainer import TrainItem
 
-SPLITS = ("auto", "train", "dev", "test")
 MAX_PRODUCER_LEN = 256
 
 
@@ -23,8 +22,8 @@ def train_fields(header):
         raise ProtocolError("bad_header", f"'producer' must be a string of 1..{MAX_PRODUCER_LEN} chars")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ProtocolError("bad_header", "'seq' must be a non-negative int")
-    if split not in SPLITS:
-        raise ProtocolError("bad_header", f"'split' must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split not in TRAIN_SPLITS:
+        raise ProtocolError("bad_header", f"'split' must be one of {', '.join(TRAIN_SPLITS)}, got {split!r}")
     return producer, seq, split
 
 

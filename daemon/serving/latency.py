@@ -1,5 +1,6 @@
-"""Predict latency over the most recent requests, for the satisficing metric: its
-99th percentile against a configured bound."""
+"""Predict latency over the most recent answered requests, for the satisficing metric:
+its 99th percentile against a configured bound.  Refused requests are not in it: their
+replies say nothing of how fast the model is served."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,10 @@ def satisficing_values(window, bound_s):
 
 
 def satisficing(window, bound_s):
-    """{"metric", "p99_seconds", "bound_seconds", "met"} (met is None before any request)."""
+    """{"metric", "p99_seconds", "bound_seconds", "requests", "met"}: requests is how many
+    answered requests the p99 is over; met (and the p99) is unknown, None (NaN), before
+    the first."""
     p99 = window.quantile(0.99)
     return {"metric": "predict_latency_p99", "p99_seconds": p99, "bound_seconds": bound_s,
+            "requests": min(window.count, window.values.shape[0]),
             "met": None if p99 != p99 else bool(p99 <= bound_s)}

@@ -169,7 +169,9 @@ class PredictServer(threading.Thread):
             self._requests_ok.inc()
             self.metrics.predict_rows.inc(m)
             reply = protocol.ok(**r.echo, model_version=snap.version, output=r.output)
-            self._send(r.identity, reply, {"y": y}, r.received)
+            # Only answered requests are the satisficing metric's latency: a refusal
+            # (not_ready, a bad shape) is quick and says nothing of serving a model.
+            self.latencies.record(self._send(r.identity, reply, {"y": y}, r.received))
 
     def _predict(self, snap, xs):
         """Head outputs (rows of every x, in order, n_outputs) from one kernel call."""
@@ -200,10 +202,11 @@ class PredictServer(threading.Thread):
         self._send(identity, protocol.error(code, message, **echo), None, t0)
 
     def _send(self, identity, reply, arrays, t0):
+        """Send a reply; returns the seconds since the request was received."""
         self.socket.send_multipart([identity, *protocol.encode(reply, arrays)], copy=False)
         elapsed = time.perf_counter() - t0
         self.metrics.predict_latency.observe(elapsed)
-        self.latencies.record(elapsed)
+        return elapsed
 
 
 def _outputs(task, P, output):

@@ -1,45 +1,65 @@
 """The rows each evaluated split is scored on: bounded reservoirs of held-out rows, and
 a window of the most recent training rows.  Each keeps inputs x (size, input_dim),
-targets Y (size, n_outputs) and sample weights w (size,), 1 where none were sent."""
+targets Y (size, n_outputs) and sample weights w (size,), 1 where none were sent.
+
+Every figure is over distinct rows: a row sent again (a replay's second pass) is the
+same evidence as the first time, and counting it twice would shrink the standard error
+the diagnosis weighs gaps against."""
 from __future__ import annotations
 
 import numpy as np
 
+from learnd.daemon.ingest.splits import row_keys
 from learnd.daemon.training.checkpoints import pack_array, unpack_array
 
 
 class Reservoir:
-    """At most `size` rows, a uniform sample of all rows offered (Vitter's algorithm R,
-    vectorized per batch), so the split's figures describe its whole history."""
+    """At most `size` distinct rows: a uniform sample of the distinct rows offered.
 
-    def __init__(self, size, input_dim, n_outputs, dtype, seed):
+    A row is known by its key, a 64-bit hash of its inputs (daemon.splits.row_keys).  The
+    reservoir holds the rows of the `size` smallest keys (a bottom-k sample): keys are
+    uniform and independent of the row's values, so that is a uniform sample of every
+    distinct row offered so far, whatever their order; and a resent row is the same
+    evidence, not new evidence: it keeps its one copy (taking the labels and weight it
+    came with last) and is never held twice, so the split's standard error counts
+    distinct rows.
+    """
+
+    def __init__(self, size, input_dim, n_outputs, dtype, seed=None):
         self.size = size
         self.x = np.empty((size, input_dim), dtype=dtype)
         self.Y = np.empty((size, n_outputs), dtype=dtype)
         self.w = np.ones(size)
+        self.keys = np.empty(size, dtype=np.uint64)
         self.filled = 0
-        self.offered = 0
-        self.rng = np.random.default_rng(seed)
+        self.offered = 0                 # rows offered, resent ones included
 
     def offer(self, x, Y, w=None):
         m = x.shape[0]
         w = np.ones(m) if w is None else w
-        take = min(m, self.size - self.filled)
-        if take:
-            self.x[self.filled:self.filled + take] = x[:take]
-            self.Y[self.filled:self.filled + take] = Y[:take]
-            self.w[self.filled:self.filled + take] = w[:take]
-            self.filled += take
-        rest = m - take
-        if rest:
-            # Row number k (1-based, over all offered) replaces a random slot with prob size/k.
-            k = self.offered + take + 1 + np.arange(rest)
-            slots = (self.rng.random(rest) * k).astype(np.int64)
-            keep = slots < self.size
-            self.x[slots[keep]] = x[take:][keep]
-            self.Y[slots[keep]] = Y[take:][keep]
-            self.w[slots[keep]] = w[take:][keep]
         self.offered += m
+        # The last copy of each row in this batch stands for it.
+        keys, last = np.unique(row_keys(x)[::-1], return_index=True)
+        rows = m - 1 - last
+        f = self.filled
+        _, held, again = np.intersect1d(self.keys[:f], keys, assume_unique=True, return_indices=True)
+        self._put(held, rows[again], x, Y, w)
+        fresh = np.ones(keys.shape[0], dtype=bool)
+        fresh[again] = False
+        keys, rows = keys[fresh], rows[fresh]
+        if f + keys.shape[0] > self.size:
+            # The size smallest keys of those held and those offered stay.
+            cut = np.partition(np.concatenate([self.keys[:f], keys]), self.size - 1)[self.size - 1]
+            keys, rows = keys[keys <= cut], rows[keys <= cut]
+            slots = np.concatenate([np.arange(f, self.size), np.flatnonzero(self.keys[:f] > cut)])
+        else:
+            slots = np.arange(f, f + keys.shape[0])
+        self._put(slots, rows, x, Y, w)
+        self.keys[slots] = keys
+        self.filled = min(self.size, f + keys.shape[0])
+
+    def _put(self, slots, rows, x, Y, w):
+        self.x[slots], self.Y[slots], self.w[slots] = x[rows], Y[rows], w[rows]
 
     def rows(self):
         """(x, Y, w) views of the rows held."""
@@ -50,10 +70,17 @@ class Reservoir:
         return {"x": pack_array(x), "Y": pack_array(Y), "w": pack_array(w), "offered": self.offered}
 
     def load_state(self, state):
+        """Take a saved reservoir.  Keys are computed again from the rows.  One saved
+        before rows had keys may hold a row more than once and is no bottom-k sample:
+        its rows are offered again (one copy each is kept), and new rows with smaller
+        keys replace them as they come."""
         x, Y = unpack_array(state["x"]), unpack_array(state["Y"])
-        self.filled = min(x.shape[0], self.size)
-        self.x[:self.filled], self.Y[:self.filled] = x[:self.filled], Y[:self.filled]
-        self.w[:self.filled] = unpack_array(state["w"])[:self.filled] if "w" in state else 1.0
+        w = unpack_array(state["w"]) if "w" in state else np.ones(x.shape[0])
+        n = min(x.shape[0], self.size)
+        keys, first = np.unique(row_keys(x[:n]), return_index=True)
+        self.filled = keys.shape[0]
+        self.keys[:self.filled] = keys
+        self._put(np.arange(self.filled), first, x, Y, w)
         self.offered = int(state["offered"])
 
 
@@ -85,6 +112,14 @@ class RecentWindow:
     def rows(self):
         """(x, Y, w) views of the rows held (in slot order, not time order)."""
         return self.x[:self.filled], self.Y[:self.filled], self.w[:self.filled]
+
+    def distinct_rows(self):
+        """(x, Y, w) of the rows held, each distinct row once (its most recent copy)."""
+        k = self.filled
+        idx = (self.pos - k + np.arange(k)) % self.size          # oldest first
+        _, last = np.unique(row_keys(self.x[idx])[::-1], return_index=True)
+        keep = np.sort(idx[k - 1 - last])
+        return self.x[keep], self.Y[keep], self.w[keep]
 
     def latest(self, k):
         """The k most recent rows, oldest first (copies)."""

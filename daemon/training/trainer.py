@@ -19,15 +19,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from learnd.clients.protocol import TRAIN_SPLITS
 from learnd.engine import EngineError, Model
 from learnd.engine.model import LIVE_SETTINGS
 from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 
 from learnd.daemon.ingest import splits
-from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
 from learnd.daemon.ingest.dedupe import Dedupe
-from learnd.daemon.training.diagnosis import GAPS, diagnose
+from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
+from learnd.daemon.training.diagnosis import GAPS, diagnose, why_no_figure
 from learnd.daemon.training.early_stopping import EarlyStopping
 from learnd.daemon.training.evaluation import RecentWindow, Reservoir
 from learnd.daemon.training.history import EvalHistory
@@ -108,11 +109,12 @@ class Trainer(threading.Thread):
         self.recent = None
         self.progressive = None
         self.last_eval = {}
-        self.diagnosis = diagnose({}, config.bayes_error, config.diagnosis_tolerance)
+        self.rows_sent = dict.fromkeys(TRAIN_SPLITS, 0)   # rows consumed, by the split their message named
         self.early = EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta)
         self.best_state = None            # engine state of the best dev model (early stopping)
         self.serving_best = False         # the best snapshot serves, not the latest model
         self.frozen = False               # no training steps until unfrozen
+        self.diagnosis = self._diagnose({})
         self.history = EvalHistory(config.state_dir)
         self._last_publish = 0.0
         self._last_norms = 0.0
@@ -141,8 +143,7 @@ class Trainer(threading.Thread):
         s, dtype = self.schema, self.model.dtype
         self.rebatcher = Rebatcher(s.input_dim, s.n_outputs, dtype)
         size = self.config.reservoir_size
-        self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype, seed=i)
-                           for i, split in enumerate(HELD_OUT)}
+        self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype) for split in HELD_OUT}
         self.recent = RecentWindow(size, s.input_dim, s.n_outputs, dtype)
         self.progressive = ProgressiveScore(s.task, self.config.progressive_window)
 
@@ -179,6 +180,7 @@ class Trainer(threading.Thread):
                          "loss_steps": self.loss_steps},
             "last_lsn": self.last_lsn,
             "dedupe": self.dedupe.to_state(),
+            "rows_sent": self.rows_sent,
         }
         if self.model is None:
             return {"model": None, "daemon": daemon}
@@ -200,6 +202,7 @@ class Trainer(threading.Thread):
         self.loss_ewma, self.loss_steps = c["loss_ewma"], c["loss_steps"]
         self.last_lsn = d["last_lsn"]
         self.dedupe = Dedupe.from_state(d["dedupe"], self.config.dedupe_window)
+        self.rows_sent.update(d.get("rows_sent", {}))
         if payload["model"] is not None:
             self.model = Model.from_state(state_from_bytes(payload["model"]))
             self._make_buffers()
@@ -283,6 +286,7 @@ class Trainer(threading.Thread):
             else:
                 self.reservoirs[split].offer(x, Y, w)
         self.dedupe.add(item.producer, item.seq)
+        self.rows_sent[item.split] += len(item.codes)
         self.last_lsn = max(self.last_lsn, item.lsn)
         self._dirty_since_checkpoint = True
 
@@ -387,18 +391,31 @@ class Trainer(threading.Thread):
             self.evaluate(now)
 
     def _stopping_metric(self):
+        """"error" or "loss"; None while "auto" waits for the task to be known."""
         metric = self.config.early_stopping_metric
-        if metric == "auto":
+        if metric == "auto" and self.schema.task is not None:
             metric = "loss" if self.schema.task == "regression" else "error"
-        return metric
+        return None if metric == "auto" else metric
+
+    def _diagnose(self, results):
+        """The diagnosis of evaluation results, with why each split missing from them has
+        no figure as of now (read from the server thread too: counters and whole objects)."""
+        cfg = self.config
+        held = {"train": self.recent.filled if self.recent is not None else 0,
+                **{split: r.filled for split, r in self.reservoirs.items()}}
+        fractions = {"dev_fraction": cfg.dev_fraction, "test_fraction": cfg.test_fraction,
+                     "train_dev_fraction": cfg.train_dev_fraction}
+        no_figure = {split: why_no_figure(split, held.get(split, 0), self.rows_sent, fractions, self.frozen,
+                                          cfg.eval_interval_s)
+                     for split in splits.NAMES if split not in results}
+        return diagnose(results, cfg.bayes_error, cfg.diagnosis_tolerance, self.schema.task, no_figure)
 
     def evaluate(self, now):
         """Score the recent training window and the held-out reservoirs (inference
         mode); then the diagnosis, early stopping, metrics and the history file."""
         results = {}
-        sources = {"train": self.recent, **self.reservoirs}
-        for split, source in sources.items():
-            x, Y, w = source.rows()
+        sources = {"train": self.recent.distinct_rows(), **{k: r.rows() for k, r in self.reservoirs.items()}}
+        for split, (x, Y, w) in sources.items():
             if x.shape[0] == 0:
                 continue
             weighted = not np.all(w == 1.0)
@@ -409,7 +426,7 @@ class Trainer(threading.Thread):
         self.last_eval = results
         self._last_eval_time = now
         self._last_eval_samples = self.samples_trained
-        self.diagnosis = diagnose(results, self.config.bayes_error, self.config.diagnosis_tolerance)
+        self.diagnosis = self._diagnose(results)
         self._set_diagnosis_metrics()
         # A best taken on a handful of dev rows (the reservoir is still filling) would be
         # a lucky draw that later, honest evaluations can never beat.
@@ -543,10 +560,12 @@ class Trainer(threading.Thread):
 
     def evaluation_status(self):
         """The evaluation part of `status`: figures per split, diagnosis, progressive
-        validation and early stopping."""
+        validation and early stopping.  The diagnosis is of the last evaluation's figures,
+        with the reasons for the missing ones as they are now (a split may have filled
+        since) and the task as now known."""
         return {
             "evaluation": self.last_eval,
-            "diagnosis": self.diagnosis,
+            "diagnosis": self._diagnose(self.last_eval),
             "progressive": self.progressive.figures() if self.progressive is not None else None,
             "early_stopping": {**self.early.figures(), "metric": self._stopping_metric(),
                                "action": self.config.early_stopping_action,

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import math
 
+import msgpack
 import numpy as np
 import pytest
 
-from learnd.daemon.training.diagnosis import RECIPES, diagnose
+from learnd.daemon.ingest.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws, row_keys
+from learnd.daemon.serving.latency import LatencyWindow, satisficing
+from learnd.daemon.training.checkpoints import unpack_array
+from learnd.daemon.training.diagnosis import GAPS, RECIPES, diagnose, why_no_figure
 from learnd.daemon.training.early_stopping import EarlyStopping
 from learnd.daemon.training.evaluation import RecentWindow, Reservoir
 from learnd.daemon.training.history import EvalHistory, read_history
-from learnd.daemon.serving.latency import LatencyWindow, satisficing
 from learnd.daemon.training.progressive import ProgressiveScore, batch_scores
-from learnd.daemon.ingest.splits import DEV, TEST, TRAIN, TRAIN_DEV, SplitAssigner, row_hash_draws
 from learnd.engine.metrics import evaluate_outputs
 
 
@@ -77,6 +79,20 @@ def test_explicit_splits():
     a = SplitAssigner(train_dev_fraction=0.1)
     assert set(a.assign(x, "dev")) == {DEV} and set(a.assign(x, "test")) == {TEST}
     assert set(a.assign(x, "train")) == {TRAIN}             # every row sent as train trains
+    assert set(a.assign(x, "train_dev")) == {TRAIN_DEV}     # a producer's own train-dev set
+
+
+def test_row_keys_name_a_row_by_its_values():
+    x = np.random.default_rng(4).standard_normal((3000, 6)).astype(np.float32)
+    keys = row_keys(x)
+    assert keys.dtype == np.uint64 and len(np.unique(keys)) == len(x)
+    assert np.array_equal(row_keys(x[::-1].copy()), keys[::-1])          # its neighbours do not matter
+    assert np.array_equal(row_keys(x.astype(np.float64).astype(np.float32)), keys)
+    z = np.zeros((1, 6), dtype=np.float32)
+    assert row_keys(z) == row_keys(-z)
+    # independent of the split draws: the keys of dev rows are spread like any others'
+    dev = SplitAssigner().assign(x, "auto") == DEV
+    assert 0.25 < (keys[dev] / 2.0 ** 64).mean() < 0.75
 
 
 def test_bad_fractions_are_refused():
@@ -94,6 +110,9 @@ def test_bad_fractions_are_refused():
     ({"train": 0.01, "train_dev": 0.02, "dev": 0.03, "test": 0.12}, "dev_overfitting"),
     ({"train": 0.01, "train_dev": 0.02, "dev": 0.03, "test": 0.03}, "ok"),
     ({"dev": 0.3}, "unknown"),
+    ({"train": 0.01, "dev": 0.90}, "variance_or_mismatch"),               # no train-dev set
+    ({"train": 0.01, "dev": 0.90, "test": 0.91}, "variance_or_mismatch"),
+    ({"train": 0.30, "dev": 0.31}, "avoidable_bias"),
 ])
 def test_the_verdict_is_the_largest_gap_above_the_tolerance(errors, verdict):
     d = diagnose({k: {"error": v} for k, v in errors.items()}, bayes_error=0.0, tolerance=0.02)
@@ -105,6 +124,10 @@ def test_gaps_use_the_bayes_proxy_and_say_none_when_a_split_is_missing():
     assert d["gaps"]["avoidable_bias"] == pytest.approx(0.02)
     assert d["gaps"]["variance"] is None and d["gaps"]["data_mismatch"] is None
     assert d["gaps"]["dev_overfitting"] is None and d["verdict"] == "ok"
+    assert d["gaps"]["variance_or_mismatch"] == pytest.approx(0.03)
+    # every gap without a value is named, with the split it lacks
+    assert set(d["unmeasured"]) == {"variance", "data_mismatch", "dev_overfitting"}
+    assert d["unmeasured"]["dev_overfitting"] == "no test figure"
     reg = diagnose({"train": {"mse": 4.0, "loss": 2.0}}, bayes_error=1.0, tolerance=0.5)
     assert reg["figure"] == "mse" and reg["gaps"]["avoidable_bias"] == 3.0
     assert reg["verdict"] == "avoidable_bias"
@@ -132,6 +155,61 @@ def test_a_split_with_no_errors_still_has_a_standard_error():
     assert d["verdict"] == "ok"                          # 3 of 10 against 0 of 10 is not yet variance
     reg = diagnose({"train": {"mse": 4.0, "rows": 10}}, bayes_error=1.0, tolerance=0.5)
     assert reg["gap_errors"]["avoidable_bias"] is None and reg["verdict"] == "avoidable_bias"
+
+
+def test_a_dev_error_far_above_train_is_never_ok():
+    # The mismatch a user builds as README.md says: train rows sent as train, the target
+    # rows as dev, no train-dev set: the gap is there, and the verdict says so.
+    results = {"train": {"error": 0.02, "rows": 1700}, "dev": {"error": 0.9, "rows": 300}}
+    why = {"train_dev": "train_dev split empty: rows are sent with split train; send training rows "
+                        "with split auto so a train-dev set is kept, or send train_dev rows",
+           "test": "test split empty: no rows sent with split test or auto yet"}
+    d = diagnose(results, bayes_error=0.05, tolerance=0.02, task="multiclass", no_figure=why)
+    assert d["verdict"] == "variance_or_mismatch" and d["recipe"] == RECIPES["variance_or_mismatch"]
+    assert "split auto" in d["recipe"] and "train_dev rows" in d["recipe"]
+    assert d["gaps"]["variance_or_mismatch"] == pytest.approx(0.88)
+    assert d["unmeasured"]["variance"] == why["train_dev"] == d["unmeasured"]["data_mismatch"]
+    assert d["unmeasured"]["dev_overfitting"] == why["test"]
+    # a handful of train-dev rows tells neither part apart: still not ok
+    few = {**results, "train_dev": {"error": 0.5, "rows": 4}}
+    d = diagnose(few, bayes_error=0.05, tolerance=0.02, task="multiclass")
+    assert d["verdict"] == "variance_or_mismatch" and "variance" not in d["unmeasured"]
+    # with enough train-dev rows the part that counts is the verdict, the sum is not
+    enough = {**results, "train_dev": {"error": 0.03, "rows": 400}}
+    assert diagnose(enough, bayes_error=0.05, tolerance=0.02)["verdict"] == "data_mismatch"
+    enough["train_dev"]["error"] = 0.88
+    assert diagnose(enough, bayes_error=0.05, tolerance=0.02)["verdict"] == "variance"
+
+
+def test_the_figure_is_named_by_the_task_before_any_evaluation():
+    assert diagnose({}, task="multiclass")["figure"] == "error"
+    assert diagnose({}, task="binary")["figure"] == "error"
+    assert diagnose({}, task="regression")["figure"] == "mse"
+    d = diagnose({})
+    assert d["figure"] is None and d["verdict"] == "unknown"
+    assert all(d["gaps"][g] is None for g in GAPS) and set(d["unmeasured"]) == set(GAPS)
+
+
+FRACTIONS = {"dev_fraction": 0.02, "test_fraction": 0.02, "train_dev_fraction": 0.02}
+
+
+def test_why_a_split_has_no_figure():
+    def why(split, held=0, frozen=False, fractions=FRACTIONS, **sent):
+        return why_no_figure(split, held, sent, fractions, frozen, eval_interval_s=5.0)
+
+    assert why("dev", held=36) == "dev split holds 36 distinct rows and has not been evaluated yet (it runs every 5 s)"
+    assert why("train", held=2000).startswith("train split holds the last 2000 trained rows and has not")
+    assert why("train_dev", train=1797) == ("train_dev split empty: rows are sent with split train; send "
+                                            "training rows with split auto so a train-dev set is kept, or "
+                                            "send train_dev rows")
+    assert "none of the 40 rows sent with split auto" in why("train_dev", auto=40)
+    assert "train_dev_fraction is 0" in why("train_dev", auto=40, fractions={**FRACTIONS,
+                                                                             "train_dev_fraction": 0.0})
+    assert "no rows sent with split test or auto" in why("test", train=100, dev=50)
+    assert "dev_fraction is 0" in why("dev", auto=500, fractions={**FRACTIONS, "dev_fraction": 0.0})
+    assert "no training rows yet" in why("train")
+    assert "training is frozen" in why("train", auto=500, frozen=True)
+    assert "no training step yet" in why("train", train=10)
 
 
 # -- metrics against scikit-learn's definitions, computed here by hand ---------------------
@@ -213,11 +291,13 @@ def test_patience_counts_evaluations_without_improvement():
 # -- satisficing latency and the history file ------------------------------------------------------
 def test_latency_window_p99_and_bound():
     lw = LatencyWindow(size=1000)
-    assert satisficing(lw, 0.01)["met"] is None
+    none = satisficing(lw, 0.01)
+    assert none["met"] is None and none["requests"] == 0 and math.isnan(none["p99_seconds"])
     for i in range(3000):                 # only the last 1000 count: 0.002..0.003 s
         lw.record(1.0 if i < 2000 else 0.002 + (i - 2000) * 1e-6)
     assert lw.quantile(0.99) == pytest.approx(0.002 + 989e-6, abs=2e-6)
     assert satisficing(lw, 0.01)["met"] is True and satisficing(lw, 0.001)["met"] is False
+    assert satisficing(lw, 0.01)["requests"] == 1000
 
 
 def test_history_is_bounded_and_survives_a_torn_line(tmp_path):
@@ -232,9 +312,9 @@ def test_history_is_bounded_and_survives_a_torn_line(tmp_path):
 
 
 def test_reservoirs_keep_weights_and_a_uniform_sample():
-    r = Reservoir(100, 2, 1, np.float32, seed=0)
+    r = Reservoir(100, 2, 1, np.float32)
     for k in range(100):
-        x = np.full((10, 2), k, dtype=np.float32)
+        x = np.stack([np.full(10, k), np.arange(10)], axis=1).astype(np.float32)
         r.offer(x, x[:, :1], np.full(10, 2.0))
     x, Y, w = r.rows()
     assert len(x) == 100 and np.all(w == 2.0)
@@ -242,3 +322,56 @@ def test_reservoirs_keep_weights_and_a_uniform_sample():
     win = RecentWindow(5, 1, 1, np.float32)
     win.offer(np.arange(7, dtype=np.float32)[:, None], np.zeros((7, 1), np.float32))
     assert sorted(win.rows()[0][:, 0]) == [2, 3, 4, 5, 6] and np.all(win.rows()[2] == 1.0)
+
+
+def test_a_resent_row_is_held_once():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((36, 4)).astype(np.float32)
+    r = Reservoir(2000, 4, 1, np.float32)
+    for p in range(8):                                   # eight passes, as `learnd replay --passes 8`
+        for i in range(0, 36, 5):
+            r.offer(x[i:i + 5], np.full((len(x[i:i + 5]), 1), p, np.float32))
+    held, Y, _ = r.rows()
+    assert r.filled == 36 and r.offered == 8 * 36
+    assert {tuple(row) for row in held} == {tuple(row) for row in x}
+    assert np.all(Y == 7)                                # the labels of the last copy
+    r.offer(np.concatenate([x[:3], x[:3]]), np.array([[1], [2], [3], [4], [5], [6]], np.float32))
+    assert r.filled == 36 and sorted(Y[np.isin(row_keys(held), row_keys(x[:3]))][:, 0]) == [4, 5, 6]
+
+
+def test_a_full_reservoir_is_the_same_uniform_sample_of_distinct_rows_whatever_the_resends():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5000, 3)).astype(np.float32)
+    once, often = Reservoir(300, 3, 1, np.float32), Reservoir(300, 3, 1, np.float32)
+    once.offer(x, x[:, :1])
+    for _ in range(3):                                   # resent, in other orders and batch sizes
+        order = rng.permutation(len(x))
+        for i in range(0, len(x), 97):
+            often.offer(x[order[i:i + 97]], x[order[i:i + 97], :1])
+    a, b = once.rows()[0], often.rows()[0]
+    assert len(a) == len(b) == 300 and len(np.unique(b, axis=0)) == 300
+    assert {tuple(row) for row in a} == {tuple(row) for row in b}
+    assert abs(a[:, 0].mean() - x[:, 0].mean()) < 0.2     # a sample of the whole, not of one end
+
+
+def test_a_reservoir_saved_with_repeated_rows_loads_each_once():
+    # Reservoirs written before rows had keys held a resent row once per copy.
+    x = np.random.default_rng(7).standard_normal((50, 2)).astype(np.float32)
+    old = Reservoir(200, 2, 1, np.float32)
+    old.x[:150], old.Y[:150], old.filled, old.offered = np.tile(x, (3, 1)), 1.0, 150, 150
+    state = msgpack.unpackb(msgpack.packb(old.to_state()))       # as a checkpoint stores it
+    assert unpack_array(state["x"]).shape == (150, 2)
+    r = Reservoir(200, 2, 1, np.float32)
+    r.load_state(state)
+    assert r.filled == 50 and {tuple(row) for row in r.rows()[0]} == {tuple(row) for row in x}
+    r.offer(x[:10], np.zeros((10, 1), np.float32))       # and goes on holding each once
+    assert r.filled == 50
+
+
+def test_the_train_window_counts_each_recent_row_once():
+    win = RecentWindow(6, 1, 1, np.float32)
+    x = np.array([1, 2, 1, 3, 1, 2, 4, 1], np.float32)[:, None]
+    win.offer(x, np.arange(8, dtype=np.float32)[:, None])
+    dx, dY, dw = win.distinct_rows()                     # the window holds 1, 3, 1, 2, 4, 1
+    assert sorted(dx[:, 0]) == [1, 2, 3, 4] and len(dw) == 4
+    assert dict(zip(dx[:, 0], dY[:, 0]))[1.0] == 7       # the most recent copy
