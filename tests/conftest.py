@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -12,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from learnd.clients.launch import start_daemon
+from learnd.daemon.serving.snapshots import default_directory
 
 START_TIMEOUT_S = 90.0     # a cold Numba cache compiles every kernel first
 
@@ -131,6 +133,9 @@ def daemons(tmp_path, daemon_mode):
     yield start
     for d in started:
         d.kill()
+        # A killed daemon leaves its run dir on /dev/shm (a clean stop removes it): the
+        # machine's memory, not the test's tmp_path, so it goes here.
+        shutil.rmtree(default_directory(d.state_dir), ignore_errors=True)
 
 
 @pytest.fixture

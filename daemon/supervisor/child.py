@@ -36,13 +36,20 @@ log = logging.getLogger("learnd.child")
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent():
-    """Ask the kernel to SIGKILL this process when its parent (the supervisor) dies.
+SUPERVISOR_PID_ENV = "LEARND_SUPERVISOR_PID"
+
+
+def die_with_parent(parent):
+    """Ask the kernel to SIGKILL this process when its parent, the supervisor (pid
+    `parent`), dies; exit at once if it died before we asked (the interpreter's start
+    takes a while: a supervisor killed meanwhile would leave this process behind).
     Linux only; elsewhere the loop's parent check does it within a second."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        sys.exit(1)
 
 
 class ChildProcess(abc.ABC):
@@ -60,7 +67,7 @@ class ChildProcess(abc.ABC):
         self.metrics = Metrics()
         self.should_exit = False
         self.started = time.monotonic()
-        self.parent = os.getppid()
+        self.parent = int(os.environ[SUPERVISOR_PID_ENV])
         self.limits = Limits(max_header_bytes=config.max_header_bytes,
                              max_array_bytes=config.max_array_bytes,
                              max_message_bytes=config.max_message_bytes,
@@ -90,7 +97,7 @@ class ChildProcess(abc.ABC):
 
     def _handle(self, message):
         if message.op == "metrics":
-            return {"text": generate_latest(self.metrics.registry).decode()}
+            return {"text": generate_latest(self.metrics.registry).decode(), "pid": os.getpid()}
         if message.op == "status":
             return {"role": self.role, "pid": os.getpid(),
                     "uptime_seconds": time.monotonic() - self.started, **self.status_part()}
@@ -181,7 +188,7 @@ class ChildProcess(abc.ABC):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     role, path, binds = argv[0], argv[1], dict(a.split("=", 1) for a in argv[2:])
-    die_with_parent()
+    die_with_parent(int(os.environ[SUPERVISOR_PID_ENV]))
     run = RunDir(path)
     # The supervisor passes the addresses this child binds: the configured ones at first,
     # the ports actually bound when it restarts the child (so clients find it again).

@@ -57,33 +57,59 @@ def _owner_of(name, labels):
     return GAUGE_OWNERS.get(name, "trainer")
 
 
-def merge(expositions):
-    """Metric families for {role: exposition text}, merged as the module says."""
+def _samples(text):
+    """(family name, type, help, sample name, labels, value) of an exposition, without
+    the per-process `_created` start times (a sum of them means nothing)."""
+    for fam in text_string_to_metric_families(text):
+        if fam.name.endswith("_created"):
+            continue
+        yield fam.name, fam.type, fam.documentation, None, (), None   # the family, even empty
+        for s in fam.samples:
+            if not s.name.endswith("_created"):
+                yield fam.name, fam.type, fam.documentation, s.name, tuple(sorted(s.labels.items())), s.value
+
+
+def counter_values(text):
+    """{(family, type, help, sample, labels): value} of the counters and histograms in an
+    exposition: what a process has counted, to keep once it is gone."""
+    return {(f, t, h, n, labels): v for f, t, h, n, labels, v in _samples(text)
+            if n is not None and t != "gauge"}
+
+
+def merge(expositions, stale=None, retired=None):
+    """Metric families for {role: exposition text}, merged as the module says.
+
+    stale: {role: exposition} of children that did not answer this scrape (restarting,
+    or slow): their counters, as last seen, still count, their gauges do not.
+    retired: counter_values() summed over the processes that died, added to the sums so
+    that a counter of the tree never goes down when a child restarts (Prometheus would
+    take the drop for a reset and count the whole remaining total again)."""
     families = {}
-    out_order = []
     values = {}      # (family, sample name, labels) -> value
+
+    def add(role, f, t, h, n, labels, v, gauges=True):
+        families.setdefault(f, (t, h))          # a family no process has set yet is still declared
+        if n is None:
+            return
+        key = (f, n, labels)
+        if t == "gauge":
+            if not gauges or _owner_of(f, dict(labels)) != role.split("-")[0]:
+                return
+            # Several workers own a latency gauge: the largest is the tree's.
+            old = values.get(key)
+            values[key] = v if old is None or not old >= v else old
+        else:
+            values[key] = values.get(key, 0.0) + v
+
     for role, text in expositions.items():
-        kind = role.split("-")[0]
-        for fam in text_string_to_metric_families(text):
-            if fam.name.endswith("_created"):      # each process's own start times: no sum of them
-                continue
-            if fam.name not in families:
-                families[fam.name] = (fam.type, fam.documentation)
-                # A labelled family no process has set yet is still declared.
-                out_order.append(fam.name)
-            for s in fam.samples:
-                if s.name.endswith("_created"):
-                    continue
-                key = (fam.name, s.name, tuple(sorted(s.labels.items())))
-                if fam.type == "gauge":
-                    if _owner_of(fam.name, s.labels) != kind:
-                        continue
-                    # Several workers own a latency gauge: the largest is the tree's.
-                    old = values.get(key)
-                    values[key] = s.value if old is None or not old >= s.value else old
-                else:
-                    values[key] = values.get(key, 0.0) + s.value
-    out = {name: Metric(name, families[name][1], families[name][0]) for name in out_order}
+        for sample in _samples(text):
+            add(role, *sample)
+    for role, text in (stale or {}).items():
+        for sample in _samples(text):
+            add(role, *sample, gauges=False)
+    for (f, t, h, n, labels), v in (retired or {}).items():
+        add("retired", f, t, h, n, labels, v, gauges=False)
+    out = {name: Metric(name, doc, kind) for name, (kind, doc) in families.items()}
     for (fname, sname, labels), value in values.items():
         out[fname].add_sample(sname, dict(labels), value)
     return list(out.values())
@@ -91,7 +117,12 @@ def merge(expositions):
 
 class TreeCollector:
     """A prometheus_client collector: the merged metrics of the children `addresses()`
-    names ({role: control address}) at scrape time."""
+    names ({role: control address}) at scrape time.
+
+    It remembers each child's last exposition (and its pid): a child that misses a
+    scrape still counts with what it last said, and when a child is replaced by a new
+    process, the old one's counters are kept in `retired`, so the tree's counters only
+    ever go up."""
 
     def __init__(self, ctx, addresses, failures, own_registry):
         """own_registry: the supervisor's Metrics registry, merged as role "supervisor"."""
@@ -99,16 +130,28 @@ class TreeCollector:
         self.addresses = addresses
         self.failures = failures
         self.own_registry = own_registry
+        self.last = {}           # role -> (pid, exposition text)
+        self.retired = {}        # counter_values() key -> value, over dead processes
 
     def collect(self):
         texts = {"supervisor": generate_latest(self.own_registry).decode()}
-        for role, address in self.addresses().items():
+        addresses = self.addresses()
+        for role, address in addresses.items():
             result = ask(self.ctx, address, "metrics")
             if result is None:
                 self.failures.labels(role).inc()
                 continue
+            self._seen(role, result["pid"], result["text"])
             texts[role] = result["text"]
-        yield from merge(texts)
+        stale = {role: text for role, (_, text) in self.last.items() if role not in texts}
+        yield from merge(texts, stale, self.retired)
+
+    def _seen(self, role, pid, text):
+        old = self.last.get(role)
+        if old is not None and old[0] != pid:
+            for key, value in counter_values(old[1]).items():
+                self.retired[key] = self.retired.get(key, 0.0) + value
+        self.last[role] = (pid, text)
 
     def describe(self):
         return []

@@ -31,7 +31,7 @@ from learnd.daemon.serving.broadcast import SnapshotBroadcast
 from learnd.daemon.serving.latency import satisficing, satisficing_values
 from learnd.daemon.serving.predictor import PredictServer
 from learnd.daemon.supervisor import control as control_ops
-from learnd.daemon.supervisor import sockets
+from learnd.daemon.supervisor import sockets, statedir
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
 from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
@@ -43,7 +43,7 @@ log = logging.getLogger("learnd.server")
 
 ENDPOINTS_FILE = "endpoints.json"
 EXIT_PORT_IN_USE = sockets.EXIT_PORT_IN_USE
-EXIT_STATE_DIR = 4
+EXIT_STATE_DIR = statedir.EXIT_STATE_DIR
 EXIT_TRAINER_FAILED = 5
 
 
@@ -73,6 +73,7 @@ class Server:
         self.wal = None
         self.http = None
         self.curve = None
+        self.state_lock = None       # the state dir's lock (statedir), from start to stop
         self.handshakes = None
         self._loop_tick = time.monotonic()
         self._rejects_since_log = 0
@@ -135,15 +136,7 @@ class Server:
         log.info("learnd started (pid %d), state in %s", os.getpid(), os.path.abspath(cfg.state_dir))
 
     def _prepare_state_dir(self):
-        d = self.config.state_dir
-        try:
-            os.makedirs(d, exist_ok=True)
-            probe = os.path.join(d, ".write-probe")
-            with open(probe, "wb") as f:
-                f.write(b"x")
-            os.unlink(probe)
-        except OSError as exc:
-            raise StartupError(f"state dir {d} is not writable: {exc.strerror}", EXIT_STATE_DIR) from None
+        self.state_lock = statedir.prepare(self.config.state_dir)
 
     def _restore(self):
         def failed(path, exc):
@@ -353,6 +346,9 @@ class Server:
             self.curve.stop()
         if self.ctx is not None:
             self.ctx.term()
+        if self.state_lock is not None:
+            os.close(self.state_lock)
+            self.state_lock = None
         log.info("learnd stopped")
 
     def run(self):

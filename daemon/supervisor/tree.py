@@ -37,12 +37,14 @@ from learnd.daemon.metrics import Metrics
 from learnd.daemon.serving.snapshots import SnapshotReader
 from learnd.daemon.supervisor import control as control_ops
 from learnd.daemon.supervisor import sockets
+from learnd.daemon.supervisor.child import SUPERVISOR_PID_ENV
 from learnd.daemon.supervisor.collect import TreeCollector, ask
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
 from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
 from learnd.daemon.supervisor.rundir import RunDir
-from learnd.daemon.supervisor.server import ENDPOINTS_FILE, EXIT_PORT_IN_USE, EXIT_STATE_DIR
+from learnd.daemon.supervisor import statedir
+from learnd.daemon.supervisor.server import ENDPOINTS_FILE, EXIT_PORT_IN_USE
 from learnd.engine.state import write_atomic
 
 log = logging.getLogger("learnd.supervisor")
@@ -54,6 +56,7 @@ STOP_TIMEOUT_S = 60.0
 # Live settings the predict workers apply (the rest are the trainer's).
 PREDICT_SETTINGS = ("predict_p99_bound_ms",)
 FORWARD_TIMEOUT_S = 60.0
+LOOP_STALL_S = 10.0          # /healthz fails when the supervisor's loop stops turning
 # Which child binds which public socket.
 PUBLIC = {"ingest": "ingest", "trainer": "snapshots"}
 
@@ -61,8 +64,9 @@ PUBLIC = {"ingest": "ingest", "trainer": "snapshots"}
 class Child:
     """One child process: how to start it, its process, its deaths."""
 
-    def __init__(self, role, run, binds):
+    def __init__(self, role, run, binds, state_lock):
         self.role = role
+        self.state_lock = state_lock     # the state dir's lock, held by every process of the tree
         self.rundir = run
         self.binds = binds           # {config key: address}; concrete once first bound
         self.proc = None
@@ -70,23 +74,37 @@ class Child:
         self.deaths = collections.deque()
         self.restarts = 0
         self.restart_at = None       # monotonic time of the next start, after a death
+        self.starting = False        # started, not yet serving
+        self.down_since = None       # monotonic time it died, until it serves again
 
     def start(self):
         argv = [sys.executable, "-m", "learnd.daemon.supervisor.child", self.role, self.rundir.path,
                 *[f"{k}={v}" for k, v in self.binds.items()]]
-        self.proc = subprocess.Popen(argv)
+        self.proc = subprocess.Popen(argv, env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())},
+                                     pass_fds=(self.state_lock,))
         self.started = time.monotonic()
         self.restart_at = None
+        self.starting = True
+
+    def serving_info(self):
+        """The info this process wrote once serving, or None while it starts; raises
+        StartupError with the child's own message and exit code if it could not start."""
+        info = self.rundir.read_info(self.role)
+        if info is None or info.get("pid") != self.proc.pid:
+            return None
+        if "error" in info:
+            self.proc.wait(STOP_TIMEOUT_S)
+            raise StartupError(info["error"], info["exit_code"])
+        self.starting = False
+        self.down_since = None
+        return info
 
     def wait_serving(self, timeout):
         """The child's info once it serves; raises StartupError if it exits or hangs."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            info = self.rundir.read_info(self.role)
-            if info is not None and info.get("pid") == self.proc.pid:
-                if "error" in info:
-                    self.proc.wait(STOP_TIMEOUT_S)
-                    raise StartupError(info["error"], info["exit_code"])
+            info = self.serving_info()
+            if info is not None:
                 return info
             if self.proc.poll() is not None:
                 raise StartupError(f"the {self.role} process exited with {self.proc.returncode} "
@@ -97,6 +115,15 @@ class Child:
     @property
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def serving(self):
+        """Alive and past its start: its control socket answers."""
+        return self.alive and not self.starting
+
+    @property
+    def state(self):
+        return "serving" if self.serving else "starting" if self.alive else "down"
 
 
 class Supervisor:
@@ -129,22 +156,17 @@ class Supervisor:
         self.ctx = None
         self.http = None
         self.curve = None
+        self.state_lock = None       # the state dir's lock (statedir), from start to stop
         self.rundir = None
+        self.loop_beat = time.monotonic()   # the main loop's last turn, for /healthz
 
     # -- startup ---------------------------------------------------------------------------
     def startup(self):
         cfg = self.config
         if cfg.curve_server_secret:
             self.curve = CurveServer(cfg)
-        try:
-            os.makedirs(cfg.state_dir, exist_ok=True)
-            probe = os.path.join(cfg.state_dir, ".write-probe")
-            with open(probe, "wb") as f:
-                f.write(b"x")
-            os.unlink(probe)
-        except OSError as exc:
-            raise StartupError(f"state dir {cfg.state_dir} is not writable: {exc.strerror}",
-                               EXIT_STATE_DIR) from None
+        # Held until the last child exits: the children inherit it (statedir).
+        self.state_lock = statedir.prepare(cfg.state_dir)
         self.rundir = RunDir.for_state_dir(cfg.state_dir).create()
         self.rundir.write_config(cfg)
         self.ctx = zmq.Context()
@@ -158,7 +180,7 @@ class Supervisor:
                  **{r: {"predict": cfg.predict} for r in roles if r.startswith("predict-")}}
         self.links = {}
         for role in roles:
-            child = self.children[role] = Child(role, self.rundir, binds[role])
+            child = self.children[role] = Child(role, self.rundir, binds[role], self.state_lock)
             child.start()
             info = child.wait_serving(START_TIMEOUT_S)
             for name, address in info["bound"].items():
@@ -166,7 +188,7 @@ class Supervisor:
                 self.bound[name] = address
             self._link(role)
         self.registry.register(TreeCollector(self.ctx, lambda: {r: self.rundir.control(r) for r, c in
-                                                                 self.children.items() if c.alive},
+                                                                 self.children.items() if c.serving},
                                              self.collect_failures, self.metrics.registry))
         self.handshakes = HandshakeWatcher(self.ctx, {"control": self.control}, self.metrics.auth_failures,
                                            self.curve)
@@ -215,10 +237,17 @@ class Supervisor:
 
     # -- health -------------------------------------------------------------------------------
     def healthy(self):
-        return all(c.alive for c in self.children.values())
+        """Every child serves, or is on its way back: a restart is the supervisor's job,
+        not a reason for an orchestrator to restart the whole tree (it would cost more)."""
+        now = time.monotonic()
+        return now - self.loop_beat < LOOP_STALL_S and all(
+            c.serving or (c.down_since is not None and now - c.down_since < START_TIMEOUT_S)
+            for c in self.children.values())
 
     def ready(self):
-        return self.healthy() and self._snapshots.current() is not None
+        """Predictions are answered: a predict worker serves a published snapshot."""
+        return (any(c.serving for r, c in self.children.items() if r.startswith("predict-"))
+                and self._snapshots.current() is not None)
 
     # -- control ------------------------------------------------------------------------------
     def _handle(self, message):
@@ -240,7 +269,7 @@ class Supervisor:
         workers at once; `set` goes to the trainer, and what it accepted of the predict
         workers' settings to them after."""
         op = header["op"]
-        if not self.children["trainer"].alive:
+        if not self.children["trainer"].serving:
             if op == "status":
                 self._reply_status(identity, echo, {})
             else:
@@ -251,7 +280,7 @@ class Supervisor:
             self.endpoint.reject(identity, ProtocolError(
                 "busy", f"{ControlEndpoint.MAX_PENDING} control operations are already waiting"), echo)
             return
-        roles = ["trainer"] + ([r for r, c in self.children.items() if r.startswith("predict-") and c.alive]
+        roles = ["trainer"] + ([r for r, c in self.children.items() if r.startswith("predict-") and c.serving]
                                if op == "status" else [])
         self._ask(_Pending(identity, echo, op, header), header, roles)
 
@@ -289,7 +318,7 @@ class Supervisor:
             return
         settings = pending.header.get("settings") if pending.op == "set" else None
         theirs = {k: v for k, v in settings.items() if k in PREDICT_SETTINGS} if isinstance(settings, dict) else {}
-        workers = [r for r, c in self.children.items() if r.startswith("predict-") and c.alive]
+        workers = [r for r, c in self.children.items() if r.startswith("predict-") and c.serving]
         if theirs and workers and pending.trainer_result is None:
             pending.trainer_result = trainer        # the trainer validated them: now the workers
             pending.replies = {}
@@ -319,16 +348,18 @@ class Supervisor:
 
     def processes(self):
         out = [{"role": "supervisor", "pid": os.getpid(), "restarts": 0,
-                "uptime_seconds": time.monotonic() - self.started, "alive": True}]
+                "uptime_seconds": time.monotonic() - self.started, "alive": True, "state": "serving"}]
         now = time.monotonic()
         for role, c in self.children.items():
             out.append({"role": role, "pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
-                        "uptime_seconds": now - c.started if c.alive else 0.0, "alive": c.alive})
+                        "uptime_seconds": now - c.started if c.alive else 0.0, "alive": c.serving,
+                        "state": c.state})
         return out
 
     # -- the loop ----------------------------------------------------------------------------
     def main_loop(self):
         while not self.should_exit:
+            self.loop_beat = time.monotonic()
             if self.reload_requested:
                 self.reload_requested = False
                 if self.curve is not None:
@@ -404,8 +435,12 @@ class Supervisor:
                 continue
             code = c.proc.poll()
             if code is None:
+                if c.starting:
+                    self._check_started(c, now)
                 continue
             c.deaths.append(now)
+            if c.down_since is None:
+                c.down_since = now
             window = self.config.child_restart_window_s
             while c.deaths and now - c.deaths[0] > window:
                 c.deaths.popleft()
@@ -434,16 +469,24 @@ class Supervisor:
             c.restart_at = now + BACKOFF_S[min(len(c.deaths) - 1, len(BACKOFF_S) - 1)]
 
     def _restart(self, c):
+        """Start a dead child again; the loop goes on while it starts (a trainer reads its
+        checkpoint and catches up with the log), and `_check_started` links it once it serves."""
         c.start()
         c.restarts += 1
         self.child_restarts.labels(c.role).inc()
+
+    def _check_started(self, c, now):
         try:
-            c.wait_serving(START_TIMEOUT_S)
+            info = c.serving_info()
         except StartupError as exc:
-            log.error("%s", exc)
-            return
-        self._link(c.role)
-        log.info("the %s process restarted (pid %d)", c.role, c.proc.pid)
+            log.error("the %s process could not start again: %s", c.role, exc)
+            return                       # it exits: the next turn counts the death
+        if info is not None:
+            self._link(c.role)
+            log.info("the %s process restarted (pid %d)", c.role, c.proc.pid)
+        elif now - c.started > START_TIMEOUT_S:
+            log.error("the %s process did not start in %.0f s; killed", c.role, START_TIMEOUT_S)
+            c.proc.kill()
 
     def _measure(self):
         for role, pid in [("supervisor", os.getpid())] + [(r, c.proc.pid) for r, c in self.children.items()
@@ -487,6 +530,9 @@ class Supervisor:
             self.ctx.term()
         if self.rundir is not None and not any(c.alive for c in self.children.values()):
             self.rundir.remove()       # shared memory is freed with the daemon
+        if self.state_lock is not None:
+            os.close(self.state_lock)
+            self.state_lock = None
         if self.children:
             log.info("learnd stopped")
 

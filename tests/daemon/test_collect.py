@@ -58,3 +58,24 @@ def test_counters_add_up_and_each_gauge_comes_from_its_owner():
         "control", "ingest", "snapshots", "predict"}
     assert "# HELP learnd_eval_error " in text                          # declared families stay
     assert "_created" not in text                                       # per-process start times
+
+
+def test_the_tree_counters_never_go_down_when_a_child_restarts_or_misses_a_scrape():
+    from learnd.daemon.supervisor.collect import TreeCollector
+
+    failures = Counter("failures_total", "f", ["role"], registry=CollectorRegistry())
+    answering = {}
+    collector = TreeCollector(None, lambda: dict(answering), failures, CollectorRegistry())
+    collector._seen("ingest", 100, _exposition(5, {"learnd_delayed_label_store_rows": 9}))
+    # The child is away (restarting): its counters as last seen still count, its gauge not.
+    values, _ = _values(list(collector.collect()))
+    assert values[("learnd_rejected_total", (("reason", "bad_header"),))] == 5
+    assert ("learnd_delayed_label_store_rows", ()) not in values
+    # A new process (another pid) counts from 0 again: the old one's total is kept.
+    collector._seen("ingest", 101, _exposition(2, {"learnd_delayed_label_store_rows": 1}))
+    values, _ = _values(list(collector.collect()))
+    assert values[("learnd_rejected_total", (("reason", "bad_header"),))] == 7
+    # The same process again: nothing retired twice.
+    collector._seen("ingest", 101, _exposition(3))
+    values, _ = _values(list(collector.collect()))
+    assert values[("learnd_rejected_total", (("reason", "bad_header"),))] == 8

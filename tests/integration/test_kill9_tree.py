@@ -133,3 +133,38 @@ def test_a_child_that_keeps_dying_stops_the_daemon_with_exit_7(daemons, seed, da
     log = d.log()
     assert "the trainer process keeps dying: stopping the daemon (exit 7)" in log
     assert log.count("exited with signal 9") == 3
+
+
+@pytest.mark.parametrize("daemon_mode", ["tree"])
+def test_a_child_restart_keeps_the_tree_healthy_and_predicting(daemons, seed, daemon_mode):
+    """While the supervisor restarts the trainer, /healthz stays 200 (a restart is not
+    the orchestrator's business), /readyz stays 200 and the worker keeps answering from
+    the last snapshot; status shows the trainer's state and the restart is counted."""
+    d = daemons(env={"LEARND_MODEL_HIDDEN": "[16]"})
+    producer = ResendingProducer(seed)
+    try:
+        producer.connect(d.ingest)
+        producer.pump(1.0)
+        producer.pump(30, send_new=False)
+    finally:
+        producer.close()
+    d.wait_until(lambda: d.http("/readyz")[0] == 200, timeout=30, what="ready")
+    with Control(d.control) as c:
+        os.kill(_pid_of(c.status(), "trainer"), signal.SIGKILL)
+        states, probes, answered, turns = set(), set(), 0, 0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            trainer = next(p for p in c.status()["processes"] if p["role"] == "trainer")
+            states.add(trainer["state"])
+            probes.add((d.http("/healthz")[0], d.http("/readyz")[0]))
+            answered += _predict_once(d.predict, timeout_ms=1000) is not None
+            turns += 1
+            if trainer["state"] == "serving" and trainer["restarts"] == 1:
+                break
+        assert trainer["state"] == "serving" and trainer["restarts"] == 1, trainer
+    assert states & {"down", "starting"}, states       # it was seen away
+    assert probes == {(200, 200)}, probes
+    assert answered == turns, f"{turns - answered} of {turns} predictions unanswered"
+    assert d.metrics()['learnd_child_restarts_total{role=trainer}'] == 1
+    assert "the trainer process (pid" in d.log() and "exited with signal 9" in d.log()
+    assert d.stop() == 0

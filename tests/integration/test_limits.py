@@ -180,6 +180,24 @@ def test_a_read_only_state_dir_exits_4(tmp_path, mount_tmpfs, sub):
     assert one_line(r.stderr) == f"learnd serve: state dir {state} is not writable: Read-only file system"
 
 
+def test_a_second_daemon_on_a_state_dir_in_use_exits_4(daemons, daemon_mode):
+    """Two daemons writing one log and one checkpoint would corrupt both: the second
+    waits a moment for the lock (a killed tree's children may still be leaving), then
+    says who holds it."""
+    first = daemons("state", env=SMALL_MODEL)
+    mode = ["--single-process"] if daemon_mode == "single-process" else []
+    started = time.monotonic()
+    r = subprocess.run(serve_command(first.state_dir, mode), capture_output=True, text=True, timeout=60)
+    waited = time.monotonic() - started
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"learnd serve: state dir {first.state_dir} is in use by another learnd (pid {first.proc.pid})")
+    assert waited >= 9.0
+    assert first.proc.poll() is None                   # the first one is untouched and serving
+    with Control(first.control) as c:
+        assert c.status()["samples_trained"] == 0
+
+
 @pytest.mark.parametrize("taken", ["ingest", "predict", "control", "metrics"])
 def test_a_port_in_use_exits_3(tmp_path, taken):
     with socket.socket() as occupant:

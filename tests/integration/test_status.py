@@ -16,8 +16,8 @@ import zmq
 
 from learnd.clients import protocol
 from learnd.clients.client import Control, LearndError, Predictor, Producer
-from learnd.daemon.diagnosis import GAPS, diagnose
-from learnd.daemon.splits import DEV, TEST, TRAIN_DEV, SplitAssigner
+from learnd.daemon.training.diagnosis import GAPS, diagnose
+from learnd.daemon.ingest.splits import DEV, TEST, TRAIN_DEV, SplitAssigner
 from learnd.engine.datasets import load
 
 BATCH = 64
