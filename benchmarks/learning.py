@@ -27,6 +27,7 @@ over seeds.
     python -m benchmarks.learning --json out.json
     python -m benchmarks.learning --set lr=3e-3 batch_norm=False --no-sklearn
     python -m benchmarks.learning --datasets digits --hidden 256 128
+    python -m benchmarks.learning --replay-ratio 4 --replay-rows 4096 --no-sklearn
 
 ``--set key=value`` overrides Model settings (values are Python literals: 3e-3, False,
 'xavier', (0.9, 0.8)); it exists to choose the defaults by measurement.
@@ -59,6 +60,7 @@ DATASETS = {
     "sea_drift": ("binary", 1),
 }
 BATCH = 64
+DRIFT_ROWS = 2000          # rows after a change of concept that the drift figure covers
 HIDDEN = (64, 64)
 SEEDS = (0, 1, 2, 3, 4)
 MIN_STD = 1e-8
@@ -104,21 +106,36 @@ def _correct(pred, y):
     return int(np.sum(np.asarray(pred).reshape(-1) == y))
 
 
-def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides):
-    from learnd.engine import Model
+def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=None, concept=None):
+    """One pass; replay (ratio, rows) takes `ratio` learnd.Replay steps after each batch.
+    With `concept` (the concept id of each row) also the accuracy over the DRIFT_ROWS
+    rows after each change of concept."""
+    from learnd.engine import Model, Replay
 
     model = Model(hidden=hidden, task=task, n_outputs=n_outputs, seed=seed, **overrides)
-    right = scored = 0
+    learn = model.partial_fit
+    if replay is not None and replay[0] > 0:
+        learn = Replay(model, rows=replay[1], ratio=replay[0], seed=seed).learn
+    hits = np.zeros(start, dtype=bool)
+    scored = np.zeros(start, dtype=bool)
     t0 = time.perf_counter()
     for i, (a, b) in enumerate(_batches(start)):
         if i > 0:
-            right += _correct(model.predict(X[a:b]), y[a:b])
-            scored += b - a
-        model.partial_fit(X[a:b], y[a:b])
+            hits[a:b] = np.asarray(model.predict(X[a:b])).reshape(-1) == y[a:b]
+            scored[a:b] = True
+        learn(X[a:b], y[a:b])
     seconds = time.perf_counter() - t0
     held = _correct(model.predict(X[start:]), y[start:]) / (len(y) - start)
-    return {"prequential": right / scored, "heldout": held, "seconds": seconds,
-            "nonfinite_steps": model.nonfinite_steps}
+    out = {"prequential": hits[scored].mean(), "heldout": held, "seconds": seconds,
+           "nonfinite_steps": model.nonfinite_steps}
+    if concept is not None:
+        out["after_drift"] = [float(hits[c:c + DRIFT_ROWS].mean()) for c in _changes(concept[:start])]
+    return out
+
+
+def _changes(concept):
+    """Rows where the concept changes."""
+    return [int(i) for i in np.flatnonzero(np.diff(concept) != 0) + 1]
 
 
 def run_sklearn(X, y, start, task, n_outputs, seed, hidden):
@@ -148,17 +165,28 @@ def run_sklearn(X, y, start, task, n_outputs, seed, hidden):
 
 def _one(job):
     """One (learner, data set, seed) run; a top-level function so a pool can call it."""
-    learner, name, seed, hidden, overrides = job
+    learner, name, seed, hidden, overrides, replay = job
     from learnd.engine.datasets import load
 
     X, y, meta = load(name)
     start = meta["heldout"]["start"]
     task, k = DATASETS[name]
     if learner == "learnd":
-        out = run_learnd(X, y, start, task, k, seed, hidden, overrides)
+        concept = _concept(name)
+        out = run_learnd(X, y, start, task, k, seed, hidden, overrides, replay, concept)
     else:
         out = run_sklearn(X, y, start, task, k, seed, hidden)
     return {"learner": learner, "dataset": name, "seed": seed, **out}
+
+
+def _concept(name):
+    """The concept column of a drifting set (sea_drift), else None."""
+    import os as _os
+
+    from learnd.engine import datasets
+    path = _os.path.join(_os.path.dirname(datasets.__file__), f"{name}.npz")
+    with np.load(path, allow_pickle=False) as f:
+        return f["concept"].copy() if "concept" in f.files else None
 
 
 def _summary(runs, key):
@@ -167,9 +195,9 @@ def _summary(runs, key):
             "values": [float(x) for x in v]}
 
 
-def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1):
+def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1, replay=None):
     learners = ["learnd"] + (["sklearn"] if sklearn else [])
-    todo = [(lr, d, s, hidden, overrides) for d in datasets for lr in learners for s in seeds]
+    todo = [(lr, d, s, hidden, overrides, replay) for d in datasets for lr in learners for s in seeds]
     # Warm Numba's cache (and compile once) before timing anything.
     _warm(hidden, overrides)
     if jobs > 1:
@@ -189,6 +217,9 @@ def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1):
             }
             if lr == "learnd":
                 table[d][lr]["nonfinite_steps"] = int(sum(r["nonfinite_steps"] for r in rs))
+                if "after_drift" in rs[0]:
+                    table[d][lr]["after_drift"] = [float(np.mean(v)) for v in
+                                                   zip(*(r["after_drift"] for r in rs))]
     return table, results
 
 
@@ -203,10 +234,11 @@ def _warm(hidden, overrides):
         m.predict(X)
 
 
-def format_table(table, hidden, overrides, seeds):
+def format_table(table, hidden, overrides, seeds, replay=None):
     lines = []
     settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
-    lines.append(f"hidden={hidden}, learnd settings: {settings}; batch {BATCH}, "
+    replayed = f"replay ratio {replay[0]} over {replay[1]} rows" if replay and replay[0] else "no replay"
+    lines.append(f"hidden={hidden}, learnd settings: {settings}, {replayed}; batch {BATCH}, "
                  f"one pass, seeds {list(seeds)}; mean ± std over seeds")
     head = f"{'data set':<14} {'learner':<8} {'prequential':>17} {'held-out':>17} {'s/run':>7}"
     lines.append(head)
@@ -220,6 +252,9 @@ def format_table(table, hidden, overrides, seeds):
             dp = by["learnd"]["prequential"]["mean"] - by["sklearn"]["prequential"]["mean"]
             dh = by["learnd"]["heldout"]["mean"] - by["sklearn"]["heldout"]["mean"]
             lines.append(f"{'':<14} {'diff':<8} {dp:>+9.4f}{'':8} {dh:>+9.4f}")
+        if "after_drift" in by["learnd"]:
+            figures = ", ".join(f"{a:.4f}" for a in by["learnd"]["after_drift"])
+            lines.append(f"{'':<14} learnd accuracy over the {DRIFT_ROWS} rows after each change: {figures}")
     return "\n".join(lines)
 
 
@@ -258,6 +293,9 @@ def main(argv=None):
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                     help="override learnd Model settings (exploration)")
     ap.add_argument("--no-sklearn", action="store_true", help="run learnd only")
+    ap.add_argument("--replay-ratio", type=int, default=0,
+                    help="learnd.Replay steps after each batch (default 0: none)")
+    ap.add_argument("--replay-rows", type=int, default=4096, help="rows the replay window keeps")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
@@ -266,16 +304,18 @@ def main(argv=None):
     overrides = _parse_set(args.set)
     check_overrides(overrides)
     t0 = time.perf_counter()
+    replay = (args.replay_ratio, args.replay_rows)
     table, results = run(args.datasets, args.seeds, hidden, overrides,
-                         sklearn=not args.no_sklearn, jobs=args.jobs)
+                         sklearn=not args.no_sklearn, jobs=args.jobs, replay=replay)
     wall = time.perf_counter() - t0
-    print(format_table(table, hidden, overrides, args.seeds))
+    print(format_table(table, hidden, overrides, args.seeds, replay))
     print(f"wall time {wall:.1f} s")
     if args.json:
         import platform
         import sklearn
         doc = {"benchmark": "learning", "batch": BATCH, "hidden": list(hidden),
                "seeds": list(args.seeds), "learnd_overrides": overrides,
+               "replay": {"ratio": args.replay_ratio, "rows": args.replay_rows},
                "protocol": "one pass in file order, test-then-train on rows [0, heldout.start) "
                            "(first batch trained, not scored); held-out accuracy on rows "
                            "[heldout.start, n) after the pass",

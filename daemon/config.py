@@ -41,6 +41,8 @@ class Config:
     # Training.
     batch_size: int = 64            # rows per optimizer step after re-batching
     batch_linger_ms: float = 50.0   # train a smaller batch (>= 2 rows) after this wait
+    replay_rows: int = 4096         # recent training rows kept for replay steps
+    replay_ratio: int = 0           # replay steps per new step, taken while no new data waits (0: off)
     queue_size: int = 256           # train messages held between ingest and the trainer
     publish_interval_ms: float = 10.0   # at most this long between snapshots for serving
     blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core
@@ -114,6 +116,8 @@ class Config:
                 raise ConfigError(f"setting {f.name!r} must be a finite number >= 0, got {value!r}")
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be >= 2 (batch norm needs 2 rows), got {self.batch_size}")
+        if self.replay_rows < 2:
+            raise ConfigError(f"replay_rows must be >= 2, got {self.replay_rows}")
         if self.predict_workers != 1:
             raise ConfigError(f"predict_workers must be 1 in this version, got {self.predict_workers}")
         if self.queue_size < 1 or self.checkpoint_keep < 1:

@@ -53,6 +53,11 @@ class Metrics:
         self.samples_trained = Counter("learnd_samples_trained_total", "Rows trained on.", registry=r)
         self.batches_trained = Counter("learnd_batches_trained_total", "Optimizer steps applied.",
                                        registry=r)
+        self.replay_steps = Counter("learnd_replay_steps_total",
+                                    "Replay steps: optimizer steps on recent training rows, taken while "
+                                    "no new training data waits.", registry=r)
+        self.replay_step_seconds = Histogram("learnd_replay_step_seconds", "Time of one replay step.",
+                                             buckets=STEP_BUCKETS, registry=r)
         self.ingest_messages = Counter("learnd_ingest_messages_total",
                                        "Train messages by outcome (accepted, duplicate, rejected).",
                                        ["outcome"], registry=r)

@@ -3,5 +3,6 @@ from .errors import EngineError
 from .gradcheck import GradCheckReport
 from .model import Model
 from .network import Snapshot
+from .replay import Replay
 
-__all__ = ["EngineError", "GradCheckReport", "Model", "Snapshot"]
+__all__ = ["EngineError", "GradCheckReport", "Model", "Replay", "Snapshot"]

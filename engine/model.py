@@ -173,9 +173,31 @@ class Model:
         `nonfinite_steps`.
         """
         X, Y, w = self._batch(X, y, sample_weight, training=True)
+        shift, inv_scale = self.normalizer.stage(X)
+        loss, ok = self._step(X, Y, w, shift, inv_scale)
+        if ok:
+            self.normalizer.commit()
+            self.samples_seen += X.shape[0]
+        return loss
+
+    def rehearse(self, X, y, sample_weight=None):
+        """One optimizer step on rows the model has already learned from (replay).
+
+        The same step as partial_fit, except that the inputs are scaled with the
+        normalizer's statistics as they are (those rows are already in them) and
+        `samples_seen`, which drives the learning-rate schedule, does not grow: only
+        new rows advance an epoch.  Shapes as in partial_fit; returns J before the step.
+        """
+        if self.network is None:
+            raise EngineError("the model has not learned from any row yet; there is nothing to rehearse")
+        X, Y, w = self._batch(X, y, sample_weight, training=True)
+        loss, _ = self._step(X, Y, w, self.normalizer.shift, self.normalizer.inv_scale)
+        return loss
+
+    def _step(self, X, Y, w, shift, inv_scale):
+        """Forward, backward and update on a checked batch; (J, whether the step was taken)."""
         net = self.network
         m = X.shape[0]
-        shift, inv_scale = self.normalizer.stage(X)
         self._rng_backup[:] = self.rng_state
         loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
         self._last_batch_rows = m
@@ -187,15 +209,13 @@ class Model:
                 and (net.feat.size == 0 or count_nonfinite(net.feat.reshape(1, -1)) == 0)):
             self.rng_state[:] = self._rng_backup
             self.nonfinite_steps += 1
-            return float(loss)
+            return float(loss), False
         clip = self.spec.clip_norm
         g_scale = clip / norm if clip is not None and norm > clip else 1.0
         self.optimizer.step(net.flat_params, net.flat_grads, self.learning_rate, g_scale)
         if net.flat_stats.size:   # only batch-norm layers keep running statistics
             net.update_running_stats(m)
-        self.normalizer.commit()
-        self.samples_seen += m
-        return float(loss)
+        return float(loss), True
 
     def last_batch_outputs(self):
         """Head outputs (m, n_outputs) for the batch of the last partial_fit, from that

@@ -20,7 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from learnd.clients.protocol import TRAIN_SPLITS
-from learnd.engine import EngineError, Model
+from learnd.engine import EngineError, Model, Replay
 from learnd.engine.model import LIVE_SETTINGS
 from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
@@ -42,7 +42,7 @@ NORM_INTERVAL_S = 1.0
 GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
 # Daemon settings the control socket may change while running.
-LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "publish_interval_ms",
+LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "publish_interval_ms",
                         "checkpoint_interval_s", "eval_interval_s", "eval_interval_samples",
                         "bayes_error", "diagnosis_tolerance", "early_stopping_patience",
                         "early_stopping_min_delta", "early_stopping_min_dev_rows", "early_stopping_action",
@@ -97,6 +97,7 @@ class Trainer(threading.Thread):
         # Counters (ints and floats: read from other threads without locks).
         self.samples_trained = 0
         self.batches_trained = 0
+        self.replay_steps = 0             # steps on rows already learned (engine.Replay)
         self.nonfinite_steps = 0
         self.loss_ewma = 0.0
         self.loss_steps = 0
@@ -105,6 +106,8 @@ class Trainer(threading.Thread):
         self.last_checkpoint_path = None
         self.dedupe = Dedupe(config.dedupe_window)   # what is consumed (saved in checkpoints)
         self.rebatcher = None
+        self.replay = None                # engine.Replay: the recent training rows
+        self._replay_credit = 0           # replay steps earned by new steps, not yet taken
         self.reservoirs = {}
         self.recent = None
         self.progressive = None
@@ -126,6 +129,11 @@ class Trainer(threading.Thread):
 
     # -- model -----------------------------------------------------------------------------
     @property
+    def model_steps(self):
+        """Optimizer steps the model has taken, new and replay: the version it publishes."""
+        return self.batches_trained + self.replay_steps
+
+    @property
     def train_loss(self):
         """EWMA of the step loss, divided by 1 - beta^t so early values are not biased to 0."""
         if self.loss_steps == 0:
@@ -142,6 +150,8 @@ class Trainer(threading.Thread):
     def _make_buffers(self):
         s, dtype = self.schema, self.model.dtype
         self.rebatcher = Rebatcher(s.input_dim, s.n_outputs, dtype)
+        self.replay = Replay(self.model, rows=self.config.replay_rows, ratio=self.config.replay_ratio,
+                             batch_size=self.config.batch_size, seed=self.model.spec.seed)
         size = self.config.reservoir_size
         self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype) for split in HELD_OUT}
         self.recent = RecentWindow(size, s.input_dim, s.n_outputs, dtype)
@@ -150,7 +160,7 @@ class Trainer(threading.Thread):
     def publish(self, now=None):
         """Make the model as it is now the one that serves (a new immutable snapshot)."""
         now = time.monotonic() if now is None else now
-        self._set_snapshot(self.model.snapshot(version=self.batches_trained))
+        self._set_snapshot(self.model.snapshot(version=self.model_steps))
         self._last_publish = now
         self.serving_best = False
 
@@ -177,6 +187,7 @@ class Trainer(threading.Thread):
             "schema": self.schema.to_dict(),
             "counters": {"samples_trained": self.samples_trained, "batches_trained": self.batches_trained,
                          "nonfinite_steps": self.nonfinite_steps, "loss_ewma": self.loss_ewma,
+                         "replay_steps": self.replay_steps,
                          "loss_steps": self.loss_steps},
             "last_lsn": self.last_lsn,
             "dedupe": self.dedupe.to_state(),
@@ -185,6 +196,8 @@ class Trainer(threading.Thread):
         if self.model is None:
             return {"model": None, "daemon": daemon}
         daemon["buffer"] = {k: pack_array(v) for k, v in self.rebatcher.to_state().items()}
+        daemon["replay"] = {k: pack_array(v) if isinstance(v, np.ndarray) else v
+                            for k, v in self.replay.get_state().items()}
         daemon["reservoirs"] = {k: r.to_state() for k, r in self.reservoirs.items()}
         daemon["progressive"] = self.progressive.to_state()
         daemon["early_stopping"] = {**self.early.to_state(), "frozen": self.frozen,
@@ -200,6 +213,7 @@ class Trainer(threading.Thread):
         self.samples_trained, self.batches_trained = c["samples_trained"], c["batches_trained"]
         self.nonfinite_steps = c["nonfinite_steps"]
         self.loss_ewma, self.loss_steps = c["loss_ewma"], c["loss_steps"]
+        self.replay_steps = c.get("replay_steps", 0)
         self.last_lsn = d["last_lsn"]
         self.dedupe = Dedupe.from_state(d["dedupe"], self.config.dedupe_window)
         self.rows_sent.update(d.get("rows_sent", {}))
@@ -208,6 +222,9 @@ class Trainer(threading.Thread):
             self._make_buffers()
             self.rebatcher.load_state({k: unpack_array(v) for k, v in d["buffer"].items()},
                                       time.monotonic())
+            if d.get("replay") is not None:
+                self.replay.set_state({k: unpack_array(v) if isinstance(v, dict) else v
+                                       for k, v in d["replay"].items()})
             for k, r in self.reservoirs.items():
                 if k in d["reservoirs"]:
                     r.load_state(d["reservoirs"][k])
@@ -345,12 +362,48 @@ class Trainer(threading.Thread):
         self.loss_steps += 1
         self.loss_ewma = LOSS_EWMA_BETA * self.loss_ewma + (1 - LOSS_EWMA_BETA) * loss
         self.recent.offer(x, Y, w)
+        self.replay.add(x, Y, w)
+        self._replay_credit = min(self._replay_credit + self.config.replay_ratio, self._replay_credit_cap())
         met = self.metrics
         met.samples_trained.inc(m)
         met.batches_trained.inc()
         met.step_seconds.observe(elapsed)
         if self.batches_trained == 1:
             log.info("first batch trained: %d rows, loss %.4f", m, loss)
+
+    # -- replay ------------------------------------------------------------------------------
+    def _replay_credit_cap(self):
+        """Credit a burst may bank for the quiet after it: one pass over the ring per
+        unit of ratio, so the model does not go on stepping long after the data stopped."""
+        return self.config.replay_ratio * max(1, self.config.replay_rows // self.config.batch_size)
+
+    def replay_due(self):
+        """A replay step is due when new steps earned one, training is not frozen, and no
+        new training data waits: nothing in the queue and no full batch in the rebatcher
+        (rows lingering for a batch to fill are waiting for rows, not for the CPU)."""
+        return (self._replay_credit > 0 and not self.frozen and self.replay is not None
+                and self.replay.ready() and self.queue.empty()
+                and len(self.rebatcher) < self.config.batch_size)
+
+    def replay_step(self):
+        """One step on a batch of recent training rows (engine.Replay)."""
+        self._replay_credit -= 1
+        t0 = time.perf_counter()
+        self.replay.step()
+        if self.model.nonfinite_steps > self.nonfinite_steps:
+            self.nonfinite_steps = self.model.nonfinite_steps
+            self.metrics.nonfinite_steps.inc()
+            log.warning("replay step skipped: loss or gradient not finite (%d so far)", self.nonfinite_steps)
+            return
+        self.replay_steps += 1
+        self.metrics.replay_steps.inc()
+        self.metrics.replay_step_seconds.observe(time.perf_counter() - t0)
+
+    def replay_status(self):
+        r = self.replay
+        return {"steps": self.replay_steps, "ratio": self.config.replay_ratio,
+                "rows": r.filled if r is not None else 0, "capacity": self.config.replay_rows,
+                "pending": self._replay_credit}
 
     # -- housekeeping ----------------------------------------------------------------------
     def _housekeeping(self, now):
@@ -359,7 +412,7 @@ class Trainer(threading.Thread):
             self.broadcast.publish(self.snapshot)     # a new follower gets the current version now
         if self.model is None:
             return
-        if self.snapshot is None or (not self.serving_best and self.snapshot.version != self.batches_trained
+        if self.snapshot is None or (not self.serving_best and self.snapshot.version != self.model_steps
                                      and now - self._last_publish >= cfg.publish_interval_ms / 1e3):
             self.publish(now)
         if math.isfinite(self.train_loss):
@@ -433,7 +486,7 @@ class Trainer(threading.Thread):
         if "dev" in results and results["dev"]["rows"] >= self.config.early_stopping_min_dev_rows:
             self._early_stopping(results["dev"].get(self._stopping_metric()))
         self.history.append({
-            "time": time.time(), "samples": self.samples_trained, "version": self.batches_trained,
+            "time": time.time(), "samples": self.samples_trained, "version": self.model_steps,
             "learning_rate": self.model.learning_rate, "train_loss": self.train_loss,
             "splits": results, "progressive": self.progressive.figures(),
             "verdict": self.diagnosis["verdict"],
@@ -460,7 +513,7 @@ class Trainer(threading.Thread):
 
     def _early_stopping(self, value):
         """Track the best dev figure; on patience running out, do the configured action."""
-        outcome = self.early.observe(value, self.batches_trained, self.samples_trained)
+        outcome = self.early.observe(value, self.model_steps, self.samples_trained)
         if outcome == "improved":
             self.best_state = self.model.get_state()
             self._save_best_model()
@@ -526,6 +579,7 @@ class Trainer(threading.Thread):
             "model_version": snap.version if snap is not None else None,
             "samples_trained": self.samples_trained,
             "batches_trained": self.batches_trained,
+            "replay": self.replay_status(),
             "nonfinite_steps": self.nonfinite_steps,
             "queue_depth": self.queue.qsize() if queue_depth is None else queue_depth,
             "rows_waiting": len(self.rebatcher) if self.rebatcher is not None else 0,
@@ -609,6 +663,10 @@ class Trainer(threading.Thread):
             self.config.model.update(model_part)
         for k, v in daemon_part.items():
             setattr(self.config, k, getattr(candidate, k))
+        if self.replay is not None:
+            self.replay.batch_size = self.config.batch_size
+            self.replay.ratio = self.config.replay_ratio
+            self._replay_credit = min(self._replay_credit, self._replay_credit_cap())
         self.early.patience = self.config.early_stopping_patience
         self.early.min_delta = self.config.early_stopping_min_delta
         self.metrics.bayes_error_proxy.set(self.config.bayes_error)
@@ -658,7 +716,7 @@ class Trainer(threading.Thread):
             self._run_commands()
             stopping = self.stop_requested.is_set()
             try:
-                item = self.queue.get(timeout=0 if stopping else 0.005)
+                item = self.queue.get(timeout=0 if stopping or self.replay_due() else 0.005)
             except queue.Empty:
                 item = None
             now = time.monotonic()
@@ -673,6 +731,8 @@ class Trainer(threading.Thread):
                 if not self.ready.is_set():
                     self.ready.set()
             self._train_ready_batches(now)
+            if item is None and not stopping and self.replay_due():
+                self.replay_step()        # one at a time: new data is looked for between them
             self._housekeeping(now)
             if stopping and item is None:
                 break

@@ -10,6 +10,6 @@ the command line). In the source tree they are the top-level folders engine/, da
 and clients/; pyproject.toml installs them under this one name, so that learnd puts no
 generic top-level package (``engine``, ``daemon``, ``clients``) into an environment.
 """
-from learnd.engine import EngineError, GradCheckReport, Model, Snapshot
+from learnd.engine import EngineError, GradCheckReport, Model, Replay, Snapshot
 
-__all__ = ["EngineError", "GradCheckReport", "Model", "Snapshot"]
+__all__ = ["EngineError", "GradCheckReport", "Model", "Replay", "Snapshot"]

@@ -1,0 +1,167 @@
+"""Replay (rehearsal): learn more from every row by stepping again on rows already seen.
+
+A stream seen once gives one optimizer step per batch; learners that update on every
+row get far more out of the same rows.  `Replay` keeps the most recent `rows` training
+rows in a ring and, after each new batch, takes up to `ratio` more steps on batches
+drawn uniformly from that ring.  The ring is a sliding window: an old concept leaves
+it after `rows` new rows, so replay follows drift instead of holding on to the past
+(docs/learning.md measures the window on sea_drift).
+
+The daemon's trainer uses the same object: it adds each trained batch and takes the
+replay steps only while no new training data waits.
+
+    model = Model(task="multiclass", n_outputs=10)
+    replay = Replay(model, rows=4096, ratio=4)
+    for X, y in stream:                  # X (m, d), y as partial_fit takes it
+        replay.learn(X, y)               # partial_fit, remember, then 4 replay steps
+
+Rows are stored as given (raw inputs, targets as the (m, n_outputs) float matrix the
+model trains on), so a replayed row is scaled by the normalizer as it is now.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .errors import EngineError
+from .labels import write_targets
+
+
+class Replay:
+    """A ring of the last `rows` training rows of `model`, and replay steps on it.
+
+    rows: capacity of the ring (rows kept).  ratio: replay steps per new batch in
+    `learn`.  batch_size: rows per replay step (None: the size of the batches added,
+    at least 2).  seed: of the draws.
+    """
+
+    def __init__(self, model, rows=4096, ratio=4, batch_size=None, seed=0):
+        if int(rows) < 2:
+            raise EngineError(f"replay rows must be at least 2, got {rows}")
+        if int(ratio) < 0:
+            raise EngineError(f"replay ratio must be >= 0, got {ratio}")
+        if batch_size is not None and int(batch_size) < 2:
+            raise EngineError(f"replay batch_size must be at least 2, got {batch_size}")
+        self.model = model
+        self.capacity = int(rows)
+        self.ratio = int(ratio)
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0            # replay steps taken (non-finite ones included)
+        self.filled = 0           # rows in the ring
+        self.next = 0             # where the next row goes
+        self.added = 0            # rows ever added
+        self._last_batch = 0
+        self.x = None             # (capacity, d) model dtype, made on the first add
+        self.Y = None             # (capacity, K) model dtype
+        self.w = None             # (capacity,) float64; 1.0 for rows that came without weights
+
+    # -- the ring ------------------------------------------------------------------------
+    def _allocate(self, d):
+        K, dtype = self.model.spec.n_outputs, self.model.dtype
+        self.x = np.empty((self.capacity, d), dtype=dtype)
+        self.Y = np.empty((self.capacity, K), dtype=dtype)
+        self.w = np.ones(self.capacity)
+        b = self.capacity
+        self._xb = np.empty((b, d), dtype=dtype)
+        self._Yb = np.empty((b, K), dtype=dtype)
+        self._wb = np.empty(b)
+        self._u = np.empty(b)
+        self._idx = np.empty(b, dtype=np.intp)
+
+    def add(self, x, Y, w=None):
+        """Remember rows the model has just trained on.  x (m, d) inputs, Y (m, K) float
+        targets (as the model trains on them), w (m,) weights or None.  The oldest rows
+        make room; a batch larger than the ring keeps its last `rows` rows."""
+        m = x.shape[0]
+        if m == 0:
+            return
+        if self.x is None:
+            self._allocate(x.shape[1])
+        self._last_batch = m
+        self.added += m
+        if m > self.capacity:
+            x, Y = x[-self.capacity:], Y[-self.capacity:]
+            w = None if w is None else w[-self.capacity:]
+            m = self.capacity
+        first = min(m, self.capacity - self.next)      # rows before the ring wraps
+        for src, dst in ((slice(0, first), slice(self.next, self.next + first)),
+                         (slice(first, m), slice(0, m - first))):
+            self.x[dst] = x[src]
+            self.Y[dst] = Y[src]
+            self.w[dst] = 1.0 if w is None else w[src]
+        self.next = (self.next + m) % self.capacity
+        self.filled = min(self.capacity, self.filled + m)
+
+    def remember(self, X, y, sample_weight=None):
+        """`add` for labels as partial_fit takes them (class ids, 0/1, values...)."""
+        X = np.ascontiguousarray(X, dtype=self.model.dtype)
+        m, K = X.shape[0], self.model.spec.n_outputs
+        Y = np.empty((m, K), dtype=self.model.dtype)
+        write_targets(self.model.spec.task, K, y, m, Y)
+        self.add(X, Y, None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64))
+
+    # -- steps -----------------------------------------------------------------------------
+    @property
+    def step_rows(self):
+        """Rows per replay step: batch_size, or the size of the last batch added."""
+        b = self.batch_size if self.batch_size is not None else max(2, self._last_batch)
+        return min(b, self.filled)
+
+    def ready(self):
+        return self.filled >= 2 and self.model.network is not None
+
+    def step(self):
+        """One replay step on a batch drawn (with replacement) from the ring; returns
+        its J, or None when the ring holds fewer than two rows."""
+        if not self.ready():
+            return None
+        b = self.step_rows
+        u, idx = self._u[:b], self._idx[:b]
+        self.rng.random(out=u)
+        np.multiply(u, self.filled, out=u)
+        idx[:] = u                        # truncates: uniform over the ages [0, filled)
+        # An age counts from the oldest row, so a ring restored from get_state (laid out
+        # from 0) draws the same rows as the one it was saved from.
+        np.add(idx, self.next - self.filled + self.capacity, out=idx)
+        np.remainder(idx, self.capacity, out=idx)
+        xb, Yb, wb = self._xb[:b], self._Yb[:b], self._wb[:b]
+        np.take(self.x, idx, axis=0, out=xb, mode="clip")   # "raise" would buffer
+        np.take(self.Y, idx, axis=0, out=Yb, mode="clip")
+        np.take(self.w, idx, out=wb, mode="clip")
+        self.steps += 1
+        return self.model.rehearse(xb, Yb, wb)
+
+    def learn(self, X, y, sample_weight=None):
+        """partial_fit on the new batch, remember it, then `ratio` replay steps.
+        Returns the new batch's J (as partial_fit)."""
+        steps_before = self.model.nonfinite_steps
+        loss = self.model.partial_fit(X, y, sample_weight)
+        if self.model.nonfinite_steps == steps_before:      # a refused step is not learned
+            self.remember(X, y, sample_weight)
+        for _ in range(self.ratio):
+            self.step()
+        return loss
+
+    # -- state -------------------------------------------------------------------------------
+    def get_state(self):
+        """The ring's rows oldest first, and the counters (copies)."""
+        if self.x is None:
+            return {"x": None, "Y": None, "w": None, "steps": self.steps, "added": self.added,
+                    "last_batch": self._last_batch, "rng": json.dumps(self.rng.bit_generator.state)}
+        order = np.arange(self.next - self.filled, self.next) % self.capacity
+        return {"x": self.x[order], "Y": self.Y[order], "w": self.w[order], "steps": self.steps,
+                "added": self.added, "last_batch": self._last_batch, "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def set_state(self, state):
+        """Take rows and counters from get_state (a ring of another capacity keeps the newest)."""
+        self.filled = self.next = 0
+        if state["x"] is not None and len(state["x"]):
+            if self.x is None:
+                self._allocate(state["x"].shape[1])
+            self.add(state["x"], state["Y"], state["w"])
+        self.steps = int(state["steps"])
+        self.added = int(state["added"])
+        self._last_batch = int(state["last_batch"])
+        self.rng.bit_generator.state = json.loads(state["rng"])

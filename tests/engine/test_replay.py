@@ -1,0 +1,149 @@
+"""Replay: rehearse is partial_fit's step without the new-row bookkeeping, the ring keeps
+the newest rows in order, draws come only from it, its state resumes the same draws,
+the hot path allocates no arrays, and one pass with replay learns more than without."""
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from learnd.engine import EngineError, Model, Replay
+from learnd.engine.datasets import load
+
+from .test_hot_path import LIMIT, _peak_growth
+
+
+def _batches(rng, n, m=16, d=5):
+    for _ in range(n):
+        X = rng.standard_normal((m, d)).astype(np.float32)
+        yield X, (X[:, 0] + 0.3 * X[:, 1] > 0).astype(int)
+
+
+def test_rehearse_is_the_same_step_as_partial_fit_but_counts_no_new_rows(rng):
+    """Without input normalization the two steps are the same arithmetic; rehearse leaves
+    samples_seen (the schedule's clock) and the normalizer's statistics alone."""
+    batches = list(_batches(rng, 4))
+    a = Model(hidden=(8,), task="binary", normalize_inputs=False, seed=3)
+    b = Model(hidden=(8,), task="binary", normalize_inputs=False, seed=3)
+    a.partial_fit(*batches[0])
+    b.partial_fit(*batches[0])
+    for X, y in batches[1:]:
+        la, lb = a.partial_fit(X, y), b.rehearse(X, y)
+        assert la == lb
+    for name, value in a.params.items():
+        assert_array_equal(value, b.params[name], err_msg=name)
+    assert a.steps == b.steps == 4
+    assert a.samples_seen == 64 and b.samples_seen == 16
+
+    c = Model(hidden=(8,), task="binary", seed=3)
+    c.partial_fit(*batches[0])
+    before = c.normalizer.get_state()
+    c.rehearse(*batches[1])
+    after = c.normalizer.get_state()
+    assert after["count"] == before["count"] == 16
+    assert_array_equal(after["mean"], before["mean"])
+
+
+def test_rehearse_before_any_row_is_refused():
+    with pytest.raises(EngineError, match="nothing to rehearse"):
+        Model(task="binary").rehearse(np.zeros((4, 3)), np.zeros(4))
+
+
+def test_the_ring_keeps_the_newest_rows_in_arrival_order():
+    model = Model(hidden=(4,), task="regression", input_dim=1)
+    replay = Replay(model, rows=10, ratio=0)
+    for start in range(0, 23, 3):              # rows 0..23 in batches of 3: the ring wraps
+        x = np.arange(start, start + 3, dtype=np.float32).reshape(3, 1)
+        replay.add(x, x.copy())
+    state = replay.get_state()
+    assert_array_equal(state["x"][:, 0], np.arange(14, 24))
+    assert replay.filled == 10 and replay.added == 24
+    replay.add(np.arange(100, 125, dtype=np.float32).reshape(25, 1), np.zeros((25, 1), np.float32))
+    assert_array_equal(replay.get_state()["x"][:, 0], np.arange(115, 125))   # larger than the ring
+
+
+def test_steps_draw_only_rows_of_the_ring(rng):
+    model = Model(hidden=(4,), task="regression", input_dim=1)
+    model.partial_fit(np.zeros((2, 1)), np.zeros(2))
+    replay = Replay(model, rows=8, ratio=0, batch_size=32)
+    replay.add(np.arange(0, 20, dtype=np.float32).reshape(20, 1), np.zeros((20, 1), np.float32))
+    seen = []
+    model.rehearse = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
+    for _ in range(20):
+        replay.step()
+    drawn = np.concatenate(seen)
+    assert set(drawn.tolist()) == set(range(12, 20))      # every ring row, nothing older
+    assert replay.steps == 20
+    # a step takes at most the rows the ring holds; uniform: each of the 8 rows gets
+    # about 1/8 of the 160 draws (20 ± 4.2)
+    assert len(drawn) == 20 * 8
+    counts = np.bincount(drawn.astype(int) - 12, minlength=8)
+    assert counts.min() >= 6 and counts.max() <= 40
+
+
+def test_learn_takes_one_new_step_and_ratio_replay_steps(rng):
+    model = Model(hidden=(8,), task="binary", seed=1)
+    replay = Replay(model, rows=64, ratio=3)
+    for X, y in _batches(rng, 5):
+        replay.learn(X, y)
+    assert model.steps == 5 * 4 and replay.steps == 15
+    assert model.samples_seen == 80 and replay.filled == 64
+
+
+def test_a_replay_resumes_from_its_state_with_the_same_draws(rng):
+    batches = list(_batches(rng, 6))
+    a = Model(hidden=(8,), task="binary", seed=1)
+    ra = Replay(a, rows=40, ratio=2, seed=9)
+    for X, y in batches[:3]:
+        ra.learn(X, y)
+    b = Model.from_state(a.get_state())
+    rb = Replay(b, rows=40, ratio=2, seed=0)
+    rb.set_state(ra.get_state())
+    for X, y in batches[3:]:
+        assert ra.learn(X, y) == rb.learn(X, y)
+    for name, value in a.params.items():
+        assert_array_equal(value, b.params[name], err_msg=name)
+    assert rb.steps == ra.steps == 12
+
+
+def test_bad_settings_are_refused():
+    model = Model(task="binary")
+    for kwargs, match in (({"rows": 1}, "rows"), ({"ratio": -1}, "ratio"), ({"batch_size": 1}, "batch_size")):
+        with pytest.raises(EngineError, match=match):
+            Replay(model, **kwargs)
+
+
+def test_a_replay_step_allocates_no_arrays(rng):
+    X = rng.standard_normal((128, 100)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    model = Model(hidden=(64, 32), task="multiclass", n_outputs=10, batch_norm=True, keep_prob=0.8)
+    replay = Replay(model, rows=1024, ratio=0, batch_size=128)
+    for _ in range(8):
+        model.partial_fit(X, y)
+        replay.remember(X, y)
+    assert _peak_growth(replay.step) < LIMIT
+
+
+def prequential(stream, learn, predict, batch=16):
+    X, y = stream
+    hits = []
+    for start in range(0, len(X), batch):
+        Xb, yb = X[start:start + batch], y[start:start + batch]
+        if start:
+            hits.append(predict(Xb) == yb)
+        learn(Xb, yb)
+    return np.concatenate(hits).mean()
+
+
+@pytest.mark.parametrize("name", ["digits", "breast_cancer"])
+def test_one_pass_with_replay_learns_more_than_without(name):
+    X, y, _ = load(name)
+    task, K = ("multiclass", 10) if name == "digits" else ("binary", 1)
+    scores = {}
+    for ratio in (0, 4):
+        model = Model(hidden=(64, 64), task=task, n_outputs=K, seed=0)
+        replay = Replay(model, rows=4096, ratio=ratio)
+        predict = (lambda Xb, m=model: m.predict(Xb)) if task == "multiclass" else \
+                  (lambda Xb, m=model: m.predict(Xb)[:, 0])
+        scores[ratio] = prequential((X, y), replay.learn, predict)
+    print(f"{name} prequential accuracy, one pass in batches of 16: no replay {scores[0]:.4f}, "
+          f"replay ratio 4 {scores[4]:.4f}")
+    assert scores[4] >= scores[0] + 0.01
