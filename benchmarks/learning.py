@@ -115,7 +115,7 @@ def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=Non
     model = Model(hidden=hidden, task=task, n_outputs=n_outputs, seed=seed, **overrides)
     learn = model.partial_fit
     if replay is not None and replay[0] > 0:
-        learn = Replay(model, rows=replay[1], ratio=replay[0], seed=seed).learn
+        learn = Replay(model, rows=replay[1], ratio=replay[0], seed=seed, recency=replay[2]).learn
     hits = np.zeros(start, dtype=bool)
     scored = np.zeros(start, dtype=bool)
     t0 = time.perf_counter()
@@ -134,8 +134,10 @@ def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=Non
 
 
 def _changes(concept):
-    """Rows where the concept changes."""
-    return [int(i) for i in np.flatnonzero(np.diff(concept) != 0) + 1]
+    """The first row of each concept after the first.  (During a transition rows of the
+    old and the new concept mix, so the first row of the new one marks the change.)"""
+    firsts = sorted(int(np.argmax(concept == c)) for c in np.unique(concept))
+    return firsts[1:]
 
 
 def run_sklearn(X, y, start, task, n_outputs, seed, hidden):
@@ -237,7 +239,8 @@ def _warm(hidden, overrides):
 def format_table(table, hidden, overrides, seeds, replay=None):
     lines = []
     settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
-    replayed = f"replay ratio {replay[0]} over {replay[1]} rows" if replay and replay[0] else "no replay"
+    replayed = (f"replay ratio {replay[0]} over {replay[1]} rows"
+                + (f", recency {replay[2]:g}" if replay[2] else ", uniform") if replay and replay[0] else "no replay")
     lines.append(f"hidden={hidden}, learnd settings: {settings}, {replayed}; batch {BATCH}, "
                  f"one pass, seeds {list(seeds)}; mean ± std over seeds")
     head = f"{'data set':<14} {'learner':<8} {'prequential':>17} {'held-out':>17} {'s/run':>7}"
@@ -296,6 +299,8 @@ def main(argv=None):
     ap.add_argument("--replay-ratio", type=int, default=0,
                     help="learnd.Replay steps after each batch (default 0: none)")
     ap.add_argument("--replay-rows", type=int, default=4096, help="rows the replay window keeps")
+    ap.add_argument("--replay-recency", type=float, default=None,
+                    help="mean age (rows) of the exponential weighting of replay draws (default: uniform)")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
@@ -304,7 +309,7 @@ def main(argv=None):
     overrides = _parse_set(args.set)
     check_overrides(overrides)
     t0 = time.perf_counter()
-    replay = (args.replay_ratio, args.replay_rows)
+    replay = (args.replay_ratio, args.replay_rows, args.replay_recency)
     table, results = run(args.datasets, args.seeds, hidden, overrides,
                          sklearn=not args.no_sklearn, jobs=args.jobs, replay=replay)
     wall = time.perf_counter() - t0
@@ -315,7 +320,7 @@ def main(argv=None):
         import sklearn
         doc = {"benchmark": "learning", "batch": BATCH, "hidden": list(hidden),
                "seeds": list(args.seeds), "learnd_overrides": overrides,
-               "replay": {"ratio": args.replay_ratio, "rows": args.replay_rows},
+               "replay": {"ratio": args.replay_ratio, "rows": args.replay_rows, "recency": args.replay_recency},
                "protocol": "one pass in file order, test-then-train on rows [0, heldout.start) "
                            "(first batch trained, not scored); held-out accuracy on rows "
                            "[heldout.start, n) after the pass",

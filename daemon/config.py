@@ -42,7 +42,8 @@ class Config:
     batch_size: int = 64            # rows per optimizer step after re-batching
     batch_linger_ms: float = 50.0   # train a smaller batch (>= 2 rows) after this wait
     replay_rows: int = 4096         # recent training rows kept for replay steps
-    replay_ratio: int = 0           # replay steps per new step, taken while no new data waits (0: off)
+    replay_ratio: int = 16          # replay steps per new step, taken while no new data waits (0: off)
+    replay_recency: float = 256.0   # mean age (rows) of the rows replay draws, weighted to the recent; 0: uniform
     queue_size: int = 256           # train messages held between ingest and the trainer
     publish_interval_ms: float = 10.0   # at most this long between snapshots for serving
     blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core

@@ -3,17 +3,17 @@
 A stream seen once gives one optimizer step per batch; learners that update on every
 row get far more out of the same rows.  `Replay` keeps the most recent `rows` training
 rows in a ring and, after each new batch, takes up to `ratio` more steps on batches
-drawn uniformly from that ring.  The ring is a sliding window: an old concept leaves
-it after `rows` new rows, so replay follows drift instead of holding on to the past
-(docs/learning.md measures the window on sea_drift).
+drawn from that ring, weighted towards the newest rows (`recency`): after a drift the
+new concept soon fills the replayed batches, so replay does not hold on to the past
+(docs/learning.md measures it on sea_drift).
 
 The daemon's trainer uses the same object: it adds each trained batch and takes the
 replay steps only while no new training data waits.
 
     model = Model(task="multiclass", n_outputs=10)
-    replay = Replay(model, rows=4096, ratio=4)
+    replay = Replay(model)               # 4096 rows, 16 steps per batch, recency 256
     for X, y in stream:                  # X (m, d), y as partial_fit takes it
-        replay.learn(X, y)               # partial_fit, remember, then 4 replay steps
+        replay.learn(X, y)               # partial_fit, remember, then 16 replay steps
 
 Rows are stored as given (raw inputs, targets as the (m, n_outputs) float matrix the
 model trains on), so a replayed row is scaled by the normalizer as it is now.
@@ -21,6 +21,7 @@ model trains on), so a replayed row is scaled by the normalizer as it is now.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
@@ -33,20 +34,25 @@ class Replay:
 
     rows: capacity of the ring (rows kept).  ratio: replay steps per new batch in
     `learn`.  batch_size: rows per replay step (None: the size of the batches added,
-    at least 2).  seed: of the draws.
+    at least 2).  seed: of the draws.  recency: the mean age, in rows, of the rows drawn
+    (an exponential weighting towards the newest, truncated to the ring); None draws
+    uniformly.  The defaults are the daemon's, chosen by measurement (docs/learning.md).
     """
 
-    def __init__(self, model, rows=4096, ratio=4, batch_size=None, seed=0):
+    def __init__(self, model, rows=4096, ratio=16, batch_size=None, seed=0, recency=256.0):
         if int(rows) < 2:
             raise EngineError(f"replay rows must be at least 2, got {rows}")
         if int(ratio) < 0:
             raise EngineError(f"replay ratio must be >= 0, got {ratio}")
+        if recency is not None and not float(recency) > 0:
+            raise EngineError(f"replay recency must be a number of rows > 0, got {recency}")
         if batch_size is not None and int(batch_size) < 2:
             raise EngineError(f"replay batch_size must be at least 2, got {batch_size}")
         self.model = model
         self.capacity = int(rows)
         self.ratio = int(ratio)
         self.batch_size = None if batch_size is None else int(batch_size)
+        self.recency = None if recency is None else float(recency)
         self.rng = np.random.default_rng(seed)
         self.steps = 0            # replay steps taken (non-finite ones included)
         self.filled = 0           # rows in the ring
@@ -112,6 +118,20 @@ class Replay:
     def ready(self):
         return self.filled >= 2 and self.model.network is not None
 
+    def _draw_ages(self, u):
+        """Fill u with ages in [0, filled): uniform, or with `recency` the exponential
+        distribution of mean `recency` rows truncated to the window (inverse CDF:
+        age = -r ln(1 - u (1 - exp(-filled / r))))."""
+        self.rng.random(out=u)
+        if self.recency is None:
+            np.multiply(u, self.filled, out=u)
+            return
+        np.multiply(u, -math.expm1(-self.filled / self.recency), out=u)
+        np.negative(u, out=u)
+        np.log1p(u, out=u)
+        np.multiply(u, -self.recency, out=u)
+        np.minimum(u, self.filled - 1, out=u)      # u < 1 keeps it below filled; rounding might not
+
     def step(self):
         """One replay step on a batch drawn (with replacement) from the ring; returns
         its J, or None when the ring holds fewer than two rows."""
@@ -119,12 +139,11 @@ class Replay:
             return None
         b = self.step_rows
         u, idx = self._u[:b], self._idx[:b]
-        self.rng.random(out=u)
-        np.multiply(u, self.filled, out=u)
-        idx[:] = u                        # truncates: uniform over the ages [0, filled)
-        # An age counts from the oldest row, so a ring restored from get_state (laid out
-        # from 0) draws the same rows as the one it was saved from.
-        np.add(idx, self.next - self.filled + self.capacity, out=idx)
+        self._draw_ages(u)
+        idx[:] = u                        # truncates to whole ages in [0, filled)
+        # Age 0 is the newest row.  Ages, not ring slots, are drawn, so a ring restored
+        # from get_state (laid out from 0) draws the same rows as the one saved.
+        np.subtract(self.next - 1 + self.capacity, idx, out=idx)
         np.remainder(idx, self.capacity, out=idx)
         xb, Yb, wb = self._xb[:b], self._Yb[:b], self._wb[:b]
         np.take(self.x, idx, axis=0, out=xb, mode="clip")   # "raise" would buffer

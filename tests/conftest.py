@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from learnd.clients.client import Control
 from learnd.clients.launch import start_daemon
 from learnd.daemon.serving.snapshots import default_directory
 
@@ -82,6 +83,19 @@ class Daemon:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
             time.sleep(0.05)
         raise TimeoutError(f"{what} not reached in {timeout} s")
+
+    def settled(self, timeout=120.0, **control_options):
+        """Status once the trainer is idle: nothing queued, every replay step its new
+        steps earned taken, and the model they made published.  Then model_version is
+        batches_trained + replay steps and the model stays as it is until new rows come."""
+        with Control(self.control, **control_options) as c:
+            def idle():
+                s = c.status()
+                frozen = s["early_stopping"]["frozen"]      # a frozen trainer takes no step
+                return (s["queue_depth"] == 0 and (s["replay"]["pending"] == 0 or frozen)
+                        and s["model_version"] == s["batches_trained"] + s["replay"]["steps"])
+            self.wait_until(idle, timeout, what="an idle trainer")
+            return c.status()
 
     def stop(self, sig=signal.SIGTERM, timeout=60.0):
         """Send `sig`, wait for the exit, return the exit code."""

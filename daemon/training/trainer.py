@@ -42,7 +42,7 @@ NORM_INTERVAL_S = 1.0
 GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
 # Daemon settings the control socket may change while running.
-LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "publish_interval_ms",
+LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay_recency", "publish_interval_ms",
                         "checkpoint_interval_s", "eval_interval_s", "eval_interval_samples",
                         "bayes_error", "diagnosis_tolerance", "early_stopping_patience",
                         "early_stopping_min_delta", "early_stopping_min_dev_rows", "early_stopping_action",
@@ -151,7 +151,8 @@ class Trainer(threading.Thread):
         s, dtype = self.schema, self.model.dtype
         self.rebatcher = Rebatcher(s.input_dim, s.n_outputs, dtype)
         self.replay = Replay(self.model, rows=self.config.replay_rows, ratio=self.config.replay_ratio,
-                             batch_size=self.config.batch_size, seed=self.model.spec.seed)
+                             batch_size=self.config.batch_size, seed=self.model.spec.seed,
+                             recency=self.config.replay_recency or None)
         size = self.config.reservoir_size
         self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype) for split in HELD_OUT}
         self.recent = RecentWindow(size, s.input_dim, s.n_outputs, dtype)
@@ -402,6 +403,7 @@ class Trainer(threading.Thread):
     def replay_status(self):
         r = self.replay
         return {"steps": self.replay_steps, "ratio": self.config.replay_ratio,
+                "recency": self.config.replay_recency,
                 "rows": r.filled if r is not None else 0, "capacity": self.config.replay_rows,
                 "pending": self._replay_credit}
 
@@ -666,6 +668,7 @@ class Trainer(threading.Thread):
         if self.replay is not None:
             self.replay.batch_size = self.config.batch_size
             self.replay.ratio = self.config.replay_ratio
+            self.replay.recency = self.config.replay_recency or None
             self._replay_credit = min(self._replay_credit, self._replay_credit_cap())
         self.early.patience = self.config.early_stopping_patience
         self.early.min_delta = self.config.early_stopping_min_delta

@@ -63,7 +63,7 @@ def test_the_ring_keeps_the_newest_rows_in_arrival_order():
 def test_steps_draw_only_rows_of_the_ring(rng):
     model = Model(hidden=(4,), task="regression", input_dim=1)
     model.partial_fit(np.zeros((2, 1)), np.zeros(2))
-    replay = Replay(model, rows=8, ratio=0, batch_size=32)
+    replay = Replay(model, rows=8, ratio=0, batch_size=32, recency=None)   # uniform
     replay.add(np.arange(0, 20, dtype=np.float32).reshape(20, 1), np.zeros((20, 1), np.float32))
     seen = []
     model.rehearse = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
@@ -77,6 +77,27 @@ def test_steps_draw_only_rows_of_the_ring(rng):
     assert len(drawn) == 20 * 8
     counts = np.bincount(drawn.astype(int) - 12, minlength=8)
     assert counts.min() >= 6 and counts.max() <= 40
+
+
+def test_recency_weights_the_draws_to_the_newest_rows():
+    """Ages follow an exponential of mean `recency`, truncated to the window: mean about
+    the recency when the window is much longer, and never a row outside the window."""
+    model = Model(hidden=(4,), task="regression", input_dim=1)
+    model.partial_fit(np.zeros((2, 1)), np.zeros(2))
+    ages = {}
+    for rows, recency in ((4096, 256.0), (300, 1000.0)):
+        replay = Replay(model, rows=rows, ratio=0, batch_size=256, recency=recency, seed=4)
+        replay.add(np.arange(5000, dtype=np.float32).reshape(-1, 1), np.zeros((5000, 1), np.float32))
+        seen = []
+        model.rehearse = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
+        for _ in range(200):
+            replay.step()
+        ages[rows] = 4999 - np.concatenate(seen)
+    assert ages[4096].min() >= 0 and ages[4096].max() < 4096
+    assert 240 < ages[4096].mean() < 272                  # 51,200 draws of mean 256
+    assert np.mean(ages[4096] < 256) == pytest.approx(1 - np.exp(-1), abs=0.01)
+    # a recency far longer than the window: close to uniform over it, never past it
+    assert ages[300].max() < 300 and 130 < ages[300].mean() < 150
 
 
 def test_learn_takes_one_new_step_and_ratio_replay_steps(rng):
@@ -106,7 +127,8 @@ def test_a_replay_resumes_from_its_state_with_the_same_draws(rng):
 
 def test_bad_settings_are_refused():
     model = Model(task="binary")
-    for kwargs, match in (({"rows": 1}, "rows"), ({"ratio": -1}, "ratio"), ({"batch_size": 1}, "batch_size")):
+    for kwargs, match in (({"rows": 1}, "rows"), ({"ratio": -1}, "ratio"), ({"batch_size": 1}, "batch_size"),
+                          ({"recency": 0}, "recency")):
         with pytest.raises(EngineError, match=match):
             Replay(model, **kwargs)
 
@@ -115,7 +137,7 @@ def test_a_replay_step_allocates_no_arrays(rng):
     X = rng.standard_normal((128, 100)).astype(np.float32)
     y = rng.integers(0, 10, 128)
     model = Model(hidden=(64, 32), task="multiclass", n_outputs=10, batch_norm=True, keep_prob=0.8)
-    replay = Replay(model, rows=1024, ratio=0, batch_size=128)
+    replay = Replay(model, rows=1024, ratio=0, batch_size=128, recency=256)
     for _ in range(8):
         model.partial_fit(X, y)
         replay.remember(X, y)
@@ -138,12 +160,12 @@ def test_one_pass_with_replay_learns_more_than_without(name):
     X, y, _ = load(name)
     task, K = ("multiclass", 10) if name == "digits" else ("binary", 1)
     scores = {}
-    for ratio in (0, 4):
+    for ratio in (0, 16):
         model = Model(hidden=(64, 64), task=task, n_outputs=K, seed=0)
-        replay = Replay(model, rows=4096, ratio=ratio)
+        replay = Replay(model, ratio=ratio)          # the defaults: 4096 rows, recency 256
         predict = (lambda Xb, m=model: m.predict(Xb)) if task == "multiclass" else \
                   (lambda Xb, m=model: m.predict(Xb)[:, 0])
         scores[ratio] = prequential((X, y), replay.learn, predict)
     print(f"{name} prequential accuracy, one pass in batches of 16: no replay {scores[0]:.4f}, "
-          f"replay ratio 4 {scores[4]:.4f}")
-    assert scores[4] >= scores[0] + 0.01
+          f"replay ratio 16 {scores[16]:.4f}")
+    assert scores[16] >= scores[0] + 0.01

@@ -73,8 +73,8 @@ def wait_trained(d, c, rows):
         s = c.status()
         return s["queue_depth"] == 0 and s["samples_trained"] + s["rows_waiting"] == rows
     d.wait_until(done, timeout=120, what=f"{rows} rows trained")
+    version = d.settled()["model_version"]
     with Predictor(d.predict) as p:
-        version = c.status()["batches_trained"]
         d.wait_until(lambda: p.predict(X_PROBE).model_version == version, what="the last snapshot")
 
 

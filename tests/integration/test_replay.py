@@ -35,7 +35,8 @@ def test_replay_steps_follow_new_steps_and_show_in_status_metrics_and_version(da
     with Control(d.control) as c:
         s = _settled(c, d, 6, 3)
         d.wait_until(lambda: c.status()["model_version"] == 6 + 18, what="version 24")
-    assert s["replay"] == {"steps": 18, "ratio": 3, "rows": 6 * BATCH, "capacity": 1024, "pending": 0}
+    assert s["replay"] == {"steps": 18, "ratio": 3, "recency": 256.0, "rows": 6 * BATCH, "capacity": 1024,
+                           "pending": 0}
     assert s["samples_trained"] == 6 * BATCH
     d.wait_until(lambda: d.metrics().get("learnd_replay_steps_total") == 18, what="the metric")
     m = d.metrics()

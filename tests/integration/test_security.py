@@ -91,10 +91,11 @@ def test_only_allowed_keys_get_through_and_refusals_change_nothing(daemons, keyr
     assert prod.acked == 4 and prod.rejected == []
     with Control(d.control, **as_(k, "ops")) as c:
         d.wait_until(lambda: c.status()["batches_trained"] == 4, what="4 batches")
-        before = c.status()
+    before = d.settled(**as_(k, "ops"))         # replay steps taken: the model stays put
     assert before["curve"] is True and before["samples_trained"] == 256
     with Predictor(d.predict, **as_(k, "ops")) as p:
-        d.wait_until(lambda: p.predict(Xte[:1]).model_version == 4, what="the last snapshot")
+        d.wait_until(lambda: p.predict(Xte[:1]).model_version == before["model_version"],
+                     what="the last snapshot")
         served = p.predict(Xte, output="proba")
     metrics_before = d.metrics()
     assert metrics_before["learnd_auth_allowed_keys{socket=ingest}"] == 2

@@ -35,7 +35,7 @@ def _next_snapshot(sub, timeout_s=20.0):
 
 def test_a_subscriber_gets_the_current_version_at_once_and_every_new_one(daemons):
     Xtr, ytr, Xte, _ = split("digits")
-    d = daemons(args=["--set", "hidden=[32]"])
+    d = daemons(args=["--set", "hidden=[32]"], env={"LEARND_REPLAY_RATIO": "0"})   # one version per batch
     ctx = zmq.Context()
     try:
         with Producer(d.ingest, producer_id="p", window=4, timeout=20) as prod:

@@ -279,7 +279,7 @@ def test_replayed_passes_are_distinct_rows_and_one_wrong_row_resent_is_no_gap(da
     with Control(d2.control) as c:
         d2.wait_until(lambda: c.status()["samples_trained"] == int(np.sum(codes == 0)), what="trained")
         c.freeze()
-        d2.wait_until(lambda: c.status()["model_version"] == c.status()["batches_trained"], what="published")
+    d2.settled()                                           # frozen: published, and nothing more comes
     with Predictor(d2.predict) as p:
         agreed = p.predict(np.concatenate([dev, extra])).y
     wrong = (agreed[30:] + 1) % 10
