@@ -4,8 +4,14 @@ it trains at full speed, against the bare pyzmq round trip carrying the same pay
 ingest alone and while serving; all in one run.
 
     python -m benchmarks.daemon [--seconds S] [--rounds R] [--spin-us US] [--json PATH]
+                                [--single-process] [--no-wal]
 
 The model is W1 (784-256-128-10, batch norm, keep_prob 0.8, Adam, L2 1e-4, batch 128).
+The daemons run as process trees unless --single-process, with the write-ahead log on
+unless --no-wal.  Each round also times the embedded engine training the same model on
+the same batches in this process (one BLAS thread, as the daemon's trainer): the
+daemon's training throughput is quoted as a ratio of it.  The whole tree's resident
+memory is read from the metrics at the end.
 Three daemons run side by side: plain, with dynamic batching, and spinning.  Rounds
 interleave the measurements and medians are quoted, because this machine is shared and
 noisy.  Training runs in a separate producer process, so the client that measures
@@ -26,7 +32,7 @@ from learnd.clients.client import Control, Predictor, Producer
 from learnd.clients.launch import start_daemon, stop_daemon
 
 W1_ARGS = ["--set", "hidden=[256,128]", "--set", "keep_prob=0.8", "--set", "l2=0.0001",
-           "--batch-size", "128", "--no-wal"]
+           "--set", "batch_norm=true", "--batch-size", "128"]
 DIM, CLASSES, BATCH = 784, 10, 128
 
 
@@ -127,6 +133,44 @@ def _ready_seconds(extra_env=None):
             stop_daemon(proc, log)
 
 
+def _embedded_samples_per_s(seconds):
+    """W1 trained embedded, batch after batch, for `seconds`: rows per second."""
+    import scipy.linalg.cython_blas  # noqa: F401  (load Numba's BLAS before limiting it)
+    from threadpoolctl import threadpool_limits
+
+    from learnd.engine import Model
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((BATCH * 64, DIM)).astype(np.float32)
+    y = rng.integers(0, CLASSES, len(X))
+    with threadpool_limits(1, user_api="blas"):
+        model = Model(hidden=(256, 128), task="multiclass", n_outputs=CLASSES, keep_prob=0.8,
+                      l2=1e-4, batch_norm=True)
+        model.partial_fit(X[:BATCH], y[:BATCH])
+        rows, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            i = (rows // BATCH % 64) * BATCH
+            model.partial_fit(X[i:i + BATCH], y[i:i + BATCH])
+            rows += BATCH
+        return rows / (time.perf_counter() - t0)
+
+
+def _tree_memory(metrics_url):
+    """{role: resident bytes} and the sum, from learnd_process_resident_memory_bytes (or
+    the one process's process_resident_memory_bytes)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    by_role = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "learnd_process_resident_memory_bytes":
+            by_role.update({s.labels["role"]: s.value for s in family.samples})
+        elif family.name == "process_resident_memory_bytes" and not by_role:
+            by_role = {"learnd": family.samples[0].value}
+    return {"by_role": by_role, "total": sum(by_role.values())}
+
+
 def _predict_latencies(pred, x, seconds):
     out = []
     end = time.monotonic() + seconds
@@ -146,8 +190,12 @@ def main(argv=None):
                         help="predict_batch_window_us of the batching daemon (default 500)")
     parser.add_argument("--spin-us", type=float, default=1000.0,
                         help="predict_spin_us of the spinning daemon (default 1000)")
+    parser.add_argument("--single-process", action="store_true", help="the threaded daemon, not the tree")
+    parser.add_argument("--no-wal", action="store_true", help="without the write-ahead log")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
+    global W1_ARGS
+    W1_ARGS = W1_ARGS + (["--single-process"] if args.single_process else []) + (["--no-wal"] if args.no_wal else [])
     figures = run(args)
     _print(figures)
     if args.json:
@@ -197,8 +245,9 @@ def _measure(ends, bends, sends, echo_address, x, args):
         time.sleep(0.05)
     concurrent = {"unbatched": [], "batched": []}
     runs = {"bare": [], "idle": [], "idle_spinning": [], "training": []}
-    throughput, alone = [], []
+    throughput, alone, embedded = [], [], []
     for _ in range(args.rounds):
+        embedded.append(_embedded_samples_per_s(args.seconds))
         runs["bare"].append(_bare_latencies(echo_address, x, args.seconds))
         runs["idle"].append(_predict_latencies(pred, x, args.seconds))
         runs["idle_spinning"].append(_predict_latencies(spinning, x, args.seconds))
@@ -224,6 +273,7 @@ def _measure(ends, bends, sends, echo_address, x, args):
     pred.close()
     spinning.close()
     control.close()
+    memory = _tree_memory(ends["metrics"])
 
     def stats(rounds):
         p50 = float(np.median([np.percentile(r, 50) for r in rounds]) * 1e6)
@@ -233,6 +283,10 @@ def _measure(ends, bends, sends, echo_address, x, args):
     out = {name: stats(r) for name, r in runs.items()}
     out["training_samples_per_s"] = float(np.median(throughput))
     out["ingest_training_samples_per_s"] = float(np.median(alone))
+    out["embedded_samples_per_s"] = float(np.median(embedded))
+    out["memory_bytes"] = memory
+    out["mode"] = "single-process" if args.single_process else "tree"
+    out["wal"] = not args.no_wal
     for name, rs in concurrent.items():
         out[f"clients_{name}"] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
         out[f"clients_{name}"]["clients"] = args.clients
@@ -240,6 +294,7 @@ def _measure(ends, bends, sends, echo_address, x, args):
     out["idle_spinning"]["spin_us"] = args.spin_us
     bare = out["bare"]
     out["ratios"] = {
+        "training_vs_embedded": out["ingest_training_samples_per_s"] / out["embedded_samples_per_s"],
         "idle_p50_vs_bare": out["idle"]["p50_us"] / bare["p50_us"],
         "idle_p99_vs_bare": out["idle"]["p99_us"] / bare["p99_us"],
         "idle_spinning_p50_vs_bare": out["idle_spinning"]["p50_us"] / bare["p50_us"],
@@ -263,7 +318,12 @@ def _print(f):
                                                else "no batching")
         print(f"{label:<34} {c['p50_us']:>9.1f} {c['p99_us']:>9.1f} {c['requests']:>9}"
               f"   {c['requests_per_s']:,.0f} requests/s")
-    print(f"ingest with training on (rows trained/s): {f['ingest_training_samples_per_s']:,.0f} samples/s")
+    print(f"{f['mode']}, write-ahead log {'on' if f['wal'] else 'off'}")
+    print(f"ingest with training on (rows trained/s): {f['ingest_training_samples_per_s']:,.0f} samples/s; "
+          f"embedded engine, same model and batches: {f['embedded_samples_per_s']:,.0f} samples/s")
+    mem = f["memory_bytes"]
+    print("resident memory: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem["by_role"].items())
+          + f"; total {mem['total'] / 2**20:.0f} MiB")
     print(f"training throughput while serving: {f['training_samples_per_s']:,.0f} samples/s")
     print(f"ready to serve (start to first prediction, warm cache): {f['ready_seconds']:.2f} s")
     for k, v in f["ratios"].items():

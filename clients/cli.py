@@ -189,6 +189,12 @@ def cmd_status(args):
         print(json.dumps(status, indent=2))
         return EXIT_OK
     rows = [(k, status.get(k)) for k in STATUS_ORDER if k in status]
+    r = status.get("replay")
+    if r:
+        state = "off" if not r["ratio"] else (f"ratio {r['ratio']}, recency {_fmt(r['recency'])} rows"
+                                              if r["recency"] else f"ratio {r['ratio']}, uniform")
+        rows.append(("replay", f"{r['steps']} steps on recent rows ({state}; {r['rows']} of "
+                               f"{r['capacity']} rows kept, {r['pending']} steps pending)"))
     for split, figures in (status.get("evaluation") or {}).items():
         rows.append((f"eval[{split}]", ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())))
     rows.extend(_evaluation_rows(status))

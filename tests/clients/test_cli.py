@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -47,6 +48,8 @@ def test_every_command(daemons, data_files):
                      what="replayed rows trained")
     r = learnd("status", ctl)
     assert r.returncode == 0 and "samples_trained" in r.stdout and "multiclass" in r.stdout
+    assert re.search(r"^replay +\d+ steps on recent rows \(ratio 16, recency 256 rows; \d+ of 4096 rows kept",
+                     r.stdout, re.M), r.stdout
     status = json.loads(learnd("status", "--json", ctl).stdout)
     assert status["task"] == "multiclass" and status["input_dim"] == 64
 

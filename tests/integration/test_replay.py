@@ -38,6 +38,9 @@ def test_replay_steps_follow_new_steps_and_show_in_status_metrics_and_version(da
     assert s["replay"] == {"steps": 18, "ratio": 3, "recency": 256.0, "rows": 6 * BATCH, "capacity": 1024,
                            "pending": 0}
     assert s["samples_trained"] == 6 * BATCH
+    # Progressive validation scored each new row once, before its step; replayed rows are
+    # not scored again.
+    assert s["progressive"]["rows"] == 6 * BATCH
     d.wait_until(lambda: d.metrics().get("learnd_replay_steps_total") == 18, what="the metric")
     m = d.metrics()
     assert m["learnd_batches_trained_total"] == 6 and m["learnd_replay_step_seconds_count"] == 18
