@@ -155,8 +155,8 @@ def _embedded_samples_per_s(seconds):
 
 
 def _tree_memory(metrics_url):
-    """{role: resident bytes} and the sum, from learnd_process_resident_memory_bytes (or
-    the one process's process_resident_memory_bytes)."""
+    """{role: resident bytes} and the sum, from the tree's learnd_process_resident_memory_bytes
+    (the single process exports no such figure: empty)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -166,8 +166,6 @@ def _tree_memory(metrics_url):
     for family in text_string_to_metric_families(text):
         if family.name == "learnd_process_resident_memory_bytes":
             by_role.update({s.labels["role"]: s.value for s in family.samples})
-        elif family.name == "process_resident_memory_bytes" and not by_role:
-            by_role = {"learnd": family.samples[0].value}
     return {"by_role": by_role, "total": sum(by_role.values())}
 
 
@@ -322,8 +320,11 @@ def _print(f):
     print(f"ingest with training on (rows trained/s): {f['ingest_training_samples_per_s']:,.0f} samples/s; "
           f"embedded engine, same model and batches: {f['embedded_samples_per_s']:,.0f} samples/s")
     mem = f["memory_bytes"]
-    print("resident memory: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem["by_role"].items())
-          + f"; total {mem['total'] / 2**20:.0f} MiB")
+    if mem["by_role"]:
+        print("resident memory: " + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in mem["by_role"].items())
+              + f"; total {mem['total'] / 2**20:.0f} MiB")
+    else:
+        print("resident memory: not in the single process's metrics")
     print(f"training throughput while serving: {f['training_samples_per_s']:,.0f} samples/s")
     print(f"ready to serve (start to first prediction, warm cache): {f['ready_seconds']:.2f} s")
     for k, v in f["ratios"].items():
