@@ -28,16 +28,28 @@ SAMPLE_EVERY_S = 0.5
 DAEMON_ENV = {"LEARND_CHECKPOINT_INTERVAL_S": "5"}   # checkpoints and log trims during the run
 
 
+def tree_pids(pid):
+    """The daemon's pid and its children's: the whole process tree (one pid with
+    --single-process)."""
+    pids = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
 def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    """Resident memory of the whole tree."""
+    total = 0
+    for p in tree_pids(pid):
+        with open(f"/proc/{p}/status") as f:
+            total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    return total
 
 
 def open_fds(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    """Open file descriptors of the whole tree."""
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in tree_pids(pid))
 
 
 def load(role, address, threads, seed, out, **extra):
