@@ -229,9 +229,14 @@ def test_the_write_ahead_log_restores_what_a_lost_checkpoint_held(daemons, digit
     _corrupt_newest_checkpoint(str(tmp_path / "state"))
     d2 = daemons(env=no_replay)
     with Control(d2.control) as c:
-        assert c.status()["batches_trained"] == 10
+        # The daemon may serve while its trainer reads the log on from the older
+        # checkpoint: the 5 lost batches come back within moments.
+        d2.wait_until(lambda: c.status()["batches_trained"] == 10, timeout=60, what="the log read again")
+        assert c.status()["queue_depth"] == 0
     assert d2.metrics()["learnd_wal_replayed_messages_total"] == 5
+    assert d2.settled()["model_version"] == 10
     with Predictor(d2.predict) as p:
+        d2.wait_until(lambda: p.predict(Xte[:1]).model_version == 10, what="the restored snapshot")
         assert np.array_equal(p.predict(Xte, output="proba").y, proba)
     # Every batch resent after the restart is acknowledged and not trained again.
     prod = send_batches(d2.ingest, Xtr, ytr, 10)
