@@ -191,6 +191,12 @@ class Model:
         if self.network is None:
             raise EngineError("the model has not learned from any row yet; there is nothing to rehearse")
         X, Y, w = self._batch(X, y, sample_weight, training=True)
+        return self.rehearse_checked(X, Y, w)
+
+    def rehearse_checked(self, X, Y, w):
+        """`rehearse` on rows already checked and encoded when they were first learned:
+        X (m, n_features) and Y (m, n_outputs) C-contiguous in the model's dtype, w (m,)
+        float64 weights with mean 1.  No check runs again (engine.Replay's steps)."""
         loss, _ = self._step(X, Y, w, self.normalizer.shift, self.normalizer.inv_scale)
         return loss
 

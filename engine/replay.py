@@ -149,8 +149,13 @@ class Replay:
         np.take(self.x, idx, axis=0, out=xb, mode="clip")   # "raise" would buffer
         np.take(self.Y, idx, axis=0, out=Yb, mode="clip")
         np.take(self.w, idx, out=wb, mode="clip")
+        mean = wb.mean()
+        if mean <= 0:                           # only rows of weight 0 drawn: nothing to learn
+            return None
+        np.divide(wb, mean, out=wb)             # the weights a step takes have mean 1
         self.steps += 1
-        return self.model.rehearse(xb, Yb, wb)
+        # The rows were checked and their targets encoded when they were first learned.
+        return self.model.rehearse_checked(xb, Yb, wb)
 
     def learn(self, X, y, sample_weight=None):
         """partial_fit on the new batch, remember it, then `ratio` replay steps.

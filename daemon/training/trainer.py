@@ -390,7 +390,8 @@ class Trainer(threading.Thread):
         """One step on a batch of recent training rows (engine.Replay)."""
         self._replay_credit -= 1
         t0 = time.perf_counter()
-        self.replay.step()
+        if self.replay.step() is None:          # drew only rows of weight 0: no step taken
+            return
         if self.model.nonfinite_steps > self.nonfinite_steps:
             self.nonfinite_steps = self.model.nonfinite_steps
             self.metrics.nonfinite_steps.inc()

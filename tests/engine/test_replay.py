@@ -66,7 +66,7 @@ def test_steps_draw_only_rows_of_the_ring(rng):
     replay = Replay(model, rows=8, ratio=0, batch_size=32, recency=None)   # uniform
     replay.add(np.arange(0, 20, dtype=np.float32).reshape(20, 1), np.zeros((20, 1), np.float32))
     seen = []
-    model.rehearse = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
+    model.rehearse_checked = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
     for _ in range(20):
         replay.step()
     drawn = np.concatenate(seen)
@@ -89,7 +89,7 @@ def test_recency_weights_the_draws_to_the_newest_rows():
         replay = Replay(model, rows=rows, ratio=0, batch_size=256, recency=recency, seed=4)
         replay.add(np.arange(5000, dtype=np.float32).reshape(-1, 1), np.zeros((5000, 1), np.float32))
         seen = []
-        model.rehearse = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
+        model.rehearse_checked = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
         for _ in range(200):
             replay.step()
         ages[rows] = 4999 - np.concatenate(seen)
