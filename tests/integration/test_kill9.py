@@ -79,14 +79,22 @@ class ResendingProducer:
             self.sock.send_multipart(frames)
             self.resent += 1
 
+    def send_window(self):
+        """Fills the window of unacknowledged messages with new ones; how many it sent."""
+        sent = 0
+        while len(self.unacked) < WINDOW:
+            frames, m = self.message(self.next_seq)
+            self.sock.send_multipart(frames)
+            self.unacked[self.next_seq] = (frames, m)
+            self.next_seq += 1
+            sent += 1
+        return sent
+
     def pump(self, seconds, send_new=True):
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            while send_new and len(self.unacked) < WINDOW:
-                frames, m = self.message(self.next_seq)
-                self.sock.send_multipart(frames)
-                self.unacked[self.next_seq] = (frames, m)
-                self.next_seq += 1
+            if send_new:
+                self.send_window()
             if not send_new and not self.unacked:
                 return
             if self.sock.poll(10):
@@ -222,8 +230,8 @@ def test_wal_fsync_ms_0_syncs_every_message_before_its_ack(daemons):
         producer.connect(d.ingest)
         producer.pump(60, send_new=False)           # connects; nothing to send yet
         for _ in range(5):                           # 5 windows of 16 in flight at once
-            producer.pump(0.001)                     # one pass: sends a window of 16
-            producer.pump(60, send_new=False)
+            assert producer.send_window() == WINDOW
+            producer.pump(60, send_new=False)        # until all 16 are acknowledged
     finally:
         producer.close()
     assert len(producer.acked) == 5 * WINDOW
