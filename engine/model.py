@@ -173,6 +173,14 @@ class Model:
         `nonfinite_steps`.
         """
         X, Y, w = self._batch(X, y, sample_weight, training=True)
+        return self.learn_checked(X, Y, w)
+
+    def learn_checked(self, X, Y, w):
+        """`partial_fit` on a batch already checked and encoded (a population checks a
+        batch once for all its members): X (m, n_features) and Y (m, n_outputs)
+        C-contiguous in the model's dtype, w (m,) float64 weights with mean 1."""
+        if self.network is None:
+            self._build(X.shape[1])
         shift, inv_scale = self.normalizer.stage(X)
         loss, ok = self._step(X, Y, w, shift, inv_scale)
         if ok:

@@ -1,0 +1,68 @@
+"""The average of several networks' outputs, predicted in one kernel call."""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import EngineError
+from .kernels.network import ensemble_forward
+from .network import Workspace
+
+
+class Ensemble:
+    """An immutable average of k Snapshots (members of one population, so one task,
+    input size and dtype; their layer sizes may differ).
+
+    Their arrays are laid end to end so that `ensemble_forward` walks all k members in
+    one call: the mean of their softmax rows / sigmoid probabilities / values.
+    """
+
+    def __init__(self, snapshots, version=0, meta=None):
+        if not snapshots:
+            raise EngineError("an ensemble needs at least one member")
+        first = snapshots[0]
+        for s in snapshots[1:]:
+            if (s.task, s.n_outputs, s.input_dim, s.dtype) != (first.task, first.n_outputs, first.input_dim, first.dtype):
+                raise EngineError("ensemble members must share task, outputs, input size and dtype")
+        self.version = version
+        self.meta = dict(meta or {})
+        self.task, self.n_outputs, self.input_dim = first.task, first.n_outputs, first.input_dim
+        self.dtype, self.head = first.dtype, first.head
+        self.k = len(snapshots)
+        self.params = np.concatenate([s.params for s in snapshots])
+        self.stats = np.concatenate([s.stats for s in snapshots]) if any(s.stats.size for s in snapshots) \
+            else np.zeros(1, dtype=first.dtype)
+        self.tables = np.ascontiguousarray(np.concatenate([s.table for s in snapshots]))
+        self.param_offsets = np.cumsum([0] + [s.params.size for s in snapshots]).astype(np.int64)
+        self.stat_offsets = np.cumsum([0] + [s.stats.size for s in snapshots]).astype(np.int64)
+        self.table_offsets = np.cumsum([0] + [s.table.shape[0] for s in snapshots]).astype(np.int64)
+        self.shifts = np.ascontiguousarray(np.stack([s.shift for s in snapshots]))
+        self.inv_scales = np.ascontiguousarray(np.stack([s.inv_scale for s in snapshots]))
+        self.bn_eps = np.array([s.bn_eps for s in snapshots], dtype=np.float64)
+        self.units_per_row = max(s.units_per_row for s in snapshots)
+
+    def new_workspace(self):
+        return _EnsembleWorkspace(self.units_per_row, self.n_outputs, self.dtype)
+
+    def predict_into(self, X, out, workspace):
+        """Mean head outputs for X (m, n0) into out (m, K); X checked by the caller."""
+        m = X.shape[0]
+        buf = workspace.ensure(m)
+        ensemble_forward(X, self.shifts, self.inv_scales, self.params, self.param_offsets, self.stats,
+                         self.stat_offsets, self.tables, self.table_offsets, self.head, self.bn_eps,
+                         buf, workspace.cap, workspace.member_out[:m], out)
+        return out
+
+
+class _EnsembleWorkspace(Workspace):
+    """A Workspace plus one member's (cap, K) outputs."""
+
+    def __init__(self, units_per_row, n_outputs, dtype):
+        super().__init__(units_per_row, dtype)
+        self.n_outputs = n_outputs
+        self.member_out = np.empty((0, n_outputs), dtype=dtype)
+
+    def ensure(self, m):
+        buf = super().ensure(m)
+        if self.member_out.shape[0] < self.cap:
+            self.member_out = np.empty((self.cap, self.n_outputs), dtype=self.dtype)
+        return buf

@@ -1,0 +1,616 @@
+"""A population: many models learning one stream, compared on the same rows, the best
+one served ("caviar" rather than "panda").
+
+    pop = Population(members=8, task="multiclass", n_outputs=10, seed=0)
+    for X, y in stream:                # X (m, d), y as Model.partial_fit takes it
+        pop.partial_fit(X, y)          # every member scores the batch, then learns from it
+    pop.predict(X_new)                 # the champion's answer (or the top-k ensemble's)
+    pop.leaderboard()                  # members, settings, rows, error +- standard error
+
+Member 0 starts on the base settings (the keyword arguments given, else the Model
+defaults); the others draw theirs from `search_space` (engine.search_space).  Every
+member learns from every batch; each scores the batch before it learns from it
+(progressive validation), and the per-row errors go into one ring per member, so any
+two members are compared on exactly the rows both have scored: a paired comparison.
+
+Every `interval` batches the population decides (`decide`):
+
+- the champion, which predict serves, changes only when a challenger's mean error on
+  the rows both scored is lower by more than the noise: standard errors of the paired
+  differences, against a bar that holds however many challengers there are and however
+  often the question is asked (`champion_sigmas`); a lucky stretch does not move it;
+- then the strategy replaces losers (never the champion; a member is judged once it
+  has scored `min_rows` rows, and replaced only when it is worse than the best by more
+  than the noise):
+  ``random``  the worst quarter get fresh draws from the space narrowed around the best
+              quarter (coarse to fine);
+  ``halving`` successive halving, asynchronous: a member at rung r that has scored
+              min_rows * eta**r rows is compared with the others that have; the top
+              1/eta move on to rung r + 1, the others are replaced by fresh draws;
+  ``pbt``     population-based training: each of the worst quarter becomes a copy of
+              one of the best quarter (weights, optimizer state, normalizer, replay
+              rows) with its continuous live settings perturbed (x0.8 or x1.25 on the
+              scale the space draws them on).
+
+Every decision is kept in `decisions`.  The members' steps run on a thread pool: the
+kernels release the GIL, so the members train in parallel on every core.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from statistics import NormalDist
+
+import numpy as np
+
+from .ensemble import Ensemble
+from .errors import EngineError
+from .model import LIVE_SETTINGS, Model
+from .replay import Replay
+from .search_space import SearchSpace
+
+STRATEGIES = ("random", "halving", "pbt")
+METRICS = ("progressive_error", "progressive_loss")
+SERVE = ("champion", "ensemble")
+NOISE_SIGMAS = 2.0     # a difference counts only this many standard errors beyond zero
+PERTURB = (0.8, 1.25)  # PBT's explore step, on the scale the setting is drawn on
+MAX_DECISIONS = 10_000  # the decision log keeps this many, newest last
+FORMAT, VERSION = "learnd.population", 1
+_TINY = 1e-12
+
+
+def row_scores(task, P, Y, error_out, loss_out):
+    """Per-row error and loss of outputs P (m, K) against targets Y (m, K).
+
+    Error: 1/0 for a misclassified row (multiclass), the share of wrong labelled
+    outputs (binary, multilabel), the squared error summed over outputs (regression).
+    Loss: cross-entropy / BCE summed over labelled outputs / half the squared error.
+    """
+    if task == "multiclass":
+        m = P.shape[0]
+        true = Y.argmax(axis=1)
+        error_out[:] = P.argmax(axis=1) != true
+        loss_out[:] = -np.log(np.maximum(P[np.arange(m), true], _TINY))
+    elif task in ("binary", "multilabel"):
+        labelled = ~np.isnan(Y)
+        yz = np.where(labelled, Y, 0.0) >= 0.5
+        n = np.maximum(labelled.sum(axis=1), 1)
+        error_out[:] = (((P >= 0.5) != yz) & labelled).sum(axis=1) / n
+        Pc = np.clip(P, _TINY, 1.0 - _TINY)
+        loss_out[:] = np.where(labelled, -np.where(yz, np.log(Pc), np.log1p(-Pc)), 0.0).sum(axis=1)
+    else:
+        d = P - Y
+        sq = (d * d).sum(axis=1)
+        error_out[:] = sq
+        loss_out[:] = 0.5 * sq
+
+
+def paired_difference(a, b):
+    """(mean of a - b, its standard error, rows) over paired per-row figures a, b."""
+    d = a - b
+    n = d.size
+    if n < 2:
+        return float(d.mean()) if n else 0.0, math.inf, n
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(n)), n
+
+
+class Member:
+    """One model of the population and where it stands in the search."""
+
+    def __init__(self, member_id, slot, draw, settings, model, replay, born_row, origin, parent=None):
+        self.id = member_id
+        self.slot = slot              # its row in the population's score rings
+        self.draw = draw              # the searched settings, in the space's names
+        self.settings = settings      # every Model keyword argument it was made with
+        self.model = model
+        self.replay = replay
+        self.born_row = born_row      # the stream row from which it has scored every row
+        self.origin = origin          # "base", "draw" or "copy"
+        self.parent = parent          # the member a copy was taken from
+        self.rung = 0                 # successive halving's rung
+        self.last_loss = math.nan
+
+    def meta(self):
+        return {"id": self.id, "slot": self.slot, "draw": _plain(self.draw), "settings": _plain(self.settings),
+                "born_row": self.born_row, "origin": self.origin, "parent": self.parent, "rung": self.rung}
+
+
+class Population:
+    """Many models on one stream; see the module docstring.
+
+    members: how many (>= 2).  search_space: a mapping as engine.search_space takes it
+    (None: its default).  strategy: random, halving or pbt.  metric: progressive_error
+    or progressive_loss (lower is better).  interval: batches between decisions.
+    seed: of every draw and of every member's initial weights and dropout (the same
+    seed, the same population).  serve: champion or
+    ensemble, with ensemble_k members averaged.  eta: halving's keep-1/eta.  window:
+    rows each member's score ring holds (the comparisons' horizon).  min_rows: rows a
+    member must have scored before it is judged.  threads: of the training pool
+    (None: the machine's cores).  replay_ratio / replay_rows: each member's rehearsal
+    (engine.Replay) after each new batch.  progressive: "step" scores a batch with the
+    outputs of the step's own forward pass (free; training mode), "inference" with a
+    separate inference pass.  Other keyword arguments are the base Model settings.
+    """
+
+    def __init__(self, members=8, search_space=None, strategy="random", metric="progressive_error",
+                 interval=20, seed=0, serve="champion", ensemble_k=3, eta=3, window=4096, min_rows=512,
+                 threads=None, replay_ratio=0, replay_rows=4096, progressive="step", **base):
+        if isinstance(members, bool) or not isinstance(members, int) or members < 2:
+            raise EngineError(f"a population needs members >= 2, got {members!r}")
+        _one_of("strategy", strategy, STRATEGIES)
+        _one_of("metric", metric, METRICS)
+        _one_of("serve", serve, SERVE)
+        _one_of("progressive", progressive, ("step", "inference"))
+        for name, value, low in (("interval", interval, 1), ("ensemble_k", ensemble_k, 1), ("eta", eta, 2),
+                                 ("window", window, 16), ("min_rows", min_rows, 2),
+                                 ("replay_ratio", replay_ratio, 0), ("replay_rows", replay_rows, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise EngineError(f"{name} must be an int >= {low}, got {value!r}")
+        if min_rows > window:
+            raise EngineError(f"min_rows ({min_rows}) cannot exceed window ({window}): a member is judged "
+                              "on rows its score ring still holds")
+        self.space = SearchSpace.parse(search_space)
+        self.base = dict(base)
+        Model(**self.base)                          # the base settings must make a model
+        self.settings = {"members": members, "search_space": self.space.to_dict(), "strategy": strategy,
+                         "metric": metric, "interval": interval, "seed": seed, "serve": serve,
+                         "ensemble_k": ensemble_k, "eta": eta, "window": window, "min_rows": min_rows,
+                         "replay_ratio": replay_ratio, "replay_rows": replay_rows, "progressive": progressive}
+        self.threads = threads or os.cpu_count() or 1
+        self.rng = np.random.default_rng(seed)
+        self.rows_seen = 0          # training rows every member has scored and learned from
+        self.batches = 0
+        self.next_id = 0
+        self.decisions = []
+        self._error = np.full((members, window), np.nan)   # per-row figures, ring by stream row
+        self._loss = np.full((members, window), np.nan)
+        self._pool = None
+        self.members = [self._new_member(slot, origin="base" if slot == 0 else "draw")
+                        for slot in range(members)]
+        self.champion = self.members[0]
+
+    # -- members ---------------------------------------------------------------------------
+    def _base_draw(self):
+        """The base settings in the space's names (what member 0 'drew')."""
+        probe = Model(**self.base).spec
+        out = {}
+        for name in self.space.dims:
+            if name == "width":
+                out[name] = int(probe.hidden[0]) if probe.hidden else 0
+            elif name == "depth":
+                out[name] = len(probe.hidden)
+            else:
+                value = getattr(probe, name)
+                out[name] = tuple(value) if isinstance(value, (list, tuple)) else value
+        return out
+
+    def _new_member(self, slot, origin, space=None):
+        member_id = self.next_id
+        self.next_id += 1
+        draw = self._base_draw() if origin == "base" else (space or self.space).sample(self.rng)
+        settings = self.space.apply(self.base, draw) if origin != "base" else dict(self.base)
+        settings["seed"] = (int(self.settings["seed"]) * 1_000_003 + member_id) % (2 ** 31)
+        model = Model(**settings)
+        self._reset_scores(slot)
+        return Member(member_id, slot, draw, settings, model, self._new_replay(model, member_id),
+                      self.rows_seen, origin)
+
+    def _new_replay(self, model, member_id):
+        ratio = self.settings["replay_ratio"]
+        if not ratio:
+            return None
+        return Replay(model, rows=self.settings["replay_rows"], ratio=ratio,
+                      seed=(int(self.settings["seed"]) * 7919 + member_id) % (2 ** 31))
+
+    def _reset_scores(self, slot):
+        self._error[slot] = np.nan
+        self._loss[slot] = np.nan
+
+    # -- training ----------------------------------------------------------------------------
+    def partial_fit(self, X, y, sample_weight=None):
+        """Every member scores the batch, then takes one step on it (and its replay
+        steps); every `interval` batches, a decision.  X (m, n_features), y and
+        sample_weight as Model.partial_fit takes them.  Returns the champion's J.
+
+        The batch is checked once, before any member changes: a bad batch raises
+        EngineError and changes nothing."""
+        X, Y, w = self._check(X, y, sample_weight)
+        m = X.shape[0]
+        W = self._error.shape[1]
+        keep = slice(max(0, m - W), m)         # a batch longer than the ring keeps its last rows
+        cols = (self.rows_seen + np.arange(m)[keep]) % W
+        pool = self._executor()
+        futures = [pool.submit(self._train_member, mb, X, Y, w, cols, keep) for mb in self.members]
+        for f in futures:
+            f.result()
+        self.rows_seen += m
+        self.batches += 1
+        if self.batches % self.settings["interval"] == 0:
+            self.decide()
+        return self.champion.last_loss
+
+    def _check(self, X, y, sample_weight):
+        checker = self.members[0].model
+        X, Y, w = checker._batch(X, y, sample_weight, training=True)
+        if X.shape[0] < 2 and any(mb.model.spec.batch_norm and mb.model.spec.hidden for mb in self.members):
+            raise EngineError(f"with batch norm a training batch needs at least 2 rows, got {X.shape[0]} "
+                              "(some members use batch norm)")
+        # member 0's buffers are reused by its next call: the members read copies
+        return X, Y.copy(), w.copy()
+
+    def _train_member(self, mb, X, Y, w, cols, keep):
+        model = mb.model
+        task = model.spec.task
+        err, loss = self._error[mb.slot], self._loss[mb.slot]
+        m = X.shape[0]
+        e, l = np.empty(m), np.empty(m)
+        scored = False
+        if self.settings["progressive"] == "inference" and model.network is not None:
+            row_scores(task, model.predict_proba(X), Y, e, l)
+            scored = True
+        before = model.nonfinite_steps
+        mb.last_loss = model.learn_checked(X, Y, w)
+        if not scored:      # "step", or a member's first batch (no inference before it)
+            row_scores(task, model.last_batch_outputs(), Y, e, l)
+        err[cols], loss[cols] = e[keep], l[keep]
+        if mb.replay is not None:
+            if model.nonfinite_steps == before:
+                mb.replay.add(X, Y, w if w.size else None)
+            for _ in range(mb.replay.ratio):
+                mb.replay.step()
+
+    def _executor(self):
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="learnd-member")
+        return self._pool
+
+    def close(self):
+        """Stop the training threads (they also stop when the population is collected)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- comparisons -----------------------------------------------------------------------
+    def _figures(self):
+        return self._error if self.settings["metric"] == "progressive_error" else self._loss
+
+    def _rows_scored(self, mb):
+        return min(self.rows_seen - mb.born_row, self._error.shape[1])
+
+    def _common_cols(self, members):
+        """Ring columns of the rows every one of `members` has scored, oldest first."""
+        W = self._error.shape[1]
+        start = max([self.rows_seen - W] + [mb.born_row for mb in members])
+        return np.arange(start, self.rows_seen) % W
+
+    def judged(self):
+        return [mb for mb in self.members if self._rows_scored(mb) >= self.settings["min_rows"]]
+
+    def ranking(self, members=None):
+        """Members ordered best first by mean metric on the rows all of them scored."""
+        members = self.judged() if members is None else members
+        if not members:
+            return []
+        cols = self._common_cols(members)
+        fig = self._figures()
+        means = {mb.id: float(fig[mb.slot, cols].mean()) for mb in members}
+        return sorted(members, key=lambda mb: (means[mb.id], mb.id))
+
+    def compare(self, a, b):
+        """(mean of a's metric - b's, its standard error, rows) on the rows both scored."""
+        cols = self._common_cols([a, b])
+        fig = self._figures()
+        return paired_difference(fig[a.slot, cols], fig[b.slot, cols])
+
+    def _beats(self, a, b, sigmas=NOISE_SIGMAS):
+        """a is better than b by more than `sigmas` standard errors, on at least min_rows rows."""
+        diff, se, n = self.compare(a, b)
+        return n >= self.settings["min_rows"] and diff + sigmas * se < 0
+
+    def champion_sigmas(self, challengers, rows):
+        """How many standard errors a challenger's lead over the champion must reach on
+        `rows` shared rows, with `challengers` of them in the running.
+
+        The plain two-sigma rule would be wrong twice over.  The best of several equal
+        members leads the champion by chance far more often than one does (of 7 equals,
+        one is 2 standard errors ahead about one time in seven), so the error rate is
+        split among the challengers (Bonferroni).  And the question is asked again at
+        every decision on a growing set of rows: a rule valid for one look crosses, by
+        chance, at some look of a long stream (measured: 4 streams in 20 whose labels
+        were pure noise changed champion within 3,000 rows).  So the bar is the normal
+        mixture confidence sequence (Robbins; Howard et al. 2021), valid at every look:
+        with r = rows / min_rows, a lead counts when it exceeds
+        sqrt((1 + 1/r) (ln(1 + r) + 2 ln(1/a))) standard errors, a = the one-sided
+        tail of NOISE_SIGMAS, doubled for one side and split among the challengers.
+        It is about 4.6 at min_rows and 3.7-3.8 from 4 x min_rows on for 7 challengers.
+        """
+        alpha = 2.0 * (1.0 - NormalDist().cdf(NOISE_SIGMAS)) / max(1, challengers)
+        r = max(rows, 1) / self.settings["min_rows"]
+        return math.sqrt((1.0 + 1.0 / r) * (math.log1p(r) + 2.0 * math.log(1.0 / alpha)))
+
+    # -- decisions -----------------------------------------------------------------------------
+    def decide(self):
+        """Pick the champion, then let the strategy replace losers; returns the decisions made."""
+        made = []
+        ranked = self.ranking()
+        if ranked:
+            best = ranked[0]
+            diff, se, n = self.compare(best, self.champion)
+            sigmas = self.champion_sigmas(len(ranked) - (self.champion in ranked), n)
+            if best is not self.champion and n >= self.settings["min_rows"] and diff + sigmas * se < 0:
+                made.append(self._log("champion", best, previous=self.champion.id, difference=diff,
+                                      standard_error=se, sigmas=sigmas, rows=n))
+                self.champion = best
+            strategy = getattr(self, "_decide_" + self.settings["strategy"])
+            made.extend(strategy(ranked))
+        return made
+
+    def _losers(self, ranked):
+        """The worst quarter of the judged members that the best beats beyond the noise."""
+        if len(ranked) < 4:
+            return [], []
+        quarter = max(1, len(ranked) // 4)
+        best = ranked[0]
+        losers = [mb for mb in ranked[-quarter:] if mb is not self.champion and self._beats(best, mb)]
+        return ranked[:quarter], losers
+
+    def _decide_random(self, ranked):
+        top, losers = self._losers(ranked)
+        space = self.space.narrowed([mb.draw for mb in top])
+        return [self._replace(mb, space, reason="random") for mb in losers]
+
+    def _decide_halving(self, ranked):
+        eta, made = self.settings["eta"], []
+        top = ranked[:max(1, len(ranked) // 4)]
+        space = self.space.narrowed([mb.draw for mb in top])
+        for rung in sorted({mb.rung for mb in self.members}):
+            budget = self.settings["min_rows"] * eta ** rung
+            ready = [mb for mb in self.members
+                     if mb.rung == rung and self.rows_seen - mb.born_row >= budget]
+            if len(ready) < eta:
+                continue
+            ordered = self.ranking(ready)
+            n_keep = max(1, math.ceil(len(ordered) / eta))
+            cols = self._common_cols(ordered)
+            compared = [{"member": mb.id, "value": self._member_figure(mb, cols)["value"]} for mb in ordered]
+            for mb in ordered[:n_keep]:
+                mb.rung += 1
+                made.append(self._log("promote", mb, rung=mb.rung, compared=compared))
+            for mb in ordered[n_keep:]:
+                if mb is self.champion:      # the served model is never dropped
+                    mb.rung += 1
+                    made.append(self._log("promote", mb, rung=mb.rung, why="champion", compared=compared))
+                else:
+                    made.append(self._replace(mb, space, reason="halving", rung=rung, compared=compared))
+        return made
+
+    def _decide_pbt(self, ranked):
+        top, losers = self._losers(ranked)
+        made = []
+        for mb in losers:
+            donor = top[int(self.rng.integers(len(top)))]
+            made.append(self._copy(donor, mb))
+        return made
+
+    def _replace(self, old, space, reason, **extra):
+        figure = self._member_figure(old)          # before its ring is cleared for the new one
+        new = self._new_member(old.slot, origin="draw", space=space)
+        self.members[old.slot] = new
+        return self._log("replace", new, replaced=old.id, reason=reason, replaced_figure=figure,
+                         space=space.to_dict(), **extra)
+
+    def _copy(self, donor, old):
+        """PBT's exploit and explore: old's slot gets donor's state, settings perturbed."""
+        figure = self._member_figure(old)          # before its ring is cleared for the copy
+        state = donor.model.get_state()
+        model = Model.from_state(state)
+        draw, changes = dict(donor.draw), {}
+        for name, dim in self.space.dims.items():
+            if name not in LIVE_SETTINGS or dim.kind == "choice":
+                continue
+            factor = PERTURB[int(self.rng.integers(2))]
+            lo, hi = self.space.origin.dims[name].unit_bounds
+            u = min(max(dim.unit_or_low(draw[name], lo), lo), hi)   # a base value may lie outside
+            if dim.kind == "uniform":
+                u = u + (factor - 1.0) * (hi - lo)          # a step of 20-25% of the range
+            else:
+                u = u + math.log10(factor)                  # x0.8 / x1.25 on its own scale
+            draw[name] = dim.from_unit(min(max(u, lo), hi))
+            changes[name] = draw[name]
+        if changes:
+            model.set(**changes)
+        member_id = self.next_id
+        self.next_id += 1
+        settings = {**donor.settings, **changes}
+        replay = self._new_replay(model, member_id)
+        if replay is not None and donor.replay is not None:
+            replay.set_state(donor.replay.get_state())
+        self._reset_scores(old.slot)
+        new = Member(member_id, old.slot, draw, settings, model, replay, self.rows_seen, "copy", parent=donor.id)
+        new.rung = donor.rung
+        self.members[old.slot] = new
+        return self._log("copy", new, replaced=old.id, parent=donor.id, changes=_plain(changes),
+                         replaced_figure=figure)
+
+    def _log(self, kind, member, **details):
+        entry = {"kind": kind, "member": member.id, "batch": self.batches, "rows": self.rows_seen,
+                 "draw": _plain(member.draw), **details}
+        self.decisions.append(entry)
+        del self.decisions[:-MAX_DECISIONS]
+        return entry
+
+    # -- figures -------------------------------------------------------------------------------
+    def _member_figure(self, mb, cols=None):
+        """{"value", "standard_error", "rows"}: mb's mean metric over ring columns `cols`
+        (None: every row its ring holds), or None before it has scored a row."""
+        if cols is None:
+            n = self._rows_scored(mb)
+            cols = np.arange(self.rows_seen - n, self.rows_seen) % self._error.shape[1]
+        n = cols.size
+        if n < 1:
+            return None
+        values = self._figures()[mb.slot, cols]
+        se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None
+        return {"value": float(values.mean()), "standard_error": se, "rows": int(n)}
+
+    def leaderboard(self):
+        """One dict per member, best first (judged members by the ranking, then the rest):
+        id, slot, draw (its searched settings), rows_trained, age_rows (rows since it
+        joined), metric figure ± standard error over its recent rows, state, champion."""
+        ranked = self.ranking()
+        order = ranked + [mb for mb in self.members if mb not in ranked]
+        common = self._common_cols(ranked) if ranked else None
+        board = []
+        for place, mb in enumerate(order):
+            # Judged members are shown on the rows they are ranked on (all scored them),
+            # so the figures compare; the others on the rows they have scored so far.
+            fig = self._member_figure(mb, common if mb in ranked else None)
+            state = "champion" if mb is self.champion else ("judged" if mb in ranked else "warming up")
+            board.append({"member": mb.id, "slot": mb.slot, "rank": place + 1 if mb in ranked else None,
+                          "draw": _plain(mb.draw), "rows_trained": int(mb.model.samples_seen),
+                          "age_rows": self.rows_seen - mb.born_row, "metric": self.settings["metric"],
+                          "value": None if fig is None else fig["value"],
+                          "standard_error": None if fig is None else fig["standard_error"],
+                          "rows_compared": 0 if fig is None else fig["rows"],
+                          "origin": mb.origin, "parent": mb.parent, "rung": mb.rung, "state": state,
+                          "champion": mb is self.champion})
+        return board
+
+    # -- serving ---------------------------------------------------------------------------------
+    def served(self):
+        """The members predict answers from: [champion], or the top ensemble_k."""
+        if self.settings["serve"] == "champion":
+            return [self.champion]
+        ranked = self.ranking()
+        top = [self.champion] + [mb for mb in ranked if mb is not self.champion]
+        return top[:self.settings["ensemble_k"]]
+
+    def snapshot(self, version=0):
+        """What predict serves, immutable: the champion's Snapshot, or an Ensemble of the
+        top members' snapshots.  meta names the member (or "ensemble") and who is in it."""
+        served = [mb for mb in self.served() if mb.model.network is not None]
+        if not served:
+            raise EngineError("the population has not seen data yet; there is nothing to snapshot")
+        if self.settings["serve"] == "champion":
+            return served[0].model.snapshot(version, meta={"member": served[0].id})
+        snaps = [mb.model.snapshot(version) for mb in served]
+        return Ensemble(snaps, version, meta={"member": "ensemble", "members": [mb.id for mb in served]})
+
+    def predict_proba(self, X):
+        """Head outputs (m, n_outputs) for X (m, n_features): the champion's, or the
+        mean of the top ensemble_k members' probabilities (values for regression)."""
+        if self.settings["serve"] == "champion":
+            return self.champion.model.predict_proba(X)
+        X = self.champion.model._check_X(X, training=False)
+        ens = self.snapshot()
+        out = np.empty((X.shape[0], ens.n_outputs), dtype=ens.dtype)
+        return ens.predict_into(X, out, ens.new_workspace())
+
+    def predict(self, X):
+        """Class ids (m,), 0/1 labels (m, n_outputs), or values, as Model.predict."""
+        P = self.predict_proba(X)
+        task = self.champion.model.spec.task
+        if task == "multiclass":
+            return P.argmax(axis=1)
+        if task in ("binary", "multilabel"):
+            return (P >= 0.5).astype(np.int64)
+        return P
+
+    # -- state -----------------------------------------------------------------------------------
+    def get_state(self):
+        """Every member's model and replay state, the score rings, the search state and
+        its random generator: a population restored from it makes the same draws."""
+        return {
+            "meta": {"format": FORMAT, "version": VERSION, "settings": _plain(self.settings),
+                     "base": _plain(self.base), "rows_seen": self.rows_seen, "batches": self.batches,
+                     "next_id": self.next_id, "champion": self.champion.id,
+                     "decisions": self.decisions, "rng": self.rng.bit_generator.state,
+                     "members": [mb.meta() for mb in self.members]},
+            "models": [mb.model.get_state() for mb in self.members],
+            "replays": [None if mb.replay is None else mb.replay.get_state() for mb in self.members],
+            "error": self._error.copy(), "loss": self._loss.copy(),
+        }
+
+    @classmethod
+    def from_state(cls, state, threads=None):
+        """The population that gave `state`, ready to go on.  Raises EngineError."""
+        try:
+            meta = state["meta"]
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise EngineError(f"not a learnd population state of version {VERSION}")
+            s = meta["settings"]
+            pop = cls.__new__(cls)
+            pop.space = SearchSpace.parse(s["search_space"])
+            pop.base = dict(meta["base"])
+            pop.settings = dict(s)
+            pop.threads = threads or os.cpu_count() or 1
+            pop.rng = np.random.default_rng()
+            pop.rng.bit_generator.state = meta["rng"]
+            pop.rows_seen, pop.batches = int(meta["rows_seen"]), int(meta["batches"])
+            pop.next_id = int(meta["next_id"])
+            pop.decisions = list(meta["decisions"])
+            pop._error = np.array(state["error"], dtype=np.float64)
+            pop._loss = np.array(state["loss"], dtype=np.float64)
+            if pop._error.shape != (s["members"], s["window"]) or pop._loss.shape != pop._error.shape:
+                raise EngineError(f"score rings of shape {pop._error.shape} do not fit "
+                                  f"{s['members']} members x {s['window']} rows")
+            pop._pool = None
+            pop.members = []
+            for mm, model_state, replay_state in zip(meta["members"], state["models"], state["replays"]):
+                model = Model.from_state(model_state)
+                replay = pop._new_replay(model, int(mm["id"]))
+                if replay is not None and replay_state is not None:
+                    replay.set_state(replay_state)
+                mb = Member(int(mm["id"]), int(mm["slot"]), _draw_from_plain(mm["draw"]), mm["settings"],
+                            model, replay, int(mm["born_row"]), mm["origin"], mm["parent"])
+                mb.rung = int(mm["rung"])
+                pop.members.append(mb)
+            if len(pop.members) != s["members"]:
+                raise EngineError(f"state holds {len(pop.members)} members, its settings say {s['members']}")
+            champions = [mb for mb in pop.members if mb.id == meta["champion"]]
+            if not champions:
+                raise EngineError(f"state names champion {meta['champion']}, which is not a member")
+            pop.champion = champions[0]
+            return pop
+        except EngineError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EngineError(f"not a usable learnd population state: {type(exc).__name__}: {exc}") from None
+
+    def save(self, path):
+        """Write the state to `path` atomically (see learnd.engine.population_state)."""
+        from . import population_state
+        from .state import write_atomic
+        write_atomic(path, population_state.to_bytes(self.get_state()))
+
+    @classmethod
+    def load(cls, path, threads=None):
+        from . import population_state
+        with open(path, "rb") as f:
+            return cls.from_state(population_state.from_bytes(f.read()), threads=threads)
+
+    def __repr__(self):
+        return (f"Population({len(self.members)} members, {self.settings['strategy']}, "
+                f"champion {self.champion.id}, rows {self.rows_seen})")
+
+
+def _one_of(name, value, allowed):
+    if value not in allowed:
+        raise EngineError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _plain(value):
+    """JSON-ready: tuples to lists, numpy scalars to Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _draw_from_plain(draw):
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in draw.items()}
+
