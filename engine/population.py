@@ -51,7 +51,7 @@ from .replay import Replay
 from .search_space import SearchSpace
 
 STRATEGIES = ("random", "halving", "pbt")
-METRICS = ("progressive_error", "progressive_loss")
+METRICS = ("progressive_error", "progressive_loss", "dev_error", "dev_loss")
 SERVE = ("champion", "ensemble")
 NOISE_SIGMAS = 2.0     # a difference counts only this many standard errors beyond zero
 PERTURB = (0.8, 1.25)  # PBT's explore step, on the scale the setting is drawn on
@@ -121,32 +121,44 @@ class Population:
 
     members: how many (>= 2).  search_space: a mapping as engine.search_space takes it
     (None: its default).  strategy: random, halving or pbt.  metric: progressive_error
-    or progressive_loss (lower is better).  interval: batches between decisions.
+    or progressive_loss (lower is better) on the training rows, or dev_error /
+    dev_loss on the rows given to `decide(dev=...)` (the progressive figure while
+    there are none).  interval: batches between decisions (0: only when `decide` is
+    called, as the daemon does after its evaluations).
     seed: of every draw and of every member's initial weights and dropout (the same
     seed, the same population).  serve: champion or
     ensemble, with ensemble_k members averaged.  eta: halving's keep-1/eta.  window:
     rows each member's score ring holds (the comparisons' horizon).  min_rows: rows a
     member must have scored before it is judged.  threads: of the training pool
-    (None: the machine's cores).  replay_ratio / replay_rows: each member's rehearsal
-    (engine.Replay) after each new batch.  progressive: "step" scores a batch with the
+    (None: the machine's cores).  min_dev_rows: dev rows a dev metric needs before it
+    decides.  replay_ratio / replay_rows: each member's rehearsal
+    (engine.Replay): replay_ratio steps after each new batch, on a ring of replay_rows
+    (None: 4096 when replay_ratio > 0, else no ring; the daemon keeps a ring and calls
+    `rehearse` when it has CPU to spare).  progressive: "step" scores a batch with the
     outputs of the step's own forward pass (free; training mode), "inference" with a
     separate inference pass.  Other keyword arguments are the base Model settings.
     """
 
     def __init__(self, members=8, search_space=None, strategy="random", metric="progressive_error",
                  interval=20, seed=0, serve="champion", ensemble_k=3, eta=3, window=4096, min_rows=512,
-                 threads=None, replay_ratio=0, replay_rows=4096, progressive="step", **base):
+                 threads=None, replay_ratio=0, replay_rows=None, progressive="step", min_dev_rows=100,
+                 **base):
         if isinstance(members, bool) or not isinstance(members, int) or members < 2:
             raise EngineError(f"a population needs members >= 2, got {members!r}")
         _one_of("strategy", strategy, STRATEGIES)
         _one_of("metric", metric, METRICS)
         _one_of("serve", serve, SERVE)
         _one_of("progressive", progressive, ("step", "inference"))
-        for name, value, low in (("interval", interval, 1), ("ensemble_k", ensemble_k, 1), ("eta", eta, 2),
+        if replay_rows is None:
+            replay_rows = 4096 if replay_ratio else 0
+        for name, value, low in (("interval", interval, 0), ("ensemble_k", ensemble_k, 1), ("eta", eta, 2),
                                  ("window", window, 16), ("min_rows", min_rows, 2),
-                                 ("replay_ratio", replay_ratio, 0), ("replay_rows", replay_rows, 2)):
+                                 ("min_dev_rows", min_dev_rows, 2),
+                                 ("replay_ratio", replay_ratio, 0), ("replay_rows", replay_rows, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise EngineError(f"{name} must be an int >= {low}, got {value!r}")
+        if replay_ratio and replay_rows < 2:
+            raise EngineError(f"replay_ratio {replay_ratio} needs replay_rows >= 2, got {replay_rows}")
         if min_rows > window:
             raise EngineError(f"min_rows ({min_rows}) cannot exceed window ({window}): a member is judged "
                               "on rows its score ring still holds")
@@ -156,7 +168,8 @@ class Population:
         self.settings = {"members": members, "search_space": self.space.to_dict(), "strategy": strategy,
                          "metric": metric, "interval": interval, "seed": seed, "serve": serve,
                          "ensemble_k": ensemble_k, "eta": eta, "window": window, "min_rows": min_rows,
-                         "replay_ratio": replay_ratio, "replay_rows": replay_rows, "progressive": progressive}
+                         "replay_ratio": replay_ratio, "replay_rows": replay_rows, "progressive": progressive,
+                         "min_dev_rows": min_dev_rows}
         self.threads = threads or os.cpu_count() or 1
         self.rng = np.random.default_rng(seed)
         self.rows_seen = 0          # training rows every member has scored and learned from
@@ -166,6 +179,8 @@ class Population:
         self._error = np.full((members, window), np.nan)   # per-row figures, ring by stream row
         self._loss = np.full((members, window), np.nan)
         self._pool = None
+        self._dev_scores = None      # per-row dev figures while a decision uses them
+        self.dev_figures = {}        # member id -> its figure on the last dev rows scored
         self.members = [self._new_member(slot, origin="base" if slot == 0 else "draw")
                         for slot in range(members)]
         self.champion = self.members[0]
@@ -197,10 +212,9 @@ class Population:
                       self.rows_seen, origin)
 
     def _new_replay(self, model, member_id):
-        ratio = self.settings["replay_ratio"]
-        if not ratio:
+        if not self.settings["replay_rows"]:
             return None
-        return Replay(model, rows=self.settings["replay_rows"], ratio=ratio,
+        return Replay(model, rows=self.settings["replay_rows"], ratio=self.settings["replay_ratio"],
                       seed=(int(self.settings["seed"]) * 7919 + member_id) % (2 ** 31))
 
     def _reset_scores(self, slot):
@@ -226,7 +240,7 @@ class Population:
             f.result()
         self.rows_seen += m
         self.batches += 1
-        if self.batches % self.settings["interval"] == 0:
+        if self.settings["interval"] and self.batches % self.settings["interval"] == 0:
             self.decide()
         return self.champion.last_loss
 
@@ -260,6 +274,18 @@ class Population:
             for _ in range(mb.replay.ratio):
                 mb.replay.step()
 
+    def rehearse(self):
+        """One replay step for every member that has a ring (in parallel); returns how
+        many members stepped."""
+        ready = [mb for mb in self.members if mb.replay is not None and mb.replay.ready()]
+        if not ready:
+            return 0
+        pool = self._executor()
+        return sum(f.result() is not None for f in [pool.submit(mb.replay.step) for mb in ready])
+
+    def replay_ready(self):
+        return any(mb.replay is not None and mb.replay.ready() for mb in self.members)
+
     def _executor(self):
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="learnd-member")
@@ -272,8 +298,15 @@ class Population:
             self._pool = None
 
     # -- comparisons -----------------------------------------------------------------------
-    def _figures(self):
-        return self._error if self.settings["metric"] == "progressive_error" else self._loss
+    def _progressive(self):
+        return self._loss if self.settings["metric"].endswith("_loss") else self._error
+
+    def _basis(self, members):
+        """(per-row figures, one row per slot; the columns to compare `members` on):
+        the dev rows of the decision under way, or the training rows all of them scored."""
+        if self._dev_scores is not None:
+            return self._dev_scores, np.arange(self._dev_scores.shape[1])
+        return self._progressive(), self._common_cols(members)
 
     def _rows_scored(self, mb):
         return min(self.rows_seen - mb.born_row, self._error.shape[1])
@@ -292,21 +325,24 @@ class Population:
         members = self.judged() if members is None else members
         if not members:
             return []
-        cols = self._common_cols(members)
-        fig = self._figures()
+        fig, cols = self._basis(members)
         means = {mb.id: float(fig[mb.slot, cols].mean()) for mb in members}
         return sorted(members, key=lambda mb: (means[mb.id], mb.id))
 
     def compare(self, a, b):
         """(mean of a's metric - b's, its standard error, rows) on the rows both scored."""
-        cols = self._common_cols([a, b])
-        fig = self._figures()
+        fig, cols = self._basis([a, b])
         return paired_difference(fig[a.slot, cols], fig[b.slot, cols])
 
     def _beats(self, a, b, sigmas=NOISE_SIGMAS):
         """a is better than b by more than `sigmas` standard errors, on at least min_rows rows."""
         diff, se, n = self.compare(a, b)
-        return n >= self.settings["min_rows"] and diff + sigmas * se < 0
+        return self._enough(n) and diff + sigmas * se < 0
+
+    def _enough(self, rows):
+        """Enough shared rows to tell two members apart: min_dev_rows of dev rows, or
+        min_rows of training rows."""
+        return rows >= self.settings["min_dev_rows" if self._dev_scores is not None else "min_rows"]
 
     def champion_sigmas(self, challengers, rows):
         """How many standard errors a challenger's lead over the champion must reach on
@@ -330,15 +366,52 @@ class Population:
         return math.sqrt((1.0 + 1.0 / r) * (math.log1p(r) + 2.0 * math.log(1.0 / alpha)))
 
     # -- decisions -----------------------------------------------------------------------------
-    def decide(self):
-        """Pick the champion, then let the strategy replace losers; returns the decisions made."""
+    def decide(self, dev=None):
+        """Pick the champion, then let the strategy replace losers; returns the decisions made.
+
+        dev: (X, y) or (X, y, sample_weight) held-out rows; with metric dev_error or
+        dev_loss every member scores them and the comparisons are paired on them (with
+        fewer than min_dev_rows, or none, on the training rows as ever)."""
+        self._dev_scores = None
+        if dev is not None:
+            self._score_dev(*dev)
+        try:
+            return self._decide()
+        finally:
+            self._dev_scores = None
+
+    def _score_dev(self, X, y, sample_weight=None):
+        """Every member's per-row figures on the dev rows (NaN for one not built yet);
+        kept per member in `dev_figures`, and for this decision when the metric says so."""
+        X, Y, _ = self.members[0].model._batch(X, y, None, training=False)
+        Y = Y.copy()
+        m = X.shape[0]
+        err, loss = np.full((len(self.members), m), np.nan), np.full((len(self.members), m), np.nan)
+
+        def score(mb):
+            if mb.model.network is not None:
+                row_scores(mb.model.spec.task, mb.model.predict_proba(X), Y, err[mb.slot], loss[mb.slot])
+
+        for f in [self._executor().submit(score, mb) for mb in self.members]:
+            f.result()
+        fig = loss if self.settings["metric"].endswith("_loss") else err
+        self.dev_figures = {}
+        for mb in self.members:
+            v = fig[mb.slot]
+            if not np.isnan(v).any():
+                self.dev_figures[mb.id] = {"value": float(v.mean()), "rows": m,
+                                           "standard_error": float(v.std(ddof=1) / math.sqrt(m)) if m > 1 else None}
+        if self.settings["metric"].startswith("dev_") and m >= self.settings["min_dev_rows"]:
+            self._dev_scores = fig
+
+    def _decide(self):
         made = []
         ranked = self.ranking()
         if ranked:
             best = ranked[0]
             diff, se, n = self.compare(best, self.champion)
             sigmas = self.champion_sigmas(len(ranked) - (self.champion in ranked), n)
-            if best is not self.champion and n >= self.settings["min_rows"] and diff + sigmas * se < 0:
+            if best is not self.champion and self._enough(n) and diff + sigmas * se < 0:
                 made.append(self._log("champion", best, previous=self.champion.id, difference=diff,
                                       standard_error=se, sigmas=sigmas, rows=n))
                 self.champion = best
@@ -450,7 +523,7 @@ class Population:
         n = cols.size
         if n < 1:
             return None
-        values = self._figures()[mb.slot, cols]
+        values = self._progressive()[mb.slot, cols]
         se = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None
         return {"value": float(values.mean()), "standard_error": se, "rows": int(n)}
 
@@ -473,6 +546,7 @@ class Population:
                           "value": None if fig is None else fig["value"],
                           "standard_error": None if fig is None else fig["standard_error"],
                           "rows_compared": 0 if fig is None else fig["rows"],
+                          "dev": self.dev_figures.get(mb.id),
                           "origin": mb.origin, "parent": mb.parent, "rung": mb.rung, "state": state,
                           "champion": mb is self.champion})
         return board
@@ -526,6 +600,7 @@ class Population:
                      "base": _plain(self.base), "rows_seen": self.rows_seen, "batches": self.batches,
                      "next_id": self.next_id, "champion": self.champion.id,
                      "decisions": self.decisions, "rng": self.rng.bit_generator.state,
+                     "dev_figures": {str(k): v for k, v in self.dev_figures.items()},
                      "members": [mb.meta() for mb in self.members]},
             "models": [mb.model.get_state() for mb in self.members],
             "replays": [None if mb.replay is None else mb.replay.get_state() for mb in self.members],
@@ -556,6 +631,8 @@ class Population:
                 raise EngineError(f"score rings of shape {pop._error.shape} do not fit "
                                   f"{s['members']} members x {s['window']} rows")
             pop._pool = None
+            pop._dev_scores = None
+            pop.dev_figures = {int(k): v for k, v in meta.get("dev_figures", {}).items()}
             pop.members = []
             for mm, model_state, replay_state in zip(meta["members"], state["models"], state["replays"]):
                 model = Model.from_state(model_state)

@@ -311,7 +311,7 @@ def test_a_damaged_population_file_is_refused(tmp_path):
     (dict(strategy="grid"), "strategy"),
     (dict(metric="accuracy"), "metric"),
     (dict(serve="best"), "serve"),
-    (dict(interval=0), "interval"),
+    (dict(interval=-1), "interval"),
     (dict(min_rows=10_000, window=4096), "min_rows"),
     (dict(search_space={"lr": {"log_uniform": [0, 1]}}), "search_space"),
     (dict(lr=-1.0), "lr"),
@@ -319,3 +319,38 @@ def test_a_damaged_population_file_is_refused(tmp_path):
 def test_bad_population_settings_are_refused(kw, words):
     with pytest.raises(EngineError, match=words):
         Population(**{**SMALL, **kw})
+
+
+def test_a_dev_metric_decides_on_the_dev_rows_every_member_scored(digits):
+    X, y = digits
+
+    def trained():
+        pop = Population(members=4, search_space={"lr": {"log_uniform": [3e-3, 1e-2]}}, metric="dev_error",
+                         interval=0, min_rows=128, min_dev_rows=100, seed=1, **{**SMALL, "lr": 1e-5})
+        _feed(pop, X[:1200], y[:1200])
+        assert pop.decisions == []                   # interval 0: only decide() decides
+        return pop
+
+    few = trained()                                  # 50 dev rows: too few, the training rows decide
+    moves = [d for d in few.decide(dev=(X[1200:1250], y[1200:1250])) if d["kind"] == "champion"]
+    assert moves and moves[0]["rows"] >= 128 and moves[0]["rows"] != 50
+    few.close()
+    pop = trained()
+    moves = [d for d in pop.decide(dev=(X[1200:], y[1200:])) if d["kind"] == "champion"]
+    assert moves and moves[0]["rows"] == len(X) - 1200 and pop.champion is not pop.members[0]
+    assert pop.dev_figures[0]["value"] > pop.dev_figures[pop.champion.id]["value"]   # 0 may be replaced since
+    champion_row = next(row for row in pop.leaderboard() if row["champion"])
+    assert champion_row["dev"] == pop.dev_figures[pop.champion.id] and champion_row["dev"]["rows"] == len(X) - 1200
+    pop.close()
+
+
+def test_rehearse_takes_one_replay_step_for_every_member(digits):
+    X, y = digits
+    pop = Population(members=3, search_space=LR_SPACE, interval=0, replay_rows=256, **SMALL)
+    assert pop.rehearse() == 0
+    _feed(pop, X[:128], y[:128])
+    steps = [mb.model.steps for mb in pop.members]
+    assert pop.rehearse() == 3
+    assert [mb.model.steps for mb in pop.members] == [s + 1 for s in steps]
+    assert [mb.model.samples_seen for mb in pop.members] == [128] * 3     # replay rows are not new rows
+    pop.close()
