@@ -28,6 +28,7 @@ over seeds.
     python -m benchmarks.learning --set lr=3e-3 batch_norm=False --no-sklearn
     python -m benchmarks.learning --datasets digits --hidden 256 128
     python -m benchmarks.learning --replay-ratio 4 --replay-rows 4096 --no-sklearn
+    python -m benchmarks.learning --population 8 --strategy random --no-sklearn
 
 ``--set key=value`` overrides Model settings (values are Python literals: 3e-3, False,
 'xavier', (0.9, 0.8)); it exists to choose the defaults by measurement.
@@ -93,6 +94,10 @@ class RunningScaler:
         return (np.asarray(X, dtype=np.float64) - self.mean) / scale
 
 
+POPULATION_INTERVAL = 4      # batches between a population's decisions (256 rows)
+POPULATION_MIN_ROWS = 256    # rows a member scores before it is judged: the small sets are ~500 rows
+
+
 def _batches(n):
     """Batch boundaries over n rows; a trailing single row joins the batch before it
     (batch norm cannot train on one row; no shipped set has such a remainder)."""
@@ -106,15 +111,26 @@ def _correct(pred, y):
     return int(np.sum(np.asarray(pred).reshape(-1) == y))
 
 
-def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=None, concept=None):
+def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=None, concept=None,
+               population=None):
     """One pass; replay (ratio, rows) takes `ratio` learnd.Replay steps after each batch.
     With `concept` (the concept id of each row) also the accuracy over the DRIFT_ROWS
-    rows after each change of concept."""
-    from learnd.engine import Model, Replay
+    rows after each change of concept.  population (members, strategy): a
+    learnd.Population on the default search space instead of one Model (member 0 on
+    the same settings as the Model), deciding every POPULATION_INTERVAL batches."""
+    from learnd.engine import Model, Population, Replay
 
-    model = Model(hidden=hidden, task=task, n_outputs=n_outputs, seed=seed, **overrides)
-    learn = model.partial_fit
-    if replay is not None and replay[0] > 0:
+    if population is not None:
+        members, strategy = population
+        ratio, rows, recency = replay if replay is not None else (0, 0, None)
+        model = Population(members=members, strategy=strategy, seed=seed, interval=POPULATION_INTERVAL,
+                           min_rows=POPULATION_MIN_ROWS, replay_ratio=ratio, replay_rows=rows if ratio else 0,
+                           replay_recency=recency, hidden=hidden, task=task, n_outputs=n_outputs, **overrides)
+        learn = model.partial_fit
+    else:
+        model = Model(hidden=hidden, task=task, n_outputs=n_outputs, seed=seed, **overrides)
+        learn = model.partial_fit
+    if population is None and replay is not None and replay[0] > 0:
         learn = Replay(model, rows=replay[1], ratio=replay[0], seed=seed, recency=replay[2]).learn
     hits = np.zeros(start, dtype=bool)
     scored = np.zeros(start, dtype=bool)
@@ -126,8 +142,14 @@ def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=Non
         learn(X[a:b], y[a:b])
     seconds = time.perf_counter() - t0
     held = _correct(model.predict(X[start:]), y[start:]) / (len(y) - start)
+    nonfinite = (sum(mb.model.nonfinite_steps for mb in model.members) if population is not None
+                 else model.nonfinite_steps)
     out = {"prequential": hits[scored].mean(), "heldout": held, "seconds": seconds,
-           "nonfinite_steps": model.nonfinite_steps}
+           "nonfinite_steps": nonfinite}
+    if population is not None:
+        out["champion"] = model.leaderboard()[0]["draw"] if model.leaderboard() else None
+        out["decisions"] = len(model.decisions)
+        model.close()
     if concept is not None:
         out["after_drift"] = [float(hits[c:c + DRIFT_ROWS].mean()) for c in _changes(concept[:start])]
     return out
@@ -167,15 +189,16 @@ def run_sklearn(X, y, start, task, n_outputs, seed, hidden):
 
 def _one(job):
     """One (learner, data set, seed) run; a top-level function so a pool can call it."""
-    learner, name, seed, hidden, overrides, replay = job
+    learner, name, seed, hidden, overrides, replay, population = job
     from learnd.engine.datasets import load
 
     X, y, meta = load(name)
     start = meta["heldout"]["start"]
     task, k = DATASETS[name]
-    if learner == "learnd":
+    if learner in ("learnd", "population"):
         concept = _concept(name)
-        out = run_learnd(X, y, start, task, k, seed, hidden, overrides, replay, concept)
+        out = run_learnd(X, y, start, task, k, seed, hidden, overrides, replay, concept,
+                         population if learner == "population" else None)
     else:
         out = run_sklearn(X, y, start, task, k, seed, hidden)
     return {"learner": learner, "dataset": name, "seed": seed, **out}
@@ -197,9 +220,9 @@ def _summary(runs, key):
             "values": [float(x) for x in v]}
 
 
-def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1, replay=None):
-    learners = ["learnd"] + (["sklearn"] if sklearn else [])
-    todo = [(lr, d, s, hidden, overrides, replay) for d in datasets for lr in learners for s in seeds]
+def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1, replay=None, population=None):
+    learners = ["learnd"] + (["population"] if population else []) + (["sklearn"] if sklearn else [])
+    todo = [(lr, d, s, hidden, overrides, replay, population) for d in datasets for lr in learners for s in seeds]
     # Warm Numba's cache (and compile once) before timing anything.
     _warm(hidden, overrides)
     if jobs > 1:
@@ -217,7 +240,9 @@ def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1, replay=None):
                 "heldout": _summary(rs, "heldout"),
                 "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
             }
-            if lr == "learnd":
+            if lr == "population":
+                table[d][lr]["decisions_per_run"] = float(np.mean([r["decisions"] for r in rs]))
+            if lr in ("learnd", "population"):
                 table[d][lr]["nonfinite_steps"] = int(sum(r["nonfinite_steps"] for r in rs))
                 if "after_drift" in rs[0]:
                     table[d][lr]["after_drift"] = [float(np.mean(v)) for v in
@@ -243,18 +268,18 @@ def format_table(table, hidden, overrides, seeds, replay=None):
                 + (f", recency {replay[2]:g}" if replay[2] else ", uniform") if replay and replay[0] else "no replay")
     lines.append(f"hidden={hidden}, learnd settings: {settings}, {replayed}; batch {BATCH}, "
                  f"one pass, seeds {list(seeds)}; mean ± std over seeds")
-    head = f"{'data set':<14} {'learner':<8} {'prequential':>17} {'held-out':>17} {'s/run':>7}"
+    head = f"{'data set':<14} {'learner':<10} {'prequential':>17} {'held-out':>17} {'s/run':>7}"
     lines.append(head)
     lines.append("-" * len(head))
     for d, by in table.items():
         for lr, r in by.items():
             p, h = r["prequential"], r["heldout"]
-            lines.append(f"{d:<14} {lr:<8} {p['mean']:>9.4f} ± {p['std']:.4f} "
+            lines.append(f"{d:<14} {lr:<10} {p['mean']:>9.4f} ± {p['std']:.4f} "
                          f"{h['mean']:>9.4f} ± {h['std']:.4f} {r['seconds_per_run']:>7.2f}")
         if "sklearn" in by:
             dp = by["learnd"]["prequential"]["mean"] - by["sklearn"]["prequential"]["mean"]
             dh = by["learnd"]["heldout"]["mean"] - by["sklearn"]["heldout"]["mean"]
-            lines.append(f"{'':<14} {'diff':<8} {dp:>+9.4f}{'':8} {dh:>+9.4f}")
+            lines.append(f"{'':<14} {'diff':<10} {dp:>+9.4f}{'':8} {dh:>+9.4f}")
         if "after_drift" in by["learnd"]:
             figures = ", ".join(f"{a:.4f}" for a in by["learnd"]["after_drift"])
             lines.append(f"{'':<14} learnd accuracy over the {DRIFT_ROWS} rows after each change: {figures}")
@@ -301,6 +326,10 @@ def main(argv=None):
     ap.add_argument("--replay-rows", type=int, default=4096, help="rows the replay window keeps")
     ap.add_argument("--replay-recency", type=float, default=None,
                     help="mean age (rows) of the exponential weighting of replay draws (default: uniform)")
+    ap.add_argument("--population", type=int, default=0, metavar="N",
+                    help="also run a learnd.Population of N members on the default search space")
+    ap.add_argument("--strategy", default="random", choices=("random", "halving", "pbt"),
+                    help="the population's strategy")
     ap.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
@@ -310,8 +339,9 @@ def main(argv=None):
     check_overrides(overrides)
     t0 = time.perf_counter()
     replay = (args.replay_ratio, args.replay_rows, args.replay_recency)
+    population = (args.population, args.strategy) if args.population >= 2 else None
     table, results = run(args.datasets, args.seeds, hidden, overrides,
-                         sklearn=not args.no_sklearn, jobs=args.jobs, replay=replay)
+                         sklearn=not args.no_sklearn, jobs=args.jobs, replay=replay, population=population)
     wall = time.perf_counter() - t0
     print(format_table(table, hidden, overrides, args.seeds, replay))
     print(f"wall time {wall:.1f} s")

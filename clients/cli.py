@@ -195,6 +195,10 @@ def cmd_status(args):
                                               if r["recency"] else f"ratio {r['ratio']}, uniform")
         rows.append(("replay", f"{r['steps']} steps on recent rows ({state}; {r['rows']} of "
                                f"{r['capacity']} rows kept, {r['pending']} steps pending)"))
+    search = status.get("search")
+    if search:
+        rows.append(("population", f"{search['members']} members ({search['strategy']}), champion member "
+                                   f"{search['champion']}, serving {search['serve']}; learnd search for the board"))
     for split, figures in (status.get("evaluation") or {}).items():
         rows.append((f"eval[{split}]", ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())))
     rows.extend(_evaluation_rows(status))
@@ -204,6 +208,40 @@ def cmd_status(args):
     for k, v in rows:
         print(f"{k:<{width}}  {_fmt(v)}")
     return EXIT_OK
+
+
+def cmd_search(args):
+    """The population's leaderboard: one line per member, best first."""
+    with _control(args) as c:
+        status = c.status()
+    if args.json:
+        print(json.dumps({"members": status.get("members"), "search": status.get("search")}, indent=2))
+        return EXIT_OK
+    search, members = status.get("search"), status.get("members")
+    if not search:
+        print("no population: this daemon trains one model (set search_members >= 2 in a new state dir)")
+        return EXIT_OK
+    print(f"{search['members']} members, strategy {search['strategy']}, metric {search['metric']}, "
+          f"serving {search['serve']}" + (f" (top {search['ensemble_k']}: {search['served']})"
+                                          if search["serve"] == "ensemble" else f" (member {search['champion']})")
+          + f"; {search['decisions']} decisions in {search['evaluations']} evaluations")
+    print(print_leaderboard(members))
+    return EXIT_OK
+
+
+def print_leaderboard(members):
+    """The leaderboard as a text table (the champion marked with *)."""
+    names = sorted({k for row in members for k in row["draw"]})
+    head = ["", "member", "rank", "state", "rows", "age", "figure", "+-se", "dev", *names]
+    lines = [head]
+    for row in members:
+        dev = row.get("dev") or {}
+        lines.append(["*" if row["champion"] else "", str(row["member"]), _fmt(row["rank"]), row["state"],
+                      str(row["rows_trained"]), str(row["age_rows"]), _fmt(row["value"]),
+                      _fmt(row["standard_error"]), _fmt(dev.get("value")),
+                      *[_fmt(row["draw"].get(n)) for n in names]])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in lines)
 
 
 def _evaluation_rows(status):
@@ -387,6 +425,8 @@ def build_parser():
 
     status = client("status", "what the daemon is doing", cmd_status, ("control",))
     status.add_argument("--json", action="store_true")
+    search = client("search", "the population's leaderboard (search_members >= 2)", cmd_search, ("control",))
+    search.add_argument("--json", action="store_true")
     setp = client("set", "change live settings (lr, l2, batch_size, ...)", cmd_set, ("control",))
     setp.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     client("checkpoint", "write a checkpoint now", cmd_checkpoint, ("control",))

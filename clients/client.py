@@ -214,10 +214,11 @@ class _RequestReply(_Connection):
 class Prediction:
     y: np.ndarray
     model_version: int
+    member: object = None     # a population's answering member id, or "ensemble"; None for one model
 
 
 class Predictor(_RequestReply):
-    """predict(X) -> Prediction(y, model_version); predict_many for many in flight.
+    """predict(X) -> Prediction(y, model_version, member); predict_many for many in flight.
 
     curve_server_key / curve_client_cert: see the module docstring.
     """
@@ -232,7 +233,7 @@ class Predictor(_RequestReply):
         if ids is not None:
             arrays["ids"] = np.asarray(ids, dtype=np.int64)
         reply = self.request({"op": "predict", "output": output}, arrays)
-        return Prediction(reply.arrays["y"], reply.header["model_version"])
+        return Prediction(reply.arrays["y"], reply.header["model_version"], reply.header.get("member"))
 
     def predict_many(self, batches, output="label", window=32):
         """Predictions for each X in `batches`, keeping up to `window` requests in flight."""
@@ -257,7 +258,8 @@ class Predictor(_RequestReply):
             if not reply.header.get("ok"):
                 err = reply.header.get("error", {})
                 raise LearndError(err.get("code", "unknown"), err.get("message", ""))
-            results[index] = Prediction(reply.arrays["y"], reply.header["model_version"])
+            results[index] = Prediction(reply.arrays["y"], reply.header["model_version"],
+                                        reply.header.get("member"))
         self._ids = itertools.count(base + len(batches))
         return results
 

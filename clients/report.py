@@ -58,6 +58,49 @@ def curves(records):
     return out
 
 
+def member_curves(records):
+    """The population's curves, or None without one: {"samples", "figure": "dev" or
+    "progressive", "members": {id: (samples, values)}, "champion": (samples, values),
+    "changes": [(samples, new champion id)]}.  A member's figure is its dev figure where
+    the records have one for every member, else its progressive figure."""
+    searched = [r for r in records if r.get("search")]
+    if not searched:
+        return None
+    use_dev = all(m.get("dev") for r in searched for m in r["search"]["members"])
+    members, champion, changes = {}, ([], []), []
+    for r in searched:
+        x = r["samples"]
+        for m in r["search"]["members"]:
+            value = (m["dev"] or {}).get("value") if use_dev else m.get("value")
+            if value is None:
+                continue
+            xs, ys = members.setdefault(m["member"], ([], []))
+            xs.append(x)
+            ys.append(float(value))
+            if m["member"] == r["search"]["champion"]:
+                champion[0].append(x)
+                champion[1].append(float(value))
+        changes.extend((x, d["member"]) for d in r["search"]["decisions"] if d["kind"] == "champion")
+    return {"samples": [r["samples"] for r in searched], "figure": "dev" if use_dev else "progressive",
+            "members": members, "champion": champion, "changes": changes}
+
+
+def _draw_population(ax, pop):
+    for xs, ys in pop["members"].values():
+        ax.plot(xs, ys, linewidth=0.8, alpha=0.5)
+    ax.plot(*pop["champion"], color="black", linewidth=2.0, label="the champion of the time")
+    for i, (x, member) in enumerate(pop["changes"]):
+        ax.axvline(x, color="tab:red", linestyle=":", linewidth=1.0,
+                   label="champion changes" if i == 0 else None)
+        ax.annotate(f"{member}", (x, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+                    color="tab:red", ha="left", va="top")
+    ax.set_ylabel(f"members' {pop['figure']} figure")
+    ax.set_title(f"population: {len(pop['members'])} members over time (one line each), "
+                 f"{len(pop['changes'])} champion changes", fontsize=9)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def write_report(state_dir, output=None):
     """Write the learning-curve PNG; returns its path."""
     try:
@@ -66,10 +109,16 @@ def write_report(state_dir, output=None):
         import matplotlib.pyplot as plt
     except ImportError:
         raise ReportError("matplotlib is not installed: pip install 'learnd[report]'") from None
-    c = curves(read_records(state_dir))
+    records = read_records(state_dir)
+    c = curves(records)
+    pop = member_curves(records)
     output = output or os.path.join(state_dir, "learning-curves.png")
-    fig, (ax_err, ax_loss, ax_lr) = plt.subplots(3, 1, figsize=(9, 10), sharex=True,
-                                                 gridspec_kw={"height_ratios": [3, 3, 1.4]})
+    ratios = [3, 3, 1.4] + ([3] if pop else [])
+    fig, axes = plt.subplots(len(ratios), 1, figsize=(9, 10 + (3.5 if pop else 0)), sharex=True,
+                             gridspec_kw={"height_ratios": ratios})
+    ax_err, ax_loss, ax_lr = axes[:3]
+    if pop:
+        _draw_population(axes[3], pop)
     x = c["samples"]
     regression = all(all(math.isnan(v) for v in vals) for vals in c["error"].values()) if c["error"] else True
     for split, values in c["error"].items():
@@ -91,7 +140,7 @@ def write_report(state_dir, output=None):
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(x, c["learning_rate"], color="tab:purple")
     ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("rows trained")
+    axes[-1].set_xlabel("rows trained")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output, dpi=110)

@@ -9,6 +9,7 @@ first training batch fixes the input size and task.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from learnd.daemon.errors import ConfigError
 EARLY_STOPPING_ACTIONS = ("none", "serve_best", "freeze")
 EARLY_STOPPING_METRICS = ("auto", "error", "loss")
 PROGRESSIVE_MODES = ("step", "inference", "off")
+SERVE_MODES = ("champion", "ensemble")
 
 
 @dataclass
@@ -76,6 +78,17 @@ class Config:
     early_stopping_min_dev_rows: int = 100  # fewer dev rows than this: no best is taken yet
     early_stopping_metric: str = "auto"     # auto (error, or loss for regression) | error | loss
     early_stopping_action: str = "none"     # none | serve_best | freeze
+    # Population (DESIGN "Population"): search_members >= 2 trains that many models on the
+    # stream, each with settings drawn from search_space, and serves the best.
+    search_members: int = 0         # 0 or 1: one model
+    search_space: dict = field(default_factory=dict)   # setting -> distribution; empty: the default space
+    search_strategy: str = "random"     # random | halving | pbt
+    search_metric: str = "progressive_error"    # progressive_error | progressive_loss | dev_error | dev_loss
+    search_interval: int = 1        # evaluations between the population's decisions
+    search_seed: int = 0
+    search_min_rows: int = 512      # training rows a member scores before it is judged
+    serve: str = "champion"         # champion | ensemble (the mean of the top ensemble_k members)
+    ensemble_k: int = 3
     # Satisficing metric: predict latency p99 over the recent requests, against a bound.
     predict_p99_bound_ms: float = 10.0
     # Delayed labels: inputs kept by predict requests that carry ids.
@@ -102,7 +115,7 @@ class Config:
 
     def validate(self):
         for f in dataclasses.fields(self):
-            if f.name == "model":
+            if f.type == "dict":
                 continue
             value = getattr(self, f.name)
             kind = {"int": int, "float": float, "str": str, "bool": bool}[f.type]
@@ -137,6 +150,7 @@ class Config:
         if self.progressive_validation not in PROGRESSIVE_MODES:
             raise ConfigError(f"progressive_validation must be one of {', '.join(PROGRESSIVE_MODES)}, "
                               f"got {self.progressive_validation!r}")
+        self._validate_search()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
         if self.curve_server_secret and not self.curve_clients_dir:
@@ -158,6 +172,40 @@ class Config:
         except EngineError as exc:
             raise ConfigError(f"[model]: {exc}") from None
         return self
+
+    def _validate_search(self):
+        from learnd.engine.population import METRICS, STRATEGIES
+        from learnd.engine.search_space import SearchSpace
+
+        if isinstance(self.search_space, str):      # from the environment: JSON or a TOML inline table
+            text = self.search_space.strip()
+            try:
+                self.search_space = json.loads(text) if text else {}
+            except json.JSONDecodeError:
+                try:
+                    self.search_space = tomllib.loads(f"v = {text}")["v"]
+                except tomllib.TOMLDecodeError as exc:
+                    raise ConfigError(f"search_space is neither JSON nor a TOML inline table: {exc}") from None
+        if not isinstance(self.search_space, dict):
+            raise ConfigError(f"search_space must be a table of setting = distribution, got {self.search_space!r}")
+        try:
+            SearchSpace.parse(self.search_space or None)
+        except EngineError as exc:
+            raise ConfigError(str(exc)) from None
+        for name, value, allowed in (("search_strategy", self.search_strategy, STRATEGIES),
+                                     ("search_metric", self.search_metric, METRICS),
+                                     ("serve", self.serve, SERVE_MODES)):
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.ensemble_k < 1 or self.search_interval < 1 or self.search_min_rows < 2:
+            raise ConfigError("ensemble_k and search_interval must be >= 1, search_min_rows >= 2")
+        if self.serve == "ensemble" and self.search_members < 2:
+            raise ConfigError("serve = 'ensemble' averages a population's members: it needs search_members >= 2")
+
+    @property
+    def searching(self):
+        """True when the trainer holds a population rather than one model."""
+        return self.search_members >= 2
 
     @property
     def metrics_host(self):
@@ -225,7 +273,8 @@ def load(path=None, env=None, flags=None):
             value = _parse_env_value(text)
             if name in ("ingest", "predict", "control", "snapshots", "metrics", "state_dir", "log_level",
                         "curve_server_secret", "curve_clients_dir", "curve_control_clients_dir",
-                        "early_stopping_metric", "early_stopping_action", "progressive_validation"):
+                        "early_stopping_metric", "early_stopping_action", "progressive_validation",
+                        "search_strategy", "search_metric", "serve", "search_space"):
                 value = text   # addresses and paths are strings even when they look numeric
             daemon[name] = value
         else:

@@ -22,6 +22,7 @@ STEP_BUCKETS = (100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3,
 disable_created_metrics()
 
 SPLITS = ("train", "train_dev", "dev", "test")
+SEARCH_DECISIONS = ("champion", "replace", "promote", "copy")
 # Figures per evaluated split beside error, loss and rows (which exist for every task).
 EVAL_FIGURES = {
     "accuracy": "Accuracy (1 - error), classification.",
@@ -113,6 +114,26 @@ class Metrics:
         self.progressive_loss = Gauge("learnd_progressive_loss",
                                       "Test-then-train loss over about the last progressive_window rows.",
                                       registry=r)
+        # The population (search_members >= 2).  The member label is the member's slot,
+        # 0 .. search_members - 1, so the series stay bounded however many members come
+        # and go; learnd_member_id says which member holds a slot now.
+        self.search_decisions = Counter("learnd_search_decisions_total",
+                                        "Population decisions, by kind (champion, replace, promote, copy).",
+                                        ["kind"], registry=r)
+        for kind in SEARCH_DECISIONS:
+            self.search_decisions.labels(kind)
+        self.search_champion = Gauge("learnd_search_champion_slot", "Slot of the population's champion.",
+                                     registry=r)
+        self.member_metric = Gauge("learnd_member_progressive_figure",
+                                   "Each member's search_metric figure on the rows the members are ranked on "
+                                   "(progressive error or loss; NaN while it warms up).", ["member"], registry=r)
+        self.member_dev_error = Gauge("learnd_member_dev_figure",
+                                      "Each member's figure on the dev reservoir at the last decision.",
+                                      ["member"], registry=r)
+        self.member_rows = Gauge("learnd_member_rows_trained", "Training rows each member has learned from.",
+                                 ["member"], registry=r)
+        self.member_id = Gauge("learnd_member_id", "Id of the member that holds each slot now.",
+                               ["member"], registry=r)
         self.best_dev_error = Gauge("learnd_best_dev_error",
                                     "Best dev figure so far (the early-stopping metric).", registry=r)
         # learnd_best_model_version is read at scrape time (Server._live_values).

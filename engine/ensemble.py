@@ -5,7 +5,10 @@ import numpy as np
 
 from .errors import EngineError
 from .kernels.network import ensemble_forward
-from .network import Workspace
+from .network import Snapshot, Workspace, pack_buffer, unpack_buffer
+
+_ARRAYS = ("params", "stats", "tables", "param_offsets", "stat_offsets", "table_offsets", "shifts",
+           "inv_scales", "bn_eps")
 
 
 class Ensemble:
@@ -40,6 +43,25 @@ class Ensemble:
         self.bn_eps = np.array([s.bn_eps for s in snapshots], dtype=np.float64)
         self.units_per_row = max(s.units_per_row for s in snapshots)
 
+    # -- one buffer (shared memory, followers) --------------------------------------------
+    def to_bytes(self):
+        """The ensemble as one buffer in the snapshot format (kind "ensemble")."""
+        return pack_buffer({name: getattr(self, name) for name in _ARRAYS}, {
+            "kind": "ensemble", "version": int(self.version), "meta": self.meta, "dtype": self.dtype.name,
+            "task": self.task, "n_outputs": int(self.n_outputs), "input_dim": int(self.input_dim),
+            "head": int(self.head), "k": self.k, "units_per_row": int(self.units_per_row)})
+
+    @classmethod
+    def _from_parts(cls, meta, arrays):
+        ens = cls.__new__(cls)
+        for name in _ARRAYS:
+            setattr(ens, name, arrays[name])
+        ens.version, ens.meta = meta["version"], meta["meta"]
+        ens.dtype = np.dtype(meta["dtype"])
+        ens.task, ens.n_outputs, ens.input_dim = meta["task"], meta["n_outputs"], meta["input_dim"]
+        ens.head, ens.k, ens.units_per_row = meta["head"], meta["k"], meta["units_per_row"]
+        return ens
+
     def new_workspace(self):
         return _EnsembleWorkspace(self.units_per_row, self.n_outputs, self.dtype)
 
@@ -66,3 +88,15 @@ class _EnsembleWorkspace(Workspace):
         if self.member_out.shape[0] < self.cap:
             self.member_out = np.empty((self.cap, self.n_outputs), dtype=self.dtype)
         return buf
+
+
+def snapshot_from_buffer(buf):
+    """A Snapshot or an Ensemble, whichever `buf` holds, its arrays views of `buf`.
+    Raises ValueError if it is not a whole snapshot of a format this engine reads."""
+    meta, arrays = unpack_buffer(buf)
+    kind = meta.get("kind", "model")
+    if kind == "ensemble":
+        return Ensemble._from_parts(meta, arrays)
+    if kind == "model":
+        return Snapshot._from_parts(meta, arrays)
+    raise ValueError(f"snapshot kind {kind!r} is not one this engine reads")

@@ -243,25 +243,11 @@ class Snapshot:
     # -- one buffer ------------------------------------------------------------------------
     def to_bytes(self):
         """The snapshot as one self-describing buffer (see the class docstring)."""
-        arrays = {name: getattr(self, name) for name in _SNAPSHOT_ARRAYS}
-        layout, offset = {}, 0
-        for name, a in arrays.items():
-            layout[name] = [offset, list(a.shape), a.dtype.str]
-            offset += -(-a.nbytes // _ALIGN) * _ALIGN
-        meta = json.dumps({
+        return pack_buffer({name: getattr(self, name) for name in _SNAPSHOT_ARRAYS}, {
             "version": int(self.version), "meta": self.meta, "dtype": self.dtype.name,
             "task": self.task, "n_outputs": int(self.n_outputs), "input_dim": int(self.input_dim),
             "bn_eps": float(self.bn_eps), "head": int(self.head),
-            "units_per_row": int(self.units_per_row), "arrays": layout,
-        }).encode()
-        start = -(-(_SNAPSHOT_HEAD.size + len(meta)) // _ALIGN) * _ALIGN
-        out = bytearray(start + offset)
-        _SNAPSHOT_HEAD.pack_into(out, 0, SNAPSHOT_MAGIC, SNAPSHOT_FORMAT, len(meta))
-        out[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + len(meta)] = meta
-        for name, a in arrays.items():
-            o = start + layout[name][0]
-            out[o:o + a.nbytes] = np.ascontiguousarray(a).tobytes()
-        return bytes(out)
+            "units_per_row": int(self.units_per_row)})
 
     @classmethod
     def from_buffer(cls, buf):
@@ -269,26 +255,15 @@ class Snapshot:
 
         Raises ValueError if `buf` is not a whole snapshot of a format this engine reads.
         """
-        view = memoryview(buf).cast("B")
-        if len(view) < _SNAPSHOT_HEAD.size:
-            raise ValueError(f"{len(view)} bytes is shorter than a snapshot header")
-        magic, fmt, meta_len = _SNAPSHOT_HEAD.unpack_from(view, 0)
-        if magic != SNAPSHOT_MAGIC:
-            raise ValueError("not a learnd snapshot (bad magic)")
-        if fmt != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {fmt} is not supported")
-        meta = json.loads(bytes(view[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + meta_len]))
-        start = -(-(_SNAPSHOT_HEAD.size + meta_len) // _ALIGN) * _ALIGN
+        meta, arrays = unpack_buffer(buf)
+        if meta.get("kind", "model") != "model":
+            raise ValueError(f"a {meta['kind']} snapshot is not one model's (engine.ensemble.snapshot_from_buffer reads both)")
+        return cls._from_parts(meta, arrays)
+
+    @classmethod
+    def _from_parts(cls, meta, arrays):
         snap = cls.__new__(cls)
-        for name, (offset, shape, dtype) in meta["arrays"].items():
-            dt = np.dtype(dtype)
-            count = int(np.prod(shape))
-            o = start + offset
-            if o + count * dt.itemsize > len(view):
-                raise ValueError(f"snapshot truncated: array {name} ends past {len(view)} bytes")
-            a = np.frombuffer(view, dtype=dt, count=count, offset=o).reshape(shape)
-            if a.flags.writeable:
-                a.flags.writeable = False
+        for name, a in arrays.items():
             setattr(snap, name, a)
         snap.version = meta["version"]
         snap.meta = meta["meta"]
@@ -300,3 +275,48 @@ class Snapshot:
         snap.head = meta["head"]
         snap.units_per_row = meta["units_per_row"]
         return snap
+
+
+def pack_buffer(arrays, description):
+    """One buffer: a header (magic, format, description length), the description as
+    JSON with where each array lies, then each array on a 64-byte boundary."""
+    layout, offset = {}, 0
+    for name, a in arrays.items():
+        layout[name] = [offset, list(a.shape), a.dtype.str]
+        offset += -(-a.nbytes // _ALIGN) * _ALIGN
+    meta = json.dumps({**description, "arrays": layout}).encode()
+    start = -(-(_SNAPSHOT_HEAD.size + len(meta)) // _ALIGN) * _ALIGN
+    out = bytearray(start + offset)
+    _SNAPSHOT_HEAD.pack_into(out, 0, SNAPSHOT_MAGIC, SNAPSHOT_FORMAT, len(meta))
+    out[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + len(meta)] = meta
+    for name, a in arrays.items():
+        o = start + layout[name][0]
+        out[o:o + a.nbytes] = np.ascontiguousarray(a).tobytes()
+    return bytes(out)
+
+
+def unpack_buffer(buf):
+    """(description, {name: read-only view of buf}) of a pack_buffer buffer; ValueError
+    if it is not a whole one of a format this engine reads."""
+    view = memoryview(buf).cast("B")
+    if len(view) < _SNAPSHOT_HEAD.size:
+        raise ValueError(f"{len(view)} bytes is shorter than a snapshot header")
+    magic, fmt, meta_len = _SNAPSHOT_HEAD.unpack_from(view, 0)
+    if magic != SNAPSHOT_MAGIC:
+        raise ValueError("not a learnd snapshot (bad magic)")
+    if fmt != SNAPSHOT_FORMAT:
+        raise ValueError(f"snapshot format {fmt} is not supported")
+    meta = json.loads(bytes(view[_SNAPSHOT_HEAD.size:_SNAPSHOT_HEAD.size + meta_len]))
+    start = -(-(_SNAPSHOT_HEAD.size + meta_len) // _ALIGN) * _ALIGN
+    arrays = {}
+    for name, (offset, shape, dtype) in meta["arrays"].items():
+        dt = np.dtype(dtype)
+        count = int(np.prod(shape))
+        o = start + offset
+        if o + count * dt.itemsize > len(view):
+            raise ValueError(f"snapshot truncated: array {name} ends past {len(view)} bytes")
+        a = np.frombuffer(view, dtype=dt, count=count, offset=o).reshape(shape)
+        if a.flags.writeable:
+            a.flags.writeable = False
+        arrays[name] = a
+    return meta, arrays

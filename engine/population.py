@@ -20,8 +20,8 @@ Every `interval` batches the population decides (`decide`):
   differences, against a bar that holds however many challengers there are and however
   often the question is asked (`champion_sigmas`); a lucky stretch does not move it;
 - then the strategy replaces losers (never the champion; a member is judged once it
-  has scored `min_rows` rows, and replaced only when it is worse than the best by more
-  than the noise):
+  has scored `min_rows` rows, replaced no sooner than GRACE x min_rows rows after it
+  joined, and only when it is worse than the best by more than the noise):
   ``random``  the worst quarter get fresh draws from the space narrowed around the best
               quarter (coarse to fine);
   ``halving`` successive halving, asynchronous: a member at rung r that has scored
@@ -55,6 +55,11 @@ METRICS = ("progressive_error", "progressive_loss", "dev_error", "dev_loss")
 SERVE = ("champion", "ensemble")
 NOISE_SIGMAS = 2.0     # a difference counts only this many standard errors beyond zero
 PERTURB = (0.8, 1.25)  # PBT's explore step, on the scale the setting is drawn on
+# A fresh draw starts untrained and is compared, on the same rows, with members that have
+# learned for longer: judged as soon as it may be, it would lose to them nearly always,
+# and `random` would churn newcomers for ever.  So it is only replaced once it has
+# learned GRACE x min_rows rows (it may become champion before).
+GRACE = 4
 MAX_DECISIONS = 10_000  # the decision log keeps this many, newest last
 FORMAT, VERSION = "learnd.population", 1
 _TINY = 1e-12
@@ -133,7 +138,7 @@ class Population:
     (None: the machine's cores).  min_dev_rows: dev rows a dev metric needs before it
     decides.  replay_ratio / replay_rows: each member's rehearsal
     (engine.Replay): replay_ratio steps after each new batch, on a ring of replay_rows
-    (None: 4096 when replay_ratio > 0, else no ring; the daemon keeps a ring and calls
+    (None: 4096 when replay_ratio > 0, else no ring; replay_recency as engine.Replay's; the daemon keeps a ring and calls
     `rehearse` when it has CPU to spare).  progressive: "step" scores a batch with the
     outputs of the step's own forward pass (free; training mode), "inference" with a
     separate inference pass.  Other keyword arguments are the base Model settings.
@@ -141,8 +146,8 @@ class Population:
 
     def __init__(self, members=8, search_space=None, strategy="random", metric="progressive_error",
                  interval=20, seed=0, serve="champion", ensemble_k=3, eta=3, window=4096, min_rows=512,
-                 threads=None, replay_ratio=0, replay_rows=None, progressive="step", min_dev_rows=100,
-                 **base):
+                 threads=None, replay_ratio=0, replay_rows=None, replay_recency=256.0, progressive="step",
+                 min_dev_rows=100, **base):
         if isinstance(members, bool) or not isinstance(members, int) or members < 2:
             raise EngineError(f"a population needs members >= 2, got {members!r}")
         _one_of("strategy", strategy, STRATEGIES)
@@ -169,7 +174,7 @@ class Population:
                          "metric": metric, "interval": interval, "seed": seed, "serve": serve,
                          "ensemble_k": ensemble_k, "eta": eta, "window": window, "min_rows": min_rows,
                          "replay_ratio": replay_ratio, "replay_rows": replay_rows, "progressive": progressive,
-                         "min_dev_rows": min_dev_rows}
+                         "min_dev_rows": min_dev_rows, "replay_recency": replay_recency}
         self.threads = threads or os.cpu_count() or 1
         self.rng = np.random.default_rng(seed)
         self.rows_seen = 0          # training rows every member has scored and learned from
@@ -215,6 +220,7 @@ class Population:
         if not self.settings["replay_rows"]:
             return None
         return Replay(model, rows=self.settings["replay_rows"], ratio=self.settings["replay_ratio"],
+                      recency=self.settings.get("replay_recency", 256.0),
                       seed=(int(self.settings["seed"]) * 7919 + member_id) % (2 ** 31))
 
     def _reset_scores(self, slot):
@@ -420,12 +426,15 @@ class Population:
         return made
 
     def _losers(self, ranked):
-        """The worst quarter of the judged members that the best beats beyond the noise."""
+        """(the best quarter of the judged members, those of the worst quarter that have
+        had their grace and that the best beats beyond the noise)."""
         if len(ranked) < 4:
             return [], []
         quarter = max(1, len(ranked) // 4)
         best = ranked[0]
-        losers = [mb for mb in ranked[-quarter:] if mb is not self.champion and self._beats(best, mb)]
+        grace = GRACE * self.settings["min_rows"]
+        losers = [mb for mb in ranked[-quarter:] if mb is not self.champion
+                  and self.rows_seen - mb.born_row >= grace and self._beats(best, mb)]
         return ranked[:quarter], losers
 
     def _decide_random(self, ranked):
@@ -471,7 +480,7 @@ class Population:
         new = self._new_member(old.slot, origin="draw", space=space)
         self.members[old.slot] = new
         return self._log("replace", new, replaced=old.id, reason=reason, replaced_figure=figure,
-                         space=space.to_dict(), **extra)
+                         replaced_age=self.rows_seen - old.born_row, space=space.to_dict(), **extra)
 
     def _copy(self, donor, old):
         """PBT's exploit and explore: old's slot gets donor's state, settings perturbed."""
@@ -504,7 +513,7 @@ class Population:
         new.rung = donor.rung
         self.members[old.slot] = new
         return self._log("copy", new, replaced=old.id, parent=donor.id, changes=_plain(changes),
-                         replaced_figure=figure)
+                         replaced_figure=figure, replaced_age=self.rows_seen - old.born_row)
 
     def _log(self, kind, member, **details):
         entry = {"kind": kind, "member": member.id, "batch": self.batches, "rows": self.rows_seen,

@@ -160,6 +160,8 @@ class PredictServer(threading.Thread):
                 self._fail(r.identity, r.echo, "internal", f"{type(exc).__name__}: {exc}", r.received)
             return
         start = 0
+        # A population's snapshot names who answers: a member's id, or "ensemble".
+        member = {"member": snap.meta["member"]} if "member" in snap.meta else {}
         for r in requests:
             m = r.x.shape[0]
             if r.ids is not None:
@@ -168,16 +170,18 @@ class PredictServer(threading.Thread):
             start += m
             self._requests_ok.inc()
             self.metrics.predict_rows.inc(m)
-            reply = protocol.ok(**r.echo, model_version=snap.version, output=r.output)
+            reply = protocol.ok(**r.echo, model_version=snap.version, output=r.output, **member)
             # Only answered requests are the satisficing metric's latency: a refusal
             # (not_ready, a bad shape) is quick and says nothing of serving a model.
             self.latencies.record(self._send(r.identity, reply, {"y": y}, r.received))
 
     def _predict(self, snap, xs):
         """Head outputs (rows of every x, in order, n_outputs) from one kernel call."""
-        ws = self._workspaces.get(snap.units_per_row)
+        # An ensemble's workspace also holds one member's outputs: keyed by kind too.
+        key = (type(snap).__name__, snap.units_per_row)
+        ws = self._workspaces.get(key)
         if ws is None:
-            ws = self._workspaces[snap.units_per_row] = snap.new_workspace()
+            ws = self._workspaces[key] = snap.new_workspace()
         if len(xs) == 1:
             X = xs[0]
         else:

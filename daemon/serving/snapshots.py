@@ -4,7 +4,8 @@ The trainer writes each snapshot (`Snapshot.to_bytes()`) whole into its own file
 directory on a memory file system (/dev/shm where there is one), renames it into place,
 and only then stores its publication number in the 8-byte `current` file that every
 reader maps.  A reader that sees number n opens `snap-n`, maps it read-only and predicts
-from the mapped arrays in place (Snapshot.from_buffer); it never sees a half-written
+from the mapped arrays in place (engine.ensemble.snapshot_from_buffer: one model's, or an
+ensemble's); it never sees a half-written
 snapshot, because a file is complete before its name exists and is never written again.
 The publisher keeps the newest `keep` files and unlinks older ones: a reader that still
 maps an unlinked one keeps its pages, and one too slow to open a file in time reads
@@ -23,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-from learnd.engine.network import Snapshot
+from learnd.engine.ensemble import snapshot_from_buffer
 
 CURRENT = "current"
 KEEP = 8
@@ -151,7 +152,7 @@ class SnapshotReader:
                 buf = mmap.mmap(fd, size, prot=mmap.PROT_READ)
             finally:
                 os.close(fd)
-            snap = Snapshot.from_buffer(buf)
+            snap = snapshot_from_buffer(buf)
             snap.buffer = buf           # the mapping lives as long as the snapshot
             self.snapshot, self.seq = snap, seq
             return snap

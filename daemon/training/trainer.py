@@ -20,11 +20,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from learnd.clients.protocol import TRAIN_SPLITS
-from learnd.engine import EngineError, Model, Replay
+from learnd.engine import EngineError, Model, Population, Replay
+from learnd.engine import population_state
 from learnd.engine.model import LIVE_SETTINGS
 from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 
+from learnd.daemon.errors import StartupError
 from learnd.daemon.ingest import splits
 from learnd.daemon.ingest.dedupe import Dedupe
 from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
@@ -39,6 +41,7 @@ log = logging.getLogger("learnd.trainer")
 
 LOSS_EWMA_BETA = 0.98
 NORM_INTERVAL_S = 1.0
+STATUS_WAIT_S = 1.0          # longest a status waits for the trainer thread's fresh leaderboard
 GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
 # Daemon settings the control socket may change while running.
@@ -46,7 +49,10 @@ LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay
                         "checkpoint_interval_s", "eval_interval_s", "eval_interval_samples",
                         "bayes_error", "diagnosis_tolerance", "early_stopping_patience",
                         "early_stopping_min_delta", "early_stopping_min_dev_rows", "early_stopping_action",
-                        "predict_p99_bound_ms")
+                        "predict_p99_bound_ms", "serve", "ensemble_k", "search_interval")
+# Settings a population is made with: they are in its checkpoint and cannot change under it.
+FIXED_SEARCH_SETTINGS = ("search_members", "search_space", "search_strategy", "search_metric", "search_seed",
+                         "search_min_rows")
 BEST_MODEL_FILE = "best-model.npz"
 HELD_OUT = ("train_dev", "dev", "test")    # splits kept in reservoirs, never trained on
 
@@ -76,6 +82,18 @@ class TrainItem:
                 yield name, self.x[mask], self.Y[mask], None if self.w is None else self.w[mask]
 
 
+EXIT_CONFIG = 2     # the command line's exit code for a configuration that cannot be used
+
+
+def decode_population(payload):
+    """The population state of a checkpoint payload (engine.population_state)."""
+    return population_state.from_bytes(payload["population"])
+
+
+def payload_population_members(payload):
+    return decode_population(payload)["meta"]["members"]
+
+
 class Trainer(threading.Thread):
     def __init__(self, config, schema, metrics, checkpoints, wal=None):
         super().__init__(name="learnd-trainer", daemon=True)
@@ -86,7 +104,11 @@ class Trainer(threading.Thread):
         self.wal = wal
         self.queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
         self.commands: queue.Queue = queue.Queue()
-        self.model: Model | None = None
+        self._model: Model | None = None
+        self.population: Population | None = None   # with search_members >= 2, in place of one model
+        self.evaluations = 0              # evaluations run: the population decides every search_interval
+        self._board = []                  # the population's leaderboard as last computed
+        self._search_summary = {}
         self.snapshot = None              # the published engine.Snapshot, replaced whole
         self.broadcast = None             # serving.broadcast.SnapshotBroadcast, or None
         self.publisher = None             # serving.snapshots.SnapshotPublisher (process tree), or None
@@ -129,6 +151,17 @@ class Trainer(threading.Thread):
 
     # -- model -----------------------------------------------------------------------------
     @property
+    def model(self):
+        """The model that answers: the one model, or the population's champion."""
+        return self.population.champion.model if self.population is not None else self._model
+
+    @model.setter
+    def model(self, model):
+        if self.population is not None:
+            raise LookupError("the population's champion is chosen by the search, not set by hand")
+        self._model = model
+
+    @property
     def model_steps(self):
         """Optimizer steps the model has taken, new and replay: the version it publishes."""
         return self.batches_trained + self.replay_steps
@@ -143,16 +176,39 @@ class Trainer(threading.Thread):
     def _create_model(self):
         s = self.schema
         kwargs = {**self.config.model, "task": s.task, "n_outputs": s.n_outputs, "input_dim": s.input_dim}
-        self.model = Model(**kwargs)
+        if self.config.searching:
+            self.population = self._new_population(kwargs)
+            self._refresh_board()
+            log.info("population created: %d members, strategy %s, champion %r", self.config.search_members,
+                     self.config.search_strategy, self.model)
+        else:
+            self.model = Model(**kwargs)
+            log.info("model created: %r", self.model)
         self._make_buffers()
-        log.info("model created: %r", self.model)
+
+    def _new_population(self, model_kwargs):
+        cfg = self.config
+        return Population(
+            members=cfg.search_members, search_space=cfg.search_space or None, strategy=cfg.search_strategy,
+            metric=cfg.search_metric, interval=0, seed=cfg.search_seed, serve=cfg.serve,
+            ensemble_k=cfg.ensemble_k, min_rows=cfg.search_min_rows,
+            window=max(4096, cfg.search_min_rows), threads=os.cpu_count(),
+            min_dev_rows=cfg.early_stopping_min_dev_rows,
+            # The rings always exist; the trainer takes the steps when it has CPU to spare.
+            replay_ratio=0, replay_rows=cfg.replay_rows if cfg.replay_ratio else 0,
+            replay_recency=cfg.replay_recency or None,
+            progressive="inference" if cfg.progressive_validation == "inference" else "step",
+            **model_kwargs)
 
     def _make_buffers(self):
         s, dtype = self.schema, self.model.dtype
         self.rebatcher = Rebatcher(s.input_dim, s.n_outputs, dtype)
-        self.replay = Replay(self.model, rows=self.config.replay_rows, ratio=self.config.replay_ratio,
-                             batch_size=self.config.batch_size, seed=self.model.spec.seed,
-                             recency=self.config.replay_recency or None)
+        # A population's members keep their own replay rings (Population.rehearse).
+        self.replay = None
+        if self.population is None:
+            self.replay = Replay(self.model, rows=self.config.replay_rows, ratio=self.config.replay_ratio,
+                                 batch_size=self.config.batch_size, seed=self.model.spec.seed,
+                                 recency=self.config.replay_recency or None)
         size = self.config.reservoir_size
         self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype) for split in HELD_OUT}
         self.recent = RecentWindow(size, s.input_dim, s.n_outputs, dtype)
@@ -161,7 +217,10 @@ class Trainer(threading.Thread):
     def publish(self, now=None):
         """Make the model as it is now the one that serves (a new immutable snapshot)."""
         now = time.monotonic() if now is None else now
-        self._set_snapshot(self.model.snapshot(version=self.model_steps))
+        if self.population is not None:     # the champion's, or the top members' ensemble
+            self._set_snapshot(self.population.snapshot(version=self.model_steps))
+        else:
+            self._set_snapshot(self.model.snapshot(version=self.model_steps))
         self._last_publish = now
         self.serving_best = False
 
@@ -197,13 +256,18 @@ class Trainer(threading.Thread):
         if self.model is None:
             return {"model": None, "daemon": daemon}
         daemon["buffer"] = {k: pack_array(v) for k, v in self.rebatcher.to_state().items()}
-        daemon["replay"] = {k: pack_array(v) if isinstance(v, np.ndarray) else v
-                            for k, v in self.replay.get_state().items()}
+        if self.replay is not None:
+            daemon["replay"] = {k: pack_array(v) if isinstance(v, np.ndarray) else v
+                                for k, v in self.replay.get_state().items()}
+        daemon["evaluations"] = self.evaluations
         daemon["reservoirs"] = {k: r.to_state() for k, r in self.reservoirs.items()}
         daemon["progressive"] = self.progressive.to_state()
         daemon["early_stopping"] = {**self.early.to_state(), "frozen": self.frozen,
                                     "serving_best": self.serving_best}
-        return {"model": state_to_bytes(self.model.get_state()), "daemon": daemon}
+        payload = {"model": state_to_bytes(self.model.get_state()), "daemon": daemon}
+        if self.population is not None:     # every member and the search state; "model" is the champion
+            payload["population"] = population_state.to_bytes(self.population.get_state())
+        return payload
 
     def restore(self, payload):
         """Take the state of a checkpoint payload (called before the thread starts)."""
@@ -218,12 +282,28 @@ class Trainer(threading.Thread):
         self.last_lsn = d["last_lsn"]
         self.dedupe = Dedupe.from_state(d["dedupe"], self.config.dedupe_window)
         self.rows_sent.update(d.get("rows_sent", {}))
-        if payload["model"] is not None:
+        self.evaluations = d.get("evaluations", 0)
+        # A state dir holds one model or one population: a configuration that asks for the
+        # other cannot resume it, and must not quietly start afresh beside its log.
+        if payload.get("population") is not None:
+            if not self.config.searching:
+                raise StartupError(f"the state dir {self.config.state_dir} holds a population; start it with "
+                                   f"search_members = {len(payload_population_members(payload))}, or use a new "
+                                   "state dir", EXIT_CONFIG)
+            self.population = Population.from_state(decode_population(payload), threads=os.cpu_count())
+            self._check_population_settings()
+            self._refresh_board()
+        elif payload["model"] is not None and self.config.searching:
+            raise StartupError(f"the state dir {self.config.state_dir} holds one model, not a population: "
+                               f"search_members = {self.config.search_members} needs a new state dir",
+                               EXIT_CONFIG)
+        elif payload["model"] is not None:
             self.model = Model.from_state(state_from_bytes(payload["model"]))
+        if payload["model"] is not None:
             self._make_buffers()
             self.rebatcher.load_state({k: unpack_array(v) for k, v in d["buffer"].items()},
                                       time.monotonic())
-            if d.get("replay") is not None:
+            if d.get("replay") is not None and self.replay is not None:
                 self.replay.set_state({k: unpack_array(v) if isinstance(v, dict) else v
                                        for k, v in d["replay"].items()})
             for k, r in self.reservoirs.items():
@@ -240,11 +320,28 @@ class Trainer(threading.Thread):
             if es["serving_best"] and self.best_state is not None:
                 self.publish_best()
 
+    def _check_population_settings(self):
+        """A resumed population keeps the settings it was made with (its draws, its
+        rings and its decisions depend on them); a configuration that disagrees is logged."""
+        made = self.population.settings
+        resumed = {"search_members": made["members"], "search_strategy": made["strategy"],
+                   "search_metric": made["metric"], "search_seed": made["seed"],
+                   "search_min_rows": made["min_rows"]}
+        differ = {k: (v, getattr(self.config, k)) for k, v in resumed.items() if getattr(self.config, k) != v}
+        if differ:
+            log.warning("the checkpoint's population keeps its own %s (checkpoint, configuration: %s); "
+                        "a new population needs a new state dir", sorted(differ), differ)
+        # serve and ensemble_k are live: the configuration's apply
+        self.population.settings["serve"] = self.config.serve
+        self.population.settings["ensemble_k"] = self.config.ensemble_k
+
     def apply_configured_settings(self):
         """After a restore, take the live settings the configuration names (an operator
         who changed lr in the config and restarted means it); the architecture stays the
         checkpoint's, and a configuration that disagrees with it is logged."""
         if self.model is None:
+            return
+        if self.population is not None:     # members' settings are the search's (see _check_population_settings)
             return
         spec = self.model.spec.to_dict()
         live = {k: v for k, v in self.config.model.items() if k in LIVE_SETTINGS and spec.get(k) != v}
@@ -344,13 +441,18 @@ class Trainer(threading.Thread):
             self.metrics.frozen_rows.inc(x.shape[0])
             return
         t0 = time.perf_counter()
-        try:
-            loss = self.model.partial_fit(x, Y, sample_weight=w)
-        except EngineError as exc:   # rows were checked at ingest; this would be a bug
-            log.error("training step refused its batch: %s", exc)
-            return
+        if self.population is not None:
+            if not self._population_step(x, Y, w):
+                return
+            loss = self.population.champion.last_loss
+        else:
+            try:
+                loss = self.model.partial_fit(x, Y, sample_weight=w)
+            except EngineError as exc:   # rows were checked at ingest; this would be a bug
+                log.error("training step refused its batch: %s", exc)
+                return
         elapsed = time.perf_counter() - t0
-        if self.model.nonfinite_steps > self.nonfinite_steps:
+        if self.population is None and self.model.nonfinite_steps > self.nonfinite_steps:
             self.nonfinite_steps = self.model.nonfinite_steps
             self.metrics.nonfinite_steps.inc()
             log.warning("step skipped: loss or gradient not finite (%d so far)", self.nonfinite_steps)
@@ -363,7 +465,8 @@ class Trainer(threading.Thread):
         self.loss_steps += 1
         self.loss_ewma = LOSS_EWMA_BETA * self.loss_ewma + (1 - LOSS_EWMA_BETA) * loss
         self.recent.offer(x, Y, w)
-        self.replay.add(x, Y, w)
+        if self.replay is not None:          # a population's members remember the rows themselves
+            self.replay.add(x, Y, w)
         self._replay_credit = min(self._replay_credit + self.config.replay_ratio, self._replay_credit_cap())
         met = self.metrics
         met.samples_trained.inc(m)
@@ -371,6 +474,23 @@ class Trainer(threading.Thread):
         met.step_seconds.observe(elapsed)
         if self.batches_trained == 1:
             log.info("first batch trained: %d rows, loss %.4f", m, loss)
+
+    def _population_step(self, x, Y, w):
+        """Every member scores the batch and learns from it (in parallel).  A member whose
+        step is not finite skips it, as one model would; the others' steps stand."""
+        before = sum(mb.model.nonfinite_steps for mb in self.population.members)
+        try:
+            self.population.partial_fit(x, Y, sample_weight=w)
+        except EngineError as exc:   # rows were checked at ingest; this would be a bug
+            log.error("training step refused its batch: %s", exc)
+            return False
+        skipped = sum(mb.model.nonfinite_steps for mb in self.population.members) - before
+        if skipped:
+            self.nonfinite_steps += skipped
+            self.metrics.nonfinite_steps.inc(skipped)
+            log.warning("%d member steps skipped: loss or gradient not finite (%d so far)", skipped,
+                        self.nonfinite_steps)
+        return True
 
     # -- replay ------------------------------------------------------------------------------
     def _replay_credit_cap(self):
@@ -382,14 +502,21 @@ class Trainer(threading.Thread):
         """A replay step is due when new steps earned one, training is not frozen, and no
         new training data waits: nothing in the queue and no full batch in the rebatcher
         (rows lingering for a batch to fill are waiting for rows, not for the CPU)."""
-        return (self._replay_credit > 0 and not self.frozen and self.replay is not None
-                and self.replay.ready() and self.queue.empty()
+        ready = (self.population.replay_ready() if self.population is not None
+                 else self.replay is not None and self.replay.ready())
+        return (self._replay_credit > 0 and not self.frozen and ready and self.queue.empty()
                 and len(self.rebatcher) < self.config.batch_size)
 
     def replay_step(self):
         """One step on a batch of recent training rows (engine.Replay)."""
         self._replay_credit -= 1
         t0 = time.perf_counter()
+        if self.population is not None:         # one step for every member, in parallel
+            if self.population.rehearse():
+                self.replay_steps += 1
+                self.metrics.replay_steps.inc()
+                self.metrics.replay_step_seconds.observe(time.perf_counter() - t0)
+            return
         if self.replay.step() is None:          # drew only rows of weight 0: no step taken
             return
         if self.model.nonfinite_steps > self.nonfinite_steps:
@@ -403,6 +530,8 @@ class Trainer(threading.Thread):
 
     def replay_status(self):
         r = self.replay
+        if r is None and self.population is not None:
+            r = self.population.champion.replay
         return {"steps": self.replay_steps, "ratio": self.config.replay_ratio,
                 "recency": self.config.replay_recency,
                 "rows": r.filled if r is not None else 0, "capacity": self.config.replay_rows,
@@ -426,6 +555,8 @@ class Trainer(threading.Thread):
         self.metrics.progressive_loss.set(figures["window_loss"])
         if now - self._last_norms >= NORM_INTERVAL_S:
             self._update_norms(now)
+            if self.population is not None:
+                self._refresh_board()
         if now - self._last_eval_time >= cfg.eval_interval_s:
             self.evaluate(now)
         else:
@@ -488,13 +619,52 @@ class Trainer(threading.Thread):
         # a lucky draw that later, honest evaluations can never beat.
         if "dev" in results and results["dev"]["rows"] >= self.config.early_stopping_min_dev_rows:
             self._early_stopping(results["dev"].get(self._stopping_metric()))
-        self.history.append({
+        record = {
             "time": time.time(), "samples": self.samples_trained, "version": self.model_steps,
             "learning_rate": self.model.learning_rate, "train_loss": self.train_loss,
             "splits": results, "progressive": self.progressive.figures(),
             "verdict": self.diagnosis["verdict"],
-        })
+        }
+        self.evaluations += 1
+        if self.population is not None:
+            record["search"] = self._search(sources["dev"], now)
+        self.history.append(record)
         return results
+
+    def _search(self, dev, now):
+        """The population's turn after an evaluation: every search_interval evaluations a
+        decision (on the dev reservoir's rows where the metric is a dev one).  A change of
+        champion, or of the ensemble's members, is published at once.  Returns what the
+        evaluation history keeps: the decisions made and every member's figures."""
+        pop = self.population
+        made = []
+        if self.evaluations % self.config.search_interval == 0:
+            served = [mb.id for mb in pop.served()]
+            x, Y, _ = dev
+            made = pop.decide(dev=(x, Y) if x.shape[0] else None)
+            for d in made:
+                log.info("search: %s member %s%s", d["kind"], d["member"],
+                         f" (was {d['previous']})" if "previous" in d else
+                         f" (replaces {d['replaced']})" if "replaced" in d else "")
+                self.metrics.search_decisions.labels(d["kind"]).inc()
+            if [mb.id for mb in pop.served()] != served and not self.serving_best:
+                self.publish(now)
+        self._refresh_board()
+        board = self._board
+        return {"champion": pop.champion.id, "decisions": made,
+                "members": [{k: row[k] for k in ("member", "slot", "value", "standard_error", "rows_trained", "dev")}
+                            for row in board]}
+
+    def _set_member_metrics(self, board):
+        met = self.metrics
+        for row in board:
+            slot = str(row["slot"])
+            met.member_metric.labels(slot).set(float("nan") if row["value"] is None else row["value"])
+            dev = row["dev"] or {}
+            met.member_dev_error.labels(slot).set(dev.get("value", float("nan")))
+            met.member_rows.labels(slot).set(row["rows_trained"])
+            met.member_id.labels(slot).set(row["member"])
+        met.search_champion.set(self.population.champion.slot)
 
     def _set_eval_metrics(self, split, figures):
         met = self.metrics
@@ -593,7 +763,37 @@ class Trainer(threading.Thread):
             "n_outputs": s.n_outputs,
             "last_checkpoint": self.last_checkpoint_path,
             **self.evaluation_status(),
+            **self.search_status(),
         }
+
+    def search_status(self):
+        """status's `members` (the leaderboard, best first) and `search` (how the
+        population is run and what it decided lately); empty without a population.
+        The trainer thread computes them between two steps (the population is its
+        alone); if it does not get to it within STATUS_WAIT_S, the last ones it computed."""
+        if self.population is None:
+            return {}
+        if threading.current_thread() is not self and self.is_alive():
+            try:
+                self.submit(lambda t: t._refresh_board()).result(timeout=STATUS_WAIT_S)
+            except Exception as exc:   # a busy trainer: the board of a moment ago will do
+                log.debug("leaderboard not refreshed for status: %r", exc)
+        return {"members": self._board, "search": self._search_summary}
+
+    def _refresh_board(self):
+        """Compute the leaderboard on the trainer thread, for status to read whole."""
+        pop = self.population
+        st = pop.settings
+        self._board = pop.leaderboard()
+        self._search_summary = {
+            "members": st["members"], "strategy": st["strategy"], "metric": st["metric"],
+            "interval": self.config.search_interval, "serve": st["serve"], "ensemble_k": st["ensemble_k"],
+            "seed": st["seed"], "min_rows": st["min_rows"], "space": st["search_space"],
+            "champion": pop.champion.id, "served": [mb.id for mb in pop.served()],
+            "decisions": len(pop.decisions), "recent_decisions": pop.decisions[-10:],
+            "evaluations": self.evaluations,
+        }
+        self._set_member_metrics(self._board)
 
     def live_values(self, queue_depth=None):
         """The trainer's scrape-time gauges: {name: (help, value)}."""
@@ -651,6 +851,11 @@ class Trainer(threading.Thread):
 
     def apply_settings(self, settings):
         """Change live settings (model LIVE_SETTINGS and LIVE_DAEMON_SETTINGS); all or none."""
+        fixed = set(settings) & set(FIXED_SEARCH_SETTINGS)
+        if fixed:
+            raise KeyError(f"{sorted(fixed)} cannot change on a running daemon: a population is made with "
+                           "them and its checkpoints, draws and decisions depend on them; change them in the "
+                           "configuration of a new state dir")
         unknown = set(settings) - set(LIVE_SETTINGS) - set(LIVE_DAEMON_SETTINGS)
         if unknown:
             raise KeyError(f"unknown or not live settings {sorted(unknown)}; live: "
@@ -658,8 +863,18 @@ class Trainer(threading.Thread):
         model_part = {k: v for k, v in settings.items() if k in LIVE_SETTINGS}
         daemon_part = {k: v for k, v in settings.items() if k in LIVE_DAEMON_SETTINGS}
         candidate = replace(self.config, **daemon_part).validate() if daemon_part else self.config
+        if model_part and self.population is not None:
+            searched = set(model_part) & set(self.population.space.dims)
+            if searched:
+                raise KeyError(f"{sorted(searched)} are searched: each member of the population draws its own "
+                               "from search_space")
         if model_part:
-            if self.model is not None:
+            if self.population is not None:
+                # checked once before any member changes: every member, or (on a bad value) none
+                ModelSpec.from_dict({**self.model.spec.to_dict(), **model_part})
+                for mb in self.population.members:
+                    mb.model.set(**model_part)
+            elif self.model is not None:
                 self.model.set(**model_part)
             else:
                 replace(self.config, model={**self.config.model, **model_part}).validate()
@@ -674,6 +889,12 @@ class Trainer(threading.Thread):
         self.early.patience = self.config.early_stopping_patience
         self.early.min_delta = self.config.early_stopping_min_delta
         self.metrics.bayes_error_proxy.set(self.config.bayes_error)
+        if self.population is not None and {"serve", "ensemble_k"} & set(daemon_part):
+            self.population.settings["serve"] = self.config.serve
+            self.population.settings["ensemble_k"] = self.config.ensemble_k
+            if not self.serving_best:
+                self.publish()          # the next reply comes from what now serves
+            self._refresh_board()
         log.info("settings changed: %s", settings)
         return {k: getattr(self.config, k) if k in LIVE_DAEMON_SETTINGS else self.config.model[k]
                 for k in settings}

@@ -11,7 +11,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from learnd import Population
 from learnd.engine import EngineError
 from learnd.engine.datasets import load
-from learnd.engine.population import NOISE_SIGMAS, paired_difference, row_scores
+from learnd.engine.population import GRACE, NOISE_SIGMAS, paired_difference, row_scores
 
 SMALL = dict(task="multiclass", n_outputs=10, hidden=(16,))
 LR_SPACE = {"lr": {"log_uniform": [1e-3, 3e-2]}}
@@ -177,6 +177,7 @@ def test_random_replaces_losers_with_draws_from_the_space_around_the_best(digits
         assert lo <= d["draw"]["lr"] <= hi
         assert 1e-5 <= lo and hi <= 3e-2 and math.log10(hi / lo) < math.log10(3e-2 / 1e-5)
         assert d["replaced"] != d["member"] and d["replaced_figure"]["rows"] >= 200
+        assert d["replaced_age"] >= GRACE * 200           # a newcomer gets time to learn first
     ids = {mb.id for mb in pop.members}
     assert all(d["replaced"] not in ids for d in replaced)      # a replaced member is gone
     for mb in pop.members:                                      # a newcomer learns from its first row on
@@ -353,4 +354,21 @@ def test_rehearse_takes_one_replay_step_for_every_member(digits):
     assert pop.rehearse() == 3
     assert [mb.model.steps for mb in pop.members] == [s + 1 for s in steps]
     assert [mb.model.samples_seen for mb in pop.members] == [128] * 3     # replay rows are not new rows
+    pop.close()
+
+
+def test_an_ensemble_travels_as_one_buffer_and_predicts_the_same_from_it(digits):
+    from learnd.engine.ensemble import Ensemble, snapshot_from_buffer
+    X, y = digits
+    pop = Population(members=3, search_space={"depth": {"choice": [1, 2]}}, serve="ensemble", ensemble_k=3,
+                     interval=0, **SMALL)
+    _feed(pop, X[:256], y[:256])
+    ens = pop.snapshot(version=5)
+    back = snapshot_from_buffer(ens.to_bytes())
+    assert isinstance(back, Ensemble) and back.version == 5 and back.meta == ens.meta
+    Xq = np.ascontiguousarray(X[300:340])
+    out = [e.predict_into(Xq, np.empty((40, 10), np.float32), e.new_workspace()) for e in (ens, back)]
+    assert_array_equal(out[0], out[1])
+    single = snapshot_from_buffer(pop.members[0].model.snapshot(version=2).to_bytes())
+    assert single.version == 2 and not isinstance(single, Ensemble)
     pop.close()
