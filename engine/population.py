@@ -82,7 +82,7 @@ def row_scores(task, P, Y, error_out, loss_out):
         yz = np.where(labelled, Y, 0.0) >= 0.5
         n = np.maximum(labelled.sum(axis=1), 1)
         error_out[:] = (((P >= 0.5) != yz) & labelled).sum(axis=1) / n
-        Pc = np.clip(P, _TINY, 1.0 - _TINY)
+        Pc = np.clip(P.astype(np.float64), _TINY, 1.0 - _TINY)   # 1 - 1e-12 is 1.0 in float32
         loss_out[:] = np.where(labelled, -np.where(yz, np.log(Pc), np.log1p(-Pc)), 0.0).sum(axis=1)
     else:
         d = P - Y
