@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from learnd.clients.protocol import TRAIN_SPLITS
 from learnd.engine import EngineError, Model, Population, Replay
 from learnd.engine import population_state
+from learnd.engine.metrics import evaluate_outputs
 from learnd.engine.model import LIVE_SETTINGS
 from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
@@ -606,7 +607,7 @@ class Trainer(threading.Thread):
             if x.shape[0] == 0:
                 continue
             weighted = not np.all(w == 1.0)
-            figures = self.model.evaluate(x, Y, w if weighted else None)
+            figures = self._evaluate_served(x, Y, w if weighted else None)
             figures["rows"] = int(x.shape[0])
             results[split] = figures
             self._set_eval_metrics(split, figures)
@@ -630,6 +631,16 @@ class Trainer(threading.Thread):
             record["search"] = self._search(sources["dev"], now)
         self.history.append(record)
         return results
+
+    def _evaluate_served(self, x, Y, w):
+        """Inference figures of what predict answers from: the model, or a population's
+        champion, or (serve = "ensemble") the ensemble itself."""
+        if self.population is None or self.population.settings["serve"] != "ensemble":
+            return self.model.evaluate(x, Y, w)
+        ens = self.population.snapshot()
+        P = ens.predict_into(np.ascontiguousarray(x), np.empty((x.shape[0], ens.n_outputs), dtype=ens.dtype),
+                             ens.new_workspace())
+        return evaluate_outputs(self.schema.task, P, np.array(Y, dtype=np.float64), w)
 
     def _search(self, dev, now):
         """The population's turn after an evaluation: every search_interval evaluations a

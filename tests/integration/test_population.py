@@ -83,6 +83,11 @@ def test_serve_and_interval_change_live_and_fixed_settings_are_refused(daemons):
         assert reply.member == "ensemble"
         assert c.status()["search"]["served"][:1] == [c.status()["search"]["champion"]]
         assert len(c.status()["search"]["served"]) == 2
+        # the evaluation now scores what serves: the ensemble
+        n = c.status()["search"]["evaluations"]
+        d.wait_until(lambda: c.status()["search"]["evaluations"] >= n + 2, what="evaluations of the ensemble")
+        train = c.status()["evaluation"]["train"]
+        assert train["rows"] > 0 and 0.0 <= train["error"] <= 1.0
         for bad, words in (({"search_members": 8}, "cannot change on a running daemon"),
                            ({"search_space": {"lr": {"uniform": [0.1, 0.2]}}}, "cannot change"),
                            ({"lr": 0.1}, "searched"),
