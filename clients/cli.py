@@ -225,11 +225,11 @@ def cmd_search(args):
           f"serving {search['serve']}" + (f" (top {search['ensemble_k']}: {search['served']})"
                                           if search["serve"] == "ensemble" else f" (member {search['champion']})")
           + f"; {search['decisions']} decisions in {search['evaluations']} evaluations")
-    print(print_leaderboard(members))
+    print(format_leaderboard(members))
     return EXIT_OK
 
 
-def print_leaderboard(members):
+def format_leaderboard(members):
     """The leaderboard as a text table (the champion marked with *)."""
     names = sorted({k for row in members for k in row["draw"]})
     head = ["", "member", "rank", "state", "rows", "age", "figure", "+-se", "dev", *names]

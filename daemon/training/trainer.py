@@ -189,6 +189,8 @@ class Trainer(threading.Thread):
 
     def _new_population(self, model_kwargs):
         cfg = self.config
+        # search_seed seeds every member's draws and initial weights; [model] seed has no say
+        model_kwargs = {k: v for k, v in model_kwargs.items() if k != "seed"}
         return Population(
             members=cfg.search_members, search_space=cfg.search_space or None, strategy=cfg.search_strategy,
             metric=cfg.search_metric, interval=0, seed=cfg.search_seed, serve=cfg.serve,

@@ -18,7 +18,8 @@ from learnd.engine.datasets import split
 
 BATCH = 64
 SPACE = {"lr": {"log_uniform": [1e-5, 3e-2]}}
-POPULATION = {"LEARND_SEARCH_MEMBERS": "4", "LEARND_SEARCH_SPACE": json.dumps(SPACE),
+# [model] seed is set to show that search_seed, not it, seeds the members
+POPULATION = {"LEARND_SEARCH_MEMBERS": "4", "LEARND_MODEL_SEED": "3", "LEARND_SEARCH_SPACE": json.dumps(SPACE),
               "LEARND_SEARCH_MIN_ROWS": "128", "LEARND_MODEL_HIDDEN": "[16]", "LEARND_EVAL_INTERVAL_S": "0.2",
               "LEARND_REPLAY_RATIO": "2", "LEARND_REPLAY_ROWS": "512", "LEARND_CHECKPOINT_INTERVAL_S": "0"}
 
@@ -173,3 +174,32 @@ def test_report_draws_each_members_figure_with_the_champion_changes(daemons, tmp
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("daemon_mode", ["tree"])
+@pytest.mark.parametrize("strategy, kinds", [("halving", {"promote"}), ("pbt", {"copy"})])
+def test_halving_and_pbt_decide_in_the_daemon_and_survive_a_restart(daemons, tmp_path, daemon_mode, strategy,
+                                                                    kinds):
+    Xtr, ytr, Xte, _ = split("digits")
+    env = {**POPULATION, "LEARND_SEARCH_STRATEGY": strategy, "LEARND_SEARCH_MIN_ROWS": "64",
+           "LEARND_EVAL_INTERVAL_SAMPLES": "128", "LEARND_REPLAY_RATIO": "0"}
+    d = daemons(env=env, state_dir=tmp_path / "state")
+    for k in range(3):
+        _send(d, Xtr, ytr, producer=f"pass{k}")
+    d.settled()
+    with Control(d.control) as c:
+        d.wait_until(lambda: kinds & {x["kind"] for x in c.status()["search"]["recent_decisions"]}
+                     or c.status()["search"]["decisions"] > 20, what=f"a {strategy} decision")
+        made = {x["kind"] for x in c.status()["search"]["recent_decisions"]}
+        c.set(search_interval=1000000)           # no decision between the figures below and the stop
+    assert kinds & made, made
+    before = d.settled()
+    assert d.stop() == 0                          # SIGTERM: drain, checkpoint, exit 0
+    again = daemons(env={**env, "LEARND_SEARCH_INTERVAL": "1000000"}, state_dir=tmp_path / "state")
+    after = again.settled()
+    assert [r["member"] for r in sorted(after["members"], key=lambda r: r["slot"])] == \
+        [r["member"] for r in sorted(before["members"], key=lambda r: r["slot"])]
+    assert after["search"]["champion"] == before["search"]["champion"]
+    assert after["samples_trained"] == before["samples_trained"] == 3 * (len(Xtr) // BATCH) * BATCH
+    with Predictor(again.predict) as p:
+        assert p.predict(Xte[:4]).member == after["search"]["champion"]
