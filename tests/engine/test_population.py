@@ -372,3 +372,25 @@ def test_an_ensemble_travels_as_one_buffer_and_predicts_the_same_from_it(digits)
     single = snapshot_from_buffer(pop.members[0].model.snapshot(version=2).to_bytes())
     assert single.version == 2 and not isinstance(single, Ensemble)
     pop.close()
+
+
+@pytest.mark.parametrize("task, n_outputs", [("binary", 1), ("multilabel", 3), ("regression", 2)])
+def test_every_task_trains_scores_and_serves(rng, task, n_outputs):
+    X = rng.standard_normal((768, 6)).astype(np.float32)
+    if task == "regression":
+        y = np.stack([X[:, 0] + 0.5 * X[:, 1], X[:, 2] - X[:, 3]], axis=1)
+    else:
+        y = (X[:, :n_outputs] + 0.2 * rng.standard_normal((768, n_outputs)) > 0).astype(float)
+        if task == "multilabel":
+            y[::7, 1] = np.nan                     # no label: masked out of scores and loss
+        y = y.reshape(768, n_outputs) if n_outputs > 1 else y[:, 0]
+    pop = Population(members=4, search_space=LR_SPACE, serve="ensemble", ensemble_k=2, interval=4, min_rows=64,
+                     task=task, n_outputs=n_outputs, hidden=(8,))
+    _feed(pop, X, y)
+    board = pop.leaderboard()
+    assert all(row["value"] is None or math.isfinite(row["value"]) for row in board)
+    served = pop.served()
+    expected = np.mean([mb.model.predict_proba(X[:20]) for mb in served], axis=0)
+    assert_allclose(pop.predict_proba(X[:20]), expected, rtol=1e-5, atol=1e-6)
+    assert pop.predict(X[:20]).shape == ((20, n_outputs) if task != "multiclass" else (20,))
+    pop.close()
