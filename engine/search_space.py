@@ -1,9 +1,9 @@
 """Where a population draws its members' settings from: one distribution per setting.
 
-The course draws hyperparameters at random, on the scale where they matter: log scale
+Hyperparameters are best drawn at random, on the scale where they matter: log scale
 for the learning rate and L2 (1e-4 and 1e-3 are as far apart as 1e-3 and 1e-2), and
 for a beta, log scale of 1 - beta (0.9 -> 0.99 -> 0.999 each average ten times more
-steps).  Then it zooms in on the region of the good draws (coarse to fine).
+steps).  Then the search zooms in on the region of the good draws (coarse to fine).
 
     space = SearchSpace.parse({"lr": {"log_uniform": [1e-4, 1e-1]},
                                "width": {"int_log_uniform": [16, 512]},
@@ -38,7 +38,7 @@ KINDS = ("log_uniform", "uniform", "int_log_uniform", "choice", "one_minus_log_u
 FIXED = ("task", "n_outputs", "input_dim", "dtype", "seed")
 SHAPE = ("width", "depth")
 
-# The default space: what the course tunes first (the learning rate), then the betas,
+# The default space: what matters most first (the learning rate), then the betas,
 # the size of the network, the regularizers; batch norm on or off.  The bounds bracket
 # what works on the shipped data sets by a wide margin on both sides.
 DEFAULT_SPACE = {
