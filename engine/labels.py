@@ -88,6 +88,17 @@ def write_targets(task, n_outputs, y, m, Y):
     copy_into(y, Y)
 
 
+def labels_from_outputs(task, P):
+    """What predict returns for head outputs P (m, n_outputs): class ids (m,) for
+    multiclass, 0/1 labels (m, n_outputs) for binary and multilabel, P itself (values)
+    for regression."""
+    if task == "multiclass":
+        return P.argmax(axis=1)
+    if task in ("binary", "multilabel"):
+        return (P >= 0.5).astype(np.int64)
+    return P
+
+
 def write_weights(sample_weight, m, out):
     """Check sample weights (m,) and write w / mean(w) into out (m,).  None writes nothing
     and returns an empty array (the kernels read it as all ones)."""

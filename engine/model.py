@@ -12,7 +12,7 @@ from .kernels.network import predict_forward
 from .kernels.normalize import count_nonfinite
 from .kernels.optim import global_norm
 from .kernels.rng import seed_state
-from .labels import write_targets, write_weights
+from .labels import labels_from_outputs, write_targets, write_weights
 from .metrics import evaluate_outputs
 from .network import Network, Snapshot
 from .normalizer import InputNormalizer
@@ -262,13 +262,7 @@ class Model:
     def predict(self, X):
         """Class ids (m,) for multiclass, 0/1 labels (m, n_outputs) for binary and
         multilabel, values (m, n_outputs) for regression."""
-        P = self.predict_proba(X)
-        task = self.spec.task
-        if task == "multiclass":
-            return P.argmax(axis=1)
-        if task in ("binary", "multilabel"):
-            return (P >= 0.5).astype(np.int64)
-        return P
+        return labels_from_outputs(self.spec.task, self.predict_proba(X))
 
     def evaluate(self, X, y, sample_weight=None):
         """Inference-mode figures on (X, y): loss (without regularization) and accuracy /

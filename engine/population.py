@@ -46,6 +46,7 @@ import numpy as np
 
 from .ensemble import Ensemble
 from .errors import EngineError
+from .labels import labels_from_outputs
 from .model import LIVE_SETTINGS, Model
 from .replay import Replay
 from .search_space import SearchSpace
@@ -184,6 +185,8 @@ class Population:
         self._error = np.full((members, window), np.nan)   # per-row figures, ring by stream row
         self._loss = np.full((members, window), np.nan)
         self._pool = None
+        self._changes = 0            # counts what changes what predict answers with
+        self._served = None          # (changes, Ensemble, workspace) for predict_proba
         self._dev_scores = None      # per-row dev figures while a decision uses them
         self.dev_figures = {}        # member id -> its figure on the last dev rows scored
         self.members = [self._new_member(slot, origin="base" if slot == 0 else "draw")
@@ -243,6 +246,7 @@ class Population:
         self._run_on_threads(lambda mb: self._train_member(mb, X, Y, w, cols, keep))
         self.rows_seen += m
         self.batches += 1
+        self._changes += 1
         if self.settings["interval"] and self.batches % self.settings["interval"] == 0:
             self.decide()
         return self.champion.last_loss
@@ -294,6 +298,7 @@ class Population:
         ready = [mb for mb in self.members if mb.replay is not None and mb.replay.ready()]
         if not ready:
             return 0
+        self._changes += 1
         return sum(r is not None for r in self._run_on_threads(lambda mb: mb.replay.step(), ready))
 
     def replay_ready(self):
@@ -392,6 +397,7 @@ class Population:
             return self._decide()
         finally:
             self._dev_scores = None
+            self._changes += 1       # the ranking, so the ensemble's members, may have moved
 
     def _score_dev(self, X, y, sample_weight=None):
         """Every member's per-row figures on the dev rows (NaN for one not built yet);
@@ -586,25 +592,35 @@ class Population:
         snaps = [mb.model.snapshot(version) for mb in served]
         return Ensemble(snaps, version, meta={"member": "ensemble", "members": [mb.id for mb in served]})
 
+    def set_serving(self, serve=None, ensemble_k=None):
+        """Change what predict answers from (between batches): serve champion or
+        ensemble, and ensemble_k.  Raises EngineError on a bad value, changing nothing."""
+        serve = self.settings["serve"] if serve is None else serve
+        ensemble_k = self.settings["ensemble_k"] if ensemble_k is None else ensemble_k
+        _one_of("serve", serve, SERVE)
+        if isinstance(ensemble_k, bool) or not isinstance(ensemble_k, int) or ensemble_k < 1:
+            raise EngineError(f"ensemble_k must be an int >= 1, got {ensemble_k!r}")
+        self.settings["serve"], self.settings["ensemble_k"] = serve, ensemble_k
+        self._changes += 1
+
     def predict_proba(self, X):
         """Head outputs (m, n_outputs) for X (m, n_features): the champion's, or the
         mean of the top ensemble_k members' probabilities (values for regression)."""
         if self.settings["serve"] == "champion":
             return self.champion.model.predict_proba(X)
         X = self.champion.model._check_X(X, training=False)
-        ens = self.snapshot()
+        # The ensemble copies its members' arrays: made once per change of the members,
+        # not once per call.
+        if self._served is None or self._served[0] != self._changes:
+            ens = self.snapshot()
+            self._served = (self._changes, ens, ens.new_workspace())
+        _, ens, workspace = self._served
         out = np.empty((X.shape[0], ens.n_outputs), dtype=ens.dtype)
-        return ens.predict_into(X, out, ens.new_workspace())
+        return ens.predict_into(X, out, workspace)
 
     def predict(self, X):
         """Class ids (m,), 0/1 labels (m, n_outputs), or values, as Model.predict."""
-        P = self.predict_proba(X)
-        task = self.champion.model.spec.task
-        if task == "multiclass":
-            return P.argmax(axis=1)
-        if task in ("binary", "multilabel"):
-            return (P >= 0.5).astype(np.int64)
-        return P
+        return labels_from_outputs(self.champion.model.spec.task, self.predict_proba(X))
 
     # -- state -----------------------------------------------------------------------------------
     def get_state(self):
@@ -646,6 +662,7 @@ class Population:
                 raise EngineError(f"score rings of shape {pop._error.shape} do not fit "
                                   f"{s['members']} members x {s['window']} rows")
             pop._pool = None
+            pop._changes, pop._served = 0, None
             pop._dev_scores = None
             pop.dev_figures = {int(k): v for k, v in meta.get("dev_figures", {}).items()}
             pop.members = []

@@ -17,21 +17,19 @@ import numpy as np
 from . import state as model_state
 from .errors import EngineError
 
+_RING = ("x", "Y", "w")     # a replay ring's arrays; the rest of its state is JSON
+
 
 def to_bytes(state):
     arrays = {"meta": np.array(json.dumps(state["meta"])), "error": state["error"], "loss": state["loss"]}
     for i, ms in enumerate(state["models"]):
-        arrays[f"m{i}/meta"] = np.array(json.dumps(ms["meta"]))
-        arrays[f"m{i}/rng"] = ms["rng"]
-        for group in ("param", "stat", "opt", "norm"):
-            for name, arr in ms[group].items():
-                arrays[f"m{i}/{group}/{name}"] = arr
+        arrays.update(model_state.state_arrays(ms, prefix=f"m{i}/"))
     for i, rs in enumerate(state["replays"]):
         if rs is None:
             continue
-        arrays[f"r{i}/meta"] = np.array(json.dumps({k: v for k, v in rs.items() if k not in ("x", "Y", "w")}))
+        arrays[f"r{i}/meta"] = np.array(json.dumps({k: v for k, v in rs.items() if k not in _RING}))
         if rs["x"] is not None:
-            for name in ("x", "Y", "w"):
+            for name in _RING:
                 arrays[f"r{i}/{name}"] = rs[name]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -44,23 +42,13 @@ def from_bytes(data):
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             n = len(meta["members"])
-            models, replays = [], []
+            models = [model_state.state_from_arrays(z, prefix=f"m{i}/") for i in range(n)]
+            replays = []
             for i in range(n):
-                ms = {"meta": json.loads(str(z[f"m{i}/meta"])), "rng": z[f"m{i}/rng"],
-                      "param": {}, "stat": {}, "opt": {}, "norm": {}}
-                prefix = f"m{i}/"
-                for key in z.files:
-                    if key.startswith(prefix) and key.count("/") == 2:
-                        _, group, name = key.split("/")
-                        ms[group][name] = z[key]
-                models.append(ms)
-                if f"r{i}/meta" in z.files:
-                    rs = json.loads(str(z[f"r{i}/meta"]))
-                    for name in ("x", "Y", "w"):
-                        rs[name] = z[f"r{i}/{name}"] if f"r{i}/{name}" in z.files else None
-                    replays.append(rs)
-                else:
-                    replays.append(None)
+                rs = json.loads(str(z[f"r{i}/meta"])) if f"r{i}/meta" in z.files else None
+                if rs is not None:
+                    rs.update({name: z[f"r{i}/{name}"] if f"r{i}/{name}" in z.files else None for name in _RING})
+                replays.append(rs)
             state = {"meta": meta, "models": models, "replays": replays, "error": z["error"], "loss": z["loss"]}
     except Exception as exc:  # zip, npy, JSON and key errors alike mean "not a population file"
         raise EngineError(f"not a readable learnd population file: {exc}") from None

@@ -24,15 +24,35 @@ FORMAT = "learnd.model"
 VERSION = 1
 
 
+GROUPS = ("param", "stat", "opt", "norm")
+
+
+def state_arrays(state, prefix=""):
+    """A Model state dict (see Model.get_state) as the file's named arrays, each name
+    after `prefix` (a population file keeps each member under its own)."""
+    arrays = {f"{prefix}meta": np.array(json.dumps(state["meta"])), f"{prefix}rng": state["rng"]}
+    for group in GROUPS:
+        for name, arr in state[group].items():
+            arrays[f"{prefix}{group}/{name}"] = arr
+    return arrays
+
+
+def state_from_arrays(z, prefix=""):
+    """The Model state dict from the named arrays `z` (an open .npz) under `prefix`."""
+    state = {"meta": json.loads(str(z[f"{prefix}meta"])), "rng": z[f"{prefix}rng"], **{g: {} for g in GROUPS}}
+    for key in z.files:
+        if not key.startswith(prefix):
+            continue
+        group, _, name = key[len(prefix):].partition("/")
+        if name and group in GROUPS and "/" not in name:
+            state[group][name] = z[key]
+    return state
+
+
 def state_to_bytes(state):
     """Serialize a Model state dict (see Model.get_state) to .npz bytes."""
-    arrays = {"meta": np.array(json.dumps(state["meta"]))}
-    for group in ("param", "stat", "opt", "norm"):
-        for name, arr in state[group].items():
-            arrays[f"{group}/{name}"] = arr
-    arrays["rng"] = state["rng"]
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **state_arrays(state))
     return buf.getvalue()
 
 
@@ -40,12 +60,8 @@ def state_from_bytes(data):
     """Parse .npz bytes written by state_to_bytes; raise EngineError if it is not one."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            state = {"meta": meta, "param": {}, "stat": {}, "opt": {}, "norm": {}, "rng": z["rng"]}
-            for key in z.files:
-                group, _, name = key.partition("/")
-                if name:
-                    state[group][name] = z[key]
+            state = state_from_arrays(z)
+            meta = state["meta"]
     except Exception as exc:  # zip, npy and JSON errors alike mean "not a model file"
         raise EngineError(f"not a readable learnd model file: {exc}") from None
     if meta.get("format") != FORMAT:

@@ -18,6 +18,7 @@ import zmq
 from learnd.clients import protocol
 from learnd.clients.protocol import ProtocolError
 from learnd.engine.kernels.normalize import count_nonfinite
+from learnd.engine.labels import labels_from_outputs
 
 from learnd.daemon.serving.latency import LatencyWindow
 
@@ -214,8 +215,4 @@ class PredictServer(threading.Thread):
 
 
 def _outputs(task, P, output):
-    if output == "label" and task == "multiclass":
-        return P.argmax(axis=1)
-    if output == "label" and task in ("binary", "multilabel"):
-        return (P >= 0.5).astype(np.int64)
-    return P
+    return labels_from_outputs(task, P) if output == "label" else P

@@ -86,15 +86,6 @@ class TrainItem:
 EXIT_CONFIG = 2     # the command line's exit code for a configuration that cannot be used
 
 
-def decode_population(payload):
-    """The population state of a checkpoint payload (engine.population_state)."""
-    return population_state.from_bytes(payload["population"])
-
-
-def payload_population_members(payload):
-    return decode_population(payload)["meta"]["members"]
-
-
 class Trainer(threading.Thread):
     def __init__(self, config, schema, metrics, checkpoints, wal=None):
         super().__init__(name="learnd-trainer", daemon=True)
@@ -289,11 +280,12 @@ class Trainer(threading.Thread):
         # A state dir holds one model or one population: a configuration that asks for the
         # other cannot resume it, and must not quietly start afresh beside its log.
         if payload.get("population") is not None:
+            saved = population_state.from_bytes(payload["population"])
             if not self.config.searching:
                 raise StartupError(f"the state dir {self.config.state_dir} holds a population; start it with "
-                                   f"search_members = {len(payload_population_members(payload))}, or use a new "
+                                   f"search_members = {len(saved['meta']['members'])}, or use a new "
                                    "state dir", EXIT_CONFIG)
-            self.population = Population.from_state(decode_population(payload), threads=os.cpu_count())
+            self.population = Population.from_state(saved, threads=os.cpu_count())
             self._check_population_settings()
             self._refresh_board()
         elif payload["model"] is not None and self.config.searching:
@@ -335,8 +327,7 @@ class Trainer(threading.Thread):
             log.warning("the checkpoint's population keeps its own %s (checkpoint, configuration: %s); "
                         "a new population needs a new state dir", sorted(differ), differ)
         # serve and ensemble_k are live: the configuration's apply
-        self.population.settings["serve"] = self.config.serve
-        self.population.settings["ensemble_k"] = self.config.ensemble_k
+        self.population.set_serving(self.config.serve, self.config.ensemble_k)
 
     def apply_configured_settings(self):
         """After a restore, take the live settings the configuration names (an operator
@@ -639,9 +630,7 @@ class Trainer(threading.Thread):
         champion, or (serve = "ensemble") the ensemble itself."""
         if self.population is None or self.population.settings["serve"] != "ensemble":
             return self.model.evaluate(x, Y, w)
-        ens = self.population.snapshot()
-        P = ens.predict_into(np.ascontiguousarray(x), np.empty((x.shape[0], ens.n_outputs), dtype=ens.dtype),
-                             ens.new_workspace())
+        P = self.population.predict_proba(x)     # one ensemble for every split evaluated
         return evaluate_outputs(self.schema.task, P, np.array(Y, dtype=np.float64), w)
 
     def _search(self, dev, now):
@@ -903,8 +892,7 @@ class Trainer(threading.Thread):
         self.early.min_delta = self.config.early_stopping_min_delta
         self.metrics.bayes_error_proxy.set(self.config.bayes_error)
         if self.population is not None and {"serve", "ensemble_k"} & set(daemon_part):
-            self.population.settings["serve"] = self.config.serve
-            self.population.settings["ensemble_k"] = self.config.ensemble_k
+            self.population.set_serving(self.config.serve, self.config.ensemble_k)
             if not self.serving_best:
                 self.publish()          # the next reply comes from what now serves
             self._refresh_board()
