@@ -71,6 +71,24 @@ class IngestChecker:
         return TrainItem(lsn=lsn, producer=producer, seq=seq, split=split, x=x, Y=Y, w=w,
                          codes=self.splitter.assign(x, split))
 
+    def logged_item(self, message, record):
+        """The TrainItem of a logged message (record: wal.Record).  A record whose split
+        codes ingest logged is trusted: it passed every check before it was logged and its
+        checksum matched when it was read, so only its targets are converted again and its
+        rows' splits are taken as logged, not hashed again.  An unchecked record, or the
+        first one while the schema is still unknown (it fixes the schema), goes through
+        every check."""
+        if record.codes is None or not self.schema.known:
+            return self.item(message, record.lsn)
+        producer, seq, split = train_fields(message.header)
+        arrays = message.arrays
+        x = np.asarray(arrays["x"], dtype=self.dtype)      # no copy in the model's dtype
+        Y = checks.targets(arrays["y"], self.schema, x.shape[0], self.dtype)
+        w = arrays.get("w")
+        return TrainItem(lsn=record.lsn, producer=producer, seq=seq, split=split, x=x, Y=Y,
+                         w=None if w is None else w.astype(np.float64),
+                         codes=np.frombuffer(record.codes, dtype=np.int8))
+
     def _check_model_settings(self, schema):
         """The configured model must be buildable for what the first batch implies."""
         try:

@@ -88,7 +88,8 @@ class IngestProcess(ChildProcess):
             records = reader.read(self.wal.last_lsn, max_records=256)
             if not records:
                 break
-            for _lsn, frames in records:
+            for record in records:
+                frames = record.frames
                 header = msgpack.unpackb(frames[0], raw=False)
                 try:
                     producer, seq, _ = train_fields(header)

@@ -69,7 +69,8 @@ class IngestStage:
                                                       **({"w": message.arrays["w"]} if "w" in message.arrays else {})})
         else:
             logged = frames[1:]
-        item.lsn = self.wal.append([bytes(f.buffer if hasattr(f, "buffer") else f) for f in logged[1:]])
+        # With the rows' split codes: the trainer trusts the checked, checksummed record.
+        item.lsn = self.wal.append([f.buffer if hasattr(f, "buffer") else f for f in logged[1:]], item.codes)
         # Only a logged message counts as seen: one the log refused (a full disk) must be
         # taken again when its producer resends it, not acknowledged as a duplicate.
         self._count_accepted(producer, seq, item)

@@ -2,8 +2,10 @@
 
 Records are appended to segment files `wal-<first lsn>.log` in the state dir's wal/
 folder; each record is  u32 length | u32 crc32 | payload,  where the payload is
-msgpack [lsn, [frame, ...]] holding the message's own frames (header and arrays), so
-replay decodes it again through the same path as a live message.  Writes are grouped:
+msgpack [lsn, [frame, ...]] holding the message's own frames (header and arrays), or
+[lsn, [frame, ...], codes] where codes (one int8 per row: its split) says that ingest
+checked the message and assigned its rows' splits: whoever reads the record on trusts
+its checksum instead of checking and hashing every row again.  Writes are grouped:
 the caller appends, then calls `sync()` once for many records before acknowledging
 them.  A torn record at the end (a crash mid-write) is cut off when the log is opened.
 """
@@ -14,13 +16,53 @@ import logging
 import os
 import struct
 import zlib
+from typing import NamedTuple
 
 import msgpack
 
 log = logging.getLogger("learnd.wal")
 
 _HEAD = struct.Struct("<II")
+_BIN32 = struct.Struct(">BI")    # msgpack's bin 32 header: 0xc6, then the length
 SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+class Record(NamedTuple):
+    """One logged message: its lsn, its frames (header and arrays, bytes), and the split
+    code of each of its rows as ingest assigned them (bytes of int8; None in a record
+    ingest did not check, e.g. one written by an older version)."""
+
+    lsn: int
+    frames: list
+    codes: bytes | None = None
+
+
+def _record_parts(lsn, frames, codes):
+    """The buffers of one record, head first, without copying the frames: the payload
+    is the msgpack of [lsn, [frame, ...]] (+ codes), each frame as bin 32."""
+    fields = 2 if codes is None else 3
+    parts = [None, bytes([0x90 | fields]) + msgpack.packb(lsn) + _array_header(len(frames))]
+    for buffer in [*frames, *([] if codes is None else [codes])]:
+        view = memoryview(buffer).cast("B")
+        parts += [_BIN32.pack(0xC6, view.nbytes), view]
+    crc, length = 0, 0
+    for part in parts[1:]:
+        crc = zlib.crc32(part, crc)
+        length += len(part)
+    parts[0] = _HEAD.pack(length, crc)
+    return parts, _HEAD.size + length
+
+
+def _array_header(n):
+    if n < 16:
+        return bytes([0x90 | n])
+    return b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
+
+
+def _decode(body):
+    """The Record in a payload whose checksum matched."""
+    fields = msgpack.unpackb(body, raw=False)
+    return Record(fields[0], fields[1], fields[2] if len(fields) > 2 else None)
 
 
 class WriteAheadLog:
@@ -45,7 +87,7 @@ class WriteAheadLog:
         return sorted(out)
 
     def _read(self, path, repair):
-        """Yield (lsn, frames) of the whole records in one segment; cut a torn tail."""
+        """Yield the Records of the whole records in one segment; cut a torn tail."""
         with open(path, "rb") as f:
             data = f.read()
         pos = 0
@@ -56,8 +98,7 @@ class WriteAheadLog:
             body = data[pos + _HEAD.size:pos + _HEAD.size + length]
             if len(body) != length or zlib.crc32(body) != crc:
                 break
-            lsn, frames = msgpack.unpackb(body, raw=False)
-            yield lsn, frames
+            yield _decode(body)
             pos += _HEAD.size + length
         if pos < len(data):
             log.warning("write-ahead log %s: %d bytes after the last whole record%s",
@@ -75,8 +116,8 @@ class WriteAheadLog:
             # An empty newest segment (a crash right after creating it) still says
             # how far the numbers went.
             self.last_lsn = max(self.last_lsn, first - 1)
-            for lsn, _frames in self._read(path, repair=(i == len(segments) - 1)):
-                self.last_lsn = max(self.last_lsn, lsn)
+            for record in self._read(path, repair=(i == len(segments) - 1)):
+                self.last_lsn = max(self.last_lsn, record.lsn)
         if segments:
             self._open_segment(segments[-1][1])
             # Records a killed process wrote but never synced are replayed (and their
@@ -97,19 +138,19 @@ class WriteAheadLog:
             os.close(dir_fd)
 
     # -- writing -----------------------------------------------------------------------
-    def append(self, frames):
-        """Append one message's frames (bytes-like); returns its lsn.  Not yet durable."""
+    def append(self, frames, codes=None):
+        """Append one message's frames (bytes-like, not copied) and, for a message ingest
+        checked, its rows' split codes ((m,) int8); returns its lsn.  Not yet durable."""
         lsn = self.last_lsn + 1
         if self._fd is None or self._size >= self.segment_bytes:
             self._open_segment(os.path.join(self.directory, f"wal-{lsn:016d}.log"))
-        body = msgpack.packb([lsn, [bytes(f) for f in frames]], use_bin_type=True)
-        record = _HEAD.pack(len(body), zlib.crc32(body)) + body
-        written = os.write(self._fd, record)
-        if written != len(record):  # a short write on a full disk: undo, report
+        parts, size = _record_parts(lsn, frames, codes)
+        written = os.writev(self._fd, parts)
+        if written != size:  # a short write on a full disk: undo, report
             os.ftruncate(self._fd, self._size)
             raise OSError(errno.ENOSPC, f"No space left on device: the write-ahead log took {written} "
-                                        f"of {len(record)} bytes")
-        self._size += len(record)
+                                        f"of {size} bytes")
+        self._size += size
         self.last_lsn = lsn
         self._dirty = True
         return lsn
@@ -122,15 +163,15 @@ class WriteAheadLog:
 
     # -- reading and trimming --------------------------------------------------------------
     def replay(self, after_lsn):
-        """Yield (lsn, frames) of every record with lsn > after_lsn, in order."""
+        """Yield the Record of every record with lsn > after_lsn, in order."""
         segments = self._segments()
         for i, (first, path) in enumerate(segments):
             nxt = segments[i + 1][0] if i + 1 < len(segments) else None
             if nxt is not None and nxt - 1 <= after_lsn:
                 continue
-            for lsn, frames in self._read(path, repair=False):
-                if lsn > after_lsn:
-                    yield lsn, frames
+            for record in self._read(path, repair=False):
+                if record.lsn > after_lsn:
+                    yield record
 
     def trim(self, upto_lsn):
         """Delete segments whose records all have lsn <= upto_lsn (never the open one)."""
@@ -196,7 +237,7 @@ class LogReader:
         return True
 
     def _record(self, upto_lsn):
-        """The next record of the open segment as (lsn, frames); None at the segment's
+        """The next Record of the open segment; None at the segment's
         end, PAST for a whole record after upto_lsn (both left unread)."""
         start = self._file.tell()
         head = self._file.read(_HEAD.size)
@@ -207,16 +248,16 @@ class LogReader:
                 if zlib.crc32(body) != crc:
                     raise ValueError(f"write-ahead log {self._path}: the record at byte {start} "
                                      f"fails its checksum")
-                lsn, frames = msgpack.unpackb(body, raw=False)
-                if lsn <= upto_lsn:
-                    return lsn, frames
+                record = _decode(body)
+                if record.lsn <= upto_lsn:
+                    return record
                 self._file.seek(start)
                 return PAST
         self._file.seek(start)
         return None
 
     def read(self, upto_lsn, max_records=64):
-        """[(lsn, frames)] of at most max_records records after the position, up to upto_lsn."""
+        """[Record] of at most max_records records after the position, up to upto_lsn."""
         out = []
         if upto_lsn <= self.position or (self._file is None and not self._next_segment()):
             return out
@@ -229,9 +270,9 @@ class LogReader:
                 if not self._next_segment():
                     break
                 continue
-            if record[0] > self.position:
+            if record.lsn > self.position:
                 out.append(record)
-                self.position = record[0]
+                self.position = record.lsn
         return out
 
     def close(self):

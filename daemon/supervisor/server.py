@@ -178,15 +178,15 @@ class Server:
 
     def _replay_wal_records(self):
         replayed = 0
-        for lsn, frames in self.wal.replay(self.trainer.last_lsn):
+        for record in self.wal.replay(self.trainer.last_lsn):
             try:
-                message = protocol.decode([b"", *frames], self.limits)
+                message = protocol.decode([b"", *record.frames], self.limits)
                 producer, seq, _ = train_fields(message.header)
                 if self.accepted.seen(producer, seq):
                     continue
-                item = self.checker.item(message, lsn)
+                item = self.checker.logged_item(message, record)
             except Exception as exc:  # it passed these checks when it was logged
-                log.error("write-ahead log record %d no longer passes its checks: %s", lsn, exc)
+                log.error("write-ahead log record %d no longer passes its checks: %s", record.lsn, exc)
                 continue
             self.accepted.add(producer, seq)
             now = time.monotonic()

@@ -2,8 +2,9 @@
 
 The training thread is the single-process daemon's Trainer; this process feeds it from
 the write-ahead log instead of from ingest's hand: each record up to the durable lsn
-ingest announces is decoded and checked again (the same deterministic checks and split
-hash ingest applied) and queued.  A checkpoint records the log position it holds
+ingest announces is decoded and queued; a record ingest checked carries its rows' splits
+and is trusted (its checksum matched), an older one is checked again (the same
+deterministic checks and split hash ingest applied).  A checkpoint records the log position it holds
 (`last_lsn`), so after a restart the trainer reads on from there: every acknowledged row
 is trained exactly once.  Each new model version is published into shared memory for the
 predict workers and on the snapshots socket for followers.
@@ -116,17 +117,17 @@ class TrainerProcess(ChildProcess):
         if room <= 0:
             return 0
         records = self.reader.read(self.positions.durable, max_records=room)
-        for lsn, frames in records:
+        for record in records:
             try:
-                message = protocol.decode([b"", *frames], self.limits)
+                message = protocol.decode([b"", *record.frames], self.limits)
                 producer, seq, _ = train_fields(message.header)
                 if self.trainer.dedupe.seen(producer, seq):
                     continue
-                item = self.checker.item(message, lsn)
-                if lsn <= self.replay_until:
+                item = self.checker.logged_item(message, record)
+                if record.lsn <= self.replay_until:
                     self.metrics.wal_replayed.inc()
             except ProtocolError as exc:  # it passed these checks when it was logged
-                log.error("write-ahead log record %d no longer passes its checks: %s", lsn, exc)
+                log.error("write-ahead log record %d no longer passes its checks: %s", record.lsn, exc)
                 continue
             while True:
                 try:

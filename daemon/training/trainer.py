@@ -42,6 +42,7 @@ log = logging.getLogger("learnd.trainer")
 
 LOSS_EWMA_BETA = 0.98
 NORM_INTERVAL_S = 1.0
+PUBLISH_SHARE_INVERSE = 50   # publishing takes at most 1/50 of the trainer's time
 STATUS_WAIT_S = 1.0          # longest a status waits for the trainer thread's fresh leaderboard
 GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
@@ -134,6 +135,7 @@ class Trainer(threading.Thread):
         self.diagnosis = self._diagnose({})
         self.history = EvalHistory(config.state_dir)
         self._last_publish = 0.0
+        self._publish_seconds = 0.0    # what the last publication took
         self._last_norms = 0.0
         self._last_eval_time = time.monotonic()
         self._last_eval_samples = 0
@@ -211,12 +213,26 @@ class Trainer(threading.Thread):
     def publish(self, now=None):
         """Make the model as it is now the one that serves (a new immutable snapshot)."""
         now = time.monotonic() if now is None else now
+        t0 = time.perf_counter()
         if self.population is not None:     # the champion's, or the top members' ensemble
             self._set_snapshot(self.population.snapshot(version=self.model_steps))
         else:
             self._set_snapshot(self.model.snapshot(version=self.model_steps))
+        self._publish_seconds = time.perf_counter() - t0
         self._last_publish = now
         self.serving_best = False
+
+    def _publish_due(self, now):
+        """A new version waits and the interval has passed: publish_interval_ms, or
+        PUBLISH_SHARE_INVERSE times what the last publication took, whichever is longer
+        (a large model's snapshot takes a millisecond to write; every 10 ms that would
+        be a tenth of the trainer's time)."""
+        if self.snapshot is None:
+            return True
+        if self.serving_best or self.snapshot.version == self.model_steps:
+            return False
+        interval = max(self.config.publish_interval_ms / 1e3, PUBLISH_SHARE_INVERSE * self._publish_seconds)
+        return now - self._last_publish >= interval
 
     def _set_snapshot(self, snapshot):
         """The one place a version is published: to the predict thread and followers."""
@@ -538,8 +554,7 @@ class Trainer(threading.Thread):
             self.broadcast.publish(self.snapshot)     # a new follower gets the current version now
         if self.model is None:
             return
-        if self.snapshot is None or (not self.serving_best and self.snapshot.version != self.model_steps
-                                     and now - self._last_publish >= cfg.publish_interval_ms / 1e3):
+        if self._publish_due(now):
             self.publish(now)
         if math.isfinite(self.train_loss):
             self.metrics.train_loss.set(self.train_loss)

@@ -73,3 +73,25 @@ def test_delayed_labels_with_no_ids_are_a_shape_mismatch():
     message = protocol.Message({"v": 1, "op": "train", "producer": "p", "seq": 1},
                                {"ids": np.zeros(0, np.int64), "y": np.zeros(0, np.int64)})
     assert code_of(checker.item, message) == "shape_mismatch"
+
+
+def test_a_checked_logged_record_gives_the_item_ingest_made_and_an_unchecked_one_is_checked():
+    from learnd.daemon.log.wal import Record
+
+    checker = IngestChecker(Schema(input_dim=3, task="multiclass", n_outputs=4), "float32",
+                            IdStore(10, 60.0), protocol.DEFAULT_LIMITS, {},
+                            SplitAssigner((0.5, 0.25, 0.25), 0.1), Metrics().delayed_labels)
+    rng = np.random.default_rng(0)
+    header = {"v": 1, "op": "train", "producer": "p", "seq": 7, "split": "auto"}
+    arrays = {"x": rng.standard_normal((64, 3)), "y": rng.integers(0, 4, 64), "w": rng.random(64)}
+    message = protocol.decode(protocol.encode(header, arrays), protocol.DEFAULT_LIMITS)
+    made = checker.item(message, lsn=5)
+    trusted = checker.logged_item(message, Record(5, [], made.codes.tobytes()))
+    for field in ("lsn", "producer", "seq", "split"):
+        assert getattr(trusted, field) == getattr(made, field)
+    for field in ("x", "Y", "w", "codes"):
+        np.testing.assert_array_equal(getattr(trusted, field), getattr(made, field))
+    assert trusted.x.dtype == np.float32 and len(set(made.codes.tolist())) > 1
+    # Without logged codes the record is checked again, as a live message is.
+    bad = protocol.Message(header, {"x": np.full((2, 3), np.nan), "y": np.zeros(2, np.int64)})
+    assert code_of(checker.logged_item, bad, Record(6, [], None)) == "non_finite"

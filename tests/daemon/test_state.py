@@ -25,12 +25,12 @@ def test_wal_replays_what_follows_an_lsn_and_cuts_a_torn_tail(tmp_path):
         f.write(b"\x40\x00\x00\x00garbage")
     wal = WriteAheadLog(str(tmp_path), segment_bytes=200).open()
     assert wal.last_lsn == 10
-    assert [lsn for lsn, _ in wal.replay(6)] == [7, 8, 9, 10]
-    assert list(wal.replay(6))[0][1] == [b"header6", b"x" * 50]
+    assert [r.lsn for r in wal.replay(6)] == [7, 8, 9, 10]
+    assert list(wal.replay(6))[0].frames == [b"header6", b"x" * 50]
     assert wal.append([b"after"]) == 11
     wal.trim(8)
-    assert [lsn for lsn, _ in wal.replay(0)][0] <= 9
-    assert [lsn for lsn, _ in wal.replay(8)] == [9, 10, 11]
+    assert [r.lsn for r in wal.replay(0)][0] <= 9
+    assert [r.lsn for r in wal.replay(8)] == [9, 10, 11]
     wal.close()
 
 
