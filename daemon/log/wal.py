@@ -40,8 +40,9 @@ class Record(NamedTuple):
 def _record_parts(lsn, frames, codes):
     """The buffers of one record, head first, without copying the frames: the payload
     is the msgpack of [lsn, [frame, ...]] (+ codes), each frame as bin 32."""
-    fields = 2 if codes is None else 3
-    parts = [None, bytes([0x90 | fields]) + msgpack.packb(lsn) + _array_header(len(frames))]
+    packer = msgpack.Packer()
+    parts = [None, packer.pack_array_header(2 if codes is None else 3) + packer.pack(lsn)
+             + packer.pack_array_header(len(frames))]
     for buffer in [*frames, *([] if codes is None else [codes])]:
         view = memoryview(buffer).cast("B")
         parts += [_BIN32.pack(0xC6, view.nbytes), view]
@@ -51,12 +52,6 @@ def _record_parts(lsn, frames, codes):
         length += len(part)
     parts[0] = _HEAD.pack(length, crc)
     return parts, _HEAD.size + length
-
-
-def _array_header(n):
-    if n < 16:
-        return bytes([0x90 | n])
-    return b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
 
 
 def _decode(body):
