@@ -42,7 +42,8 @@ log = logging.getLogger("learnd.trainer")
 
 LOSS_EWMA_BETA = 0.98
 NORM_INTERVAL_S = 1.0
-PUBLISH_SHARE_INVERSE = 50   # publishing takes at most 1/50 of the trainer's time
+PUBLISH_SHARE_INVERSE = 50   # while a backlog waits, publishing takes at most 1/50 of the trainer's time
+PUBLISH_COST_BETA = 0.8      # smoothing of what a publication takes
 STATUS_WAIT_S = 1.0          # longest a status waits for the trainer thread's fresh leaderboard
 GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
@@ -135,7 +136,8 @@ class Trainer(threading.Thread):
         self.diagnosis = self._diagnose({})
         self.history = EvalHistory(config.state_dir)
         self._last_publish = 0.0
-        self._publish_seconds = 0.0    # what the last publication took
+        self._publish_seconds = 0.0    # what a publication takes (smoothed)
+        self._published_batches = 0    # batches_trained when the serving version was made
         self._last_norms = 0.0
         self._last_eval_time = time.monotonic()
         self._last_eval_samples = 0
@@ -218,19 +220,28 @@ class Trainer(threading.Thread):
             self._set_snapshot(self.population.snapshot(version=self.model_steps))
         else:
             self._set_snapshot(self.model.snapshot(version=self.model_steps))
-        self._publish_seconds = time.perf_counter() - t0
+        took = time.perf_counter() - t0
+        # Smoothed, so that one slow publication (the first maps a new file) does not
+        # hold the next ones back for 50 times as long.
+        self._publish_seconds = took if self._publish_seconds == 0.0 else (
+            PUBLISH_COST_BETA * self._publish_seconds + (1 - PUBLISH_COST_BETA) * took)
         self._last_publish = now
+        self._published_batches = self.batches_trained
         self.serving_best = False
 
-    def _publish_due(self, now):
-        """A new version waits and the interval has passed: publish_interval_ms, or
-        PUBLISH_SHARE_INVERSE times what the last publication took, whichever is longer
-        (a large model's snapshot takes a millisecond to write; every 10 ms that would
-        be a tenth of the trainer's time)."""
+    def _publish_due(self, now, caught_up):
+        """A new version waits and either the trainer has caught up with new rows
+        (caught_up: nothing new waits, so its time is spare and what it learned serves at
+        once) or the interval has passed: publish_interval_ms, or PUBLISH_SHARE_INVERSE
+        times what a publication takes, whichever is longer (a large model's snapshot
+        takes a millisecond to write; every 10 ms that would be a tenth of the trainer's
+        time while a backlog waits).  Replay steps alone wait for the interval."""
         if self.snapshot is None:
             return True
         if self.serving_best or self.snapshot.version == self.model_steps:
             return False
+        if caught_up and self.batches_trained > self._published_batches:
+            return True
         interval = max(self.config.publish_interval_ms / 1e3, PUBLISH_SHARE_INVERSE * self._publish_seconds)
         return now - self._last_publish >= interval
 
@@ -548,13 +559,15 @@ class Trainer(threading.Thread):
                 "pending": self._replay_credit}
 
     # -- housekeeping ----------------------------------------------------------------------
-    def _housekeeping(self, now):
+    def _housekeeping(self, now, caught_up=False):
+        """Between steps: publish, metrics, evaluation, checkpoints.  caught_up: no new
+        training data waited this turn."""
         cfg = self.config
         if self.broadcast is not None and self.broadcast.poll_subscriptions() and self.snapshot is not None:
             self.broadcast.publish(self.snapshot)     # a new follower gets the current version now
         if self.model is None:
             return
-        if self._publish_due(now):
+        if self._publish_due(now, caught_up):
             self.publish(now)
         if math.isfinite(self.train_loss):
             self.metrics.train_loss.set(self.train_loss)
@@ -974,7 +987,7 @@ class Trainer(threading.Thread):
             self._train_ready_batches(now)
             if item is None and not stopping and self.replay_due():
                 self.replay_step()        # one at a time: new data is looked for between them
-            self._housekeeping(now)
+            self._housekeeping(now, caught_up=item is None)
             if stopping and item is None:
                 break
         self._run_commands()
