@@ -132,8 +132,8 @@ class Config:
             raise ConfigError(f"batch_size must be >= 2 (batch norm needs 2 rows), got {self.batch_size}")
         if self.replay_rows < 2:
             raise ConfigError(f"replay_rows must be >= 2, got {self.replay_rows}")
-        if self.predict_workers != 1:
-            raise ConfigError(f"predict_workers must be 1 in this version, got {self.predict_workers}")
+        if self.predict_workers < 1:
+            raise ConfigError(f"predict_workers must be >= 1, got {self.predict_workers}")
         if self.queue_size < 1 or self.checkpoint_keep < 1:
             raise ConfigError("queue_size and checkpoint_keep must be >= 1")
         if self.dev_fraction + self.test_fraction > 1.0:

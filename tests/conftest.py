@@ -123,12 +123,18 @@ class Daemon:
 
 
 MODES = ("tree", "single-process")
+# The arguments of each mode.  "tree-2-workers" runs two predict workers behind the
+# supervisor's proxy; the tests about the predict path name it beside MODES
+# (@pytest.mark.parametrize("daemon_mode", ALL_MODES)).
+MODE_ARGS = {"tree": [], "single-process": ["--single-process"],
+             "tree-2-workers": ["--set", "predict_workers=2"]}
+ALL_MODES = tuple(MODE_ARGS)
 
 
 @pytest.fixture(params=MODES)
 def daemon_mode(request):
     """How `learnd serve` runs: the process tree (the default) or --single-process.  Every
-    test that starts daemons runs in both, unless it names the mode it is about with
+    test that starts daemons runs in both, unless it names the modes it is about with
     @pytest.mark.parametrize("daemon_mode", [...])."""
     return request.param
 
@@ -137,7 +143,7 @@ def daemon_mode(request):
 def daemons(tmp_path, daemon_mode):
     """A factory of started daemons (in `daemon_mode`); every one is killed at the end of the test."""
     started = []
-    mode_args = ["--single-process"] if daemon_mode == "single-process" else []
+    mode_args = MODE_ARGS[daemon_mode]
 
     def start(name="state", args=(), env=None, state_dir=None):
         d = Daemon(state_dir or tmp_path / name, [*mode_args, *args], env)

@@ -50,3 +50,17 @@ def satisficing(window, bound_s):
     return {"metric": "predict_latency_p99", "p99_seconds": p99, "bound_seconds": bound_s,
             "requests": min(window.count, window.values.shape[0]),
             "met": None if p99 != p99 else bool(p99 <= bound_s)}
+
+
+def combined_satisficing(parts):
+    """One satisficing figure for several predict workers' `satisficing()` dicts: the
+    largest p99 (the tree meets its bound only if every worker does), over the requests
+    of all of them; None without any part."""
+    if not parts:
+        return None
+    answered = [p for p in parts if p["met"] is not None]
+    if not answered:
+        return dict(parts[0])
+    worst = max(answered, key=lambda p: p["p99_seconds"])
+    return {**worst, "requests": sum(p["requests"] for p in parts),
+            "met": all(p["met"] for p in answered)}

@@ -31,7 +31,7 @@ OUTPUTS = ("label", "proba", "value")
 class Request:
     """A predict request that passed its checks, waiting for its batch's kernel call."""
 
-    identity: object
+    identity: list        # the routing frames the reply goes back with
     echo: dict
     output: str
     x: np.ndarray         # (m, input_dim), the snapshot's dtype
@@ -45,7 +45,9 @@ class PredictServer(threading.Thread):
     POLL_MS = 100
 
     def __init__(self, socket, trainer, metrics, limits, id_store, batch_window_us=0.0,
-                 max_batch_rows=1024, spin_us=0.0):
+                 max_batch_rows=1024, spin_us=0.0, routing_frames=1):
+        """routing_frames: frames before a request's own (the client's identity; behind
+        the supervisor's proxy, the proxy's too), sent back in front of its reply."""
         super().__init__(name="learnd-predict", daemon=True)
         self.socket = socket
         self.trainer = trainer
@@ -55,6 +57,7 @@ class PredictServer(threading.Thread):
         self.batch_window_s = batch_window_us / 1e6
         self.max_batch_rows = max(1, max_batch_rows)
         self.spin_s = spin_us / 1e6
+        self.routing_frames = routing_frames
         self.should_exit = threading.Event()
         self._workspaces = {}     # one per snapshot layout, reused across requests
         self.latencies = LatencyWindow()   # recent latencies, for the satisficing p99
@@ -107,10 +110,11 @@ class PredictServer(threading.Thread):
 
     def _check(self, frames, snap, t0):
         """A Request, or None after answering the error it carries."""
-        identity = frames[0]
+        n = self.routing_frames
+        identity = frames[:n]
         echo = {}
         try:
-            message = protocol.decode(frames[1:], self.limits)
+            message = protocol.decode(frames[n:], self.limits)
             if "id" in message.header:
                 echo["id"] = message.header["id"]
             if message.op != "predict":
@@ -208,10 +212,31 @@ class PredictServer(threading.Thread):
 
     def _send(self, identity, reply, arrays, t0):
         """Send a reply; returns the seconds since the request was received."""
-        self.socket.send_multipart([identity, *protocol.encode(reply, arrays)], copy=False)
+        self.socket.send_multipart([*identity, *protocol.encode(reply, arrays)], copy=False)
         elapsed = time.perf_counter() - t0
         self.metrics.predict_latency.observe(elapsed)
         return elapsed
+
+
+def warm_up(dtype):
+    """Load (or compile) every kernel a predict worker runs for `dtype`: a model's
+    forward pass and an ensemble's, with and without batch norm, the input check and the
+    label mapping of each task.  Done before the worker serves, so that no client's
+    first request waits for Numba's cache (each worker is its own interpreter and would
+    otherwise pay it on its first request, a fraction of a second)."""
+    from learnd.engine import Model
+    from learnd.engine.ensemble import Ensemble
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3)).astype(dtype)
+    for task, n_outputs in (("multiclass", 3), ("binary", 1), ("multilabel", 2), ("regression", 1)):
+        snaps = [Model(hidden=(2,), task=task, n_outputs=n_outputs, input_dim=3, batch_norm=bn,
+                       dtype=dtype).snapshot() for bn in (True, False)]
+        for snap in (*snaps, Ensemble(snaps)):
+            out = np.empty((x.shape[0], n_outputs), dtype=dtype)
+            snap.predict_into(x, out, snap.new_workspace())
+            labels_from_outputs(task, out)
+    count_nonfinite(x)
 
 
 def _outputs(task, P, output):

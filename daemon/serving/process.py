@@ -3,7 +3,7 @@
 The worker maps the newest published snapshot (serving.snapshots) and runs the same
 PredictServer loop as the single-process daemon, on its own core and interpreter: the
 trainer's steps never hold its GIL.  With one worker it binds the predict socket itself;
-with several, each binds its own socket behind the supervisor's proxy.  Inputs of requests
+with several, each connects to the supervisor's proxy, which binds it once.  Inputs of requests
 that carry ids are pushed to ingest, which keeps the delayed-label store.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import zmq
 
 from learnd.clients.protocol import ProtocolError
 from learnd.daemon.serving.latency import satisficing, satisficing_values
-from learnd.daemon.serving.predictor import PredictServer
+from learnd.daemon.serving.predictor import PredictServer, warm_up
 from learnd.daemon.serving.snapshots import SnapshotReader
 from learnd.daemon.supervisor.child import ChildProcess
 
@@ -56,20 +56,35 @@ class PredictProcess(ChildProcess):
 
     def startup(self):
         cfg = self.config
+        warm_up(cfg.model.get("dtype", "float32"))
         self.reader = SnapshotReader(self.run_dir.snapshots)
         forward = self.ctx.socket(zmq.PUSH)
         forward.setsockopt(zmq.LINGER, 0)
         forward.setsockopt(zmq.SNDHWM, 10_000)
         forward.connect(self.run_dir.id_forward)
         self._sockets.append(forward)
-        sock = self.bind(zmq.ROUTER, cfg.predict, "predict")
+        if cfg.predict_workers > 1:
+            sock, routing_frames = self._behind_proxy(), 2
+        else:
+            sock, routing_frames = self.bind(zmq.ROUTER, cfg.predict, "predict"), 1
         self.predictor = PredictServer(sock, SharedSnapshot(self.reader), self.metrics, self.limits,
                                        ForwardedIds(forward), cfg.predict_batch_window_us,
-                                       cfg.predict_batch_max_rows, cfg.predict_spin_us)
+                                       cfg.predict_batch_max_rows, cfg.predict_spin_us,
+                                       routing_frames=routing_frames)
         self.metrics.add_live_collector(self._live_values)
         self.poller = zmq.Poller()
         self.poller.register(self.ctl, zmq.POLLIN)
         self.predictor.start()
+
+    def _behind_proxy(self):
+        """The worker's socket when several share the predict endpoint: a ROUTER connected
+        to the supervisor's proxy (supervisor/proxy.py), which checked the client's
+        handshake and the message size already."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.run_dir.predict_backend)
+        self._sockets.append(sock)
+        return sock
 
     def _live_values(self):
         return satisficing_values(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)
@@ -77,6 +92,7 @@ class PredictProcess(ChildProcess):
     def status_part(self):
         snap = self.reader.snapshot
         return {"model_version": snap.version if snap is not None else None,
+                "requests_answered": self.predictor.latencies.count,
                 "satisficing": satisficing(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)}
 
     def handle_op(self, message):

@@ -57,6 +57,16 @@ def _owner_of(name, labels):
     return GAUGE_OWNERS.get(name, "trainer")
 
 
+def _owns(role, name, labels):
+    """Whether `role`'s value of a gauge is the tree's.  The allowed keys of a socket
+    come from whichever process binds it (the predict socket: the worker, or with several
+    workers the supervisor's proxy; only that process sets the gauge)."""
+    kind = role.split("-")[0]
+    if name == "learnd_auth_allowed_keys" and labels.get("socket") == "predict":
+        return kind in ("predict", "supervisor")
+    return _owner_of(name, labels) == kind
+
+
 def _samples(text):
     """(family name, type, help, sample name, labels, value) of an exposition, without
     the per-process `_created` start times (a sum of them means nothing)."""
@@ -93,7 +103,7 @@ def merge(expositions, stale=None, retired=None):
             return
         key = (f, n, labels)
         if t == "gauge":
-            if not gauges or _owner_of(f, dict(labels)) != role.split("-")[0]:
+            if not gauges or not _owns(role, f, dict(labels)):
                 return
             # Several workers own a latency gauge: the largest is the tree's.
             old = values.get(key)

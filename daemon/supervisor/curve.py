@@ -130,6 +130,9 @@ class HandshakeWatcher(threading.Thread):
         self._last_log = {name: float("-inf") for name in sockets}
 
     def run(self):
+        if not self.pairs:      # nothing to watch (a predict worker behind the proxy binds nothing)
+            self.should_exit.wait()     # an empty poll returns at once: it would spin
+            return
         poller = zmq.Poller()
         for pair in self.pairs:
             poller.register(pair, zmq.POLLIN)

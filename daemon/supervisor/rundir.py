@@ -52,6 +52,11 @@ class RunDir:
         return f"ipc://{os.path.join(self.path, role + '.sock')}"
 
     @property
+    def predict_backend(self):
+        """With several predict workers, each connects here to the supervisor's proxy."""
+        return f"ipc://{os.path.join(self.path, 'predict.sock')}"
+
+    @property
     def id_forward(self):
         """Predict workers push (ids, inputs) here for ingest's delayed-label store."""
         return f"ipc://{os.path.join(self.path, 'ids.sock')}"

@@ -103,6 +103,9 @@ class Server:
                                         self.limits, cfg.wal_fsync_ms, self.trainer.queue.put, self._reject)
         self.control_endpoint = ControlEndpoint(self.control, self.control_ops.handle, self.limits,
                                                 self.metrics.rejected, self._reject)
+        if cfg.predict_workers > 1:
+            log.warning("predict_workers = %d is a setting of the process tree; the single process "
+                        "answers predictions from one thread", cfg.predict_workers)
         predict = self._bind(zmq.ROUTER, cfg.predict, "predict")
         snapshots = self._bind(zmq.XPUB, cfg.snapshots, "snapshots", SnapshotBroadcast.configure)
         self.trainer.broadcast = SnapshotBroadcast(snapshots)

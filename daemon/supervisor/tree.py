@@ -34,6 +34,7 @@ from learnd.clients import protocol
 from learnd.clients.protocol import Limits, ProtocolError
 from learnd.daemon.errors import StartupError
 from learnd.daemon.metrics import Metrics
+from learnd.daemon.serving.latency import combined_satisficing
 from learnd.daemon.serving.snapshots import SnapshotReader
 from learnd.daemon.supervisor import control as control_ops
 from learnd.daemon.supervisor import sockets
@@ -42,6 +43,7 @@ from learnd.daemon.supervisor.collect import TreeCollector, ask
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
 from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
+from learnd.daemon.supervisor.proxy import PredictProxy
 from learnd.daemon.supervisor.rundir import RunDir
 from learnd.daemon.supervisor import statedir
 from learnd.daemon.supervisor.server import ENDPOINTS_FILE, EXIT_PORT_IN_USE
@@ -156,6 +158,7 @@ class Supervisor:
         self.ctx = None
         self.http = None
         self.curve = None
+        self.proxy = None            # supervisor/proxy.PredictProxy with several predict workers
         self.state_lock = None       # the state dir's lock (statedir), from start to stop
         self.rundir = None
         self.loop_beat = time.monotonic()   # the main loop's last turn, for /healthz
@@ -176,8 +179,16 @@ class Supervisor:
                                                            cfg.max_message_bytes, self.curve)
         self.endpoint = ControlEndpoint(self.control, self._handle, self.limits, self.metrics.rejected)
         roles = ["ingest", "trainer"] + [f"predict-{i}" for i in range(cfg.predict_workers)]
+        # One worker binds the predict socket itself; several connect behind the
+        # supervisor's proxy, which binds it once (supervisor/proxy.py).
+        self.proxy = None
+        if cfg.predict_workers > 1:
+            self.proxy = PredictProxy(self.ctx, cfg.predict, self.rundir.predict_backend, cfg.max_message_bytes,
+                                      self.curve)
+            self.bound["predict"] = self.proxy.endpoint
         binds = {"ingest": {"ingest": cfg.ingest}, "trainer": {"snapshots": cfg.snapshots},
-                 **{r: {"predict": cfg.predict} for r in roles if r.startswith("predict-")}}
+                 **{r: {} if self.proxy is not None else {"predict": cfg.predict}
+                    for r in roles if r.startswith("predict-")}}
         self.links = {}
         # Ingest first: it creates the log and the positions the trainer opens.  Then the
         # trainer and the predict workers side by side (each start is an interpreter, the
@@ -196,9 +207,13 @@ class Supervisor:
         self.registry.register(TreeCollector(self.ctx, lambda: {r: self.rundir.control(r) for r, c in
                                                                  self.children.items() if c.serving},
                                              self.collect_failures, self.metrics.registry))
-        self.handshakes = HandshakeWatcher(self.ctx, {"control": self.control}, self.metrics.auth_failures,
-                                           self.curve)
+        watched = {"control": self.control}
+        if self.proxy is not None:      # its monitor is set before the proxy thread owns the socket
+            watched["predict"] = self.proxy.frontend
+        self.handshakes = HandshakeWatcher(self.ctx, watched, self.metrics.auth_failures, self.curve)
         self.handshakes.start()
+        if self.proxy is not None:
+            self.proxy.start()
         self._show_allowed_keys()
         self.metrics.add_live_collector(lambda: {
             "learnd_uptime_seconds": ("Seconds since the daemon started.", time.monotonic() - self.started),
@@ -236,7 +251,9 @@ class Supervisor:
 
     def _show_allowed_keys(self):
         if self.curve is not None:
-            self.metrics.auth_allowed_keys.labels("control").set(self.curve.allowed_keys()["control"])
+            allowed = self.curve.allowed_keys()
+            for name in ("control", "predict") if self.proxy is not None else ("control",):
+                self.metrics.auth_allowed_keys.labels(name).set(allowed[name])
 
     def _on_reload_signal(self, signum, frame):
         self.reload_requested = True
@@ -246,6 +263,8 @@ class Supervisor:
         """Every child serves, or is on its way back: a restart is the supervisor's job,
         not a reason for an orchestrator to restart the whole tree (it would cost more)."""
         now = time.monotonic()
+        if self.proxy is not None and not self.proxy.alive:
+            return False
         return now - self.loop_beat < LOOP_STALL_S and all(
             c.serving or (c.down_since is not None and now - c.down_since < START_TIMEOUT_S)
             for c in self.children.values())
@@ -340,26 +359,32 @@ class Supervisor:
         status = dict(parts.get("trainer") or {})
         for key in ("role", "pid", "last_lsn", "failed"):
             status.pop(key, None)
-        predict = [p for r, p in sorted(parts.items()) if r.startswith("predict-") and p]
-        status["satisficing"] = predict[0].get("satisficing") if predict else None
+        predict = [p.get("satisficing") for r, p in sorted(parts.items()) if r.startswith("predict-") and p]
+        status["satisficing"] = combined_satisficing([s for s in predict if s is not None])
         status.update({
             "uptime_seconds": time.monotonic() - self.started,
             "ready": self.ready(),
             "wal": self.config.wal,
             "curve": self.curve is not None,
             "bound": dict(self.bound),
-            "processes": self.processes(),
+            "processes": self.processes(parts),
         })
         self.endpoint.reply(identity, protocol.ok(**echo, result=control_ops.clean(status)))
 
-    def processes(self):
+    def processes(self, parts=None):
+        """status's `processes`; parts: {role: its status part}, from which a predict
+        worker adds the requests it answered (how the proxy shares the load)."""
         out = [{"role": "supervisor", "pid": os.getpid(), "restarts": 0,
                 "uptime_seconds": time.monotonic() - self.started, "alive": True, "state": "serving"}]
         now = time.monotonic()
         for role, c in self.children.items():
-            out.append({"role": role, "pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
-                        "uptime_seconds": now - c.started if c.alive else 0.0, "alive": c.serving,
-                        "state": c.state})
+            entry = {"role": role, "pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
+                     "uptime_seconds": now - c.started if c.alive else 0.0, "alive": c.serving,
+                     "state": c.state}
+            part = (parts or {}).get(role) or {}
+            if "requests_answered" in part:
+                entry["requests_answered"] = part["requests_answered"]
+            out.append(entry)
         return out
 
     # -- the loop ----------------------------------------------------------------------------
@@ -531,6 +556,8 @@ class Supervisor:
             for sock in [getattr(self, "control", None), *getattr(self, "links", {}).values()]:
                 if sock is not None:
                     sock.close(linger=0)
+            if self.proxy is not None:
+                self.proxy.close()      # a running proxy closes its sockets when term() stops it
             if self.curve is not None:
                 self.curve.stop()
             self.ctx.term()

@@ -10,6 +10,7 @@ import zmq
 from learnd.clients import protocol
 from learnd.clients.client import Control, Predictor, Producer
 from learnd.engine.datasets import split
+from tests.conftest import ALL_MODES
 
 MAX_ARRAY_BYTES = 200_000
 
@@ -113,6 +114,7 @@ def train_on_digits(d, batches=8):
         return Xte, p.predict(Xte, output="proba")
 
 
+@pytest.mark.parametrize("daemon_mode", ALL_MODES)   # the predict path behind the proxy too
 def test_a_barrage_of_bad_messages_changes_nothing(busy_daemon):
     d = busy_daemon
     Xte, before = train_on_digits(d)
@@ -189,6 +191,7 @@ def test_a_bad_first_batch_is_refused_and_the_daemon_lives_on(daemons, x, y, hea
     assert prod.rejected == []
 
 
+@pytest.mark.parametrize("daemon_mode", ALL_MODES)
 def test_a_frame_over_max_message_bytes_is_dropped_by_zeromq_before_it_is_held(daemons):
     # Each frame is capped (ZMQ_MAXMSGSIZE) at max_message_bytes: ZeroMQ drops the peer
     # that sends a larger one as it arrives, so no such frame is ever kept in memory.

@@ -18,6 +18,8 @@ send, so the fuzzer sends a lone empty frame in its place.
 """
 from __future__ import annotations
 
+import pytest
+
 import string
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ import zmq
 
 from learnd.clients import protocol
 from learnd.clients.client import Control, Predictor
+from tests.conftest import ALL_MODES
 from tests.integration.test_bad_input import (  # noqa: F401  (busy_daemon: a fixture)
     MAX_ARRAY_BYTES, barrage, busy_daemon, raw, train, train_on_digits)
 
@@ -318,6 +321,7 @@ def check_reply(name, frames, reply):
     return "ok"
 
 
+@pytest.mark.parametrize("daemon_mode", ALL_MODES)   # the predict path behind the proxy too
 def test_ten_thousand_fuzzed_messages_crash_nothing_and_change_nothing(busy_daemon, figures):
     d = busy_daemon
     Xte, before = train_on_digits(d)

@@ -19,6 +19,7 @@ from learnd.clients.client import Control, Predictor, Producer, Unauthorized
 from learnd.clients.keys import create_keypair, load_public, load_secret
 from learnd.clients.launch import serve_command
 from learnd.engine.datasets import split
+from tests.conftest import ALL_MODES
 
 NO_ANSWER_S = 1.0      # how long a refused peer waits for the answer that never comes
 SOCKETS = ("ingest", "predict", "control")
@@ -78,6 +79,7 @@ def refusals(d):
             for s in SOCKETS for r in ("key_refused", "handshake_failed")}
 
 
+@pytest.mark.parametrize("daemon_mode", ALL_MODES)   # the predict path behind the proxy too
 def test_only_allowed_keys_get_through_and_refusals_change_nothing(daemons, keyring):
     k = keyring
     d = daemons(env=curve_env(k))

@@ -3,6 +3,8 @@ publishes after every step, thousands of answers each equal, bit for bit, the em
 model trained on the same batches up to the version the reply names."""
 from __future__ import annotations
 
+import pytest
+
 import threading
 
 import numpy as np
@@ -12,6 +14,7 @@ from threadpoolctl import threadpool_limits
 from learnd import Model
 from learnd.clients.client import LearndError, Predictor, Producer
 from learnd.engine.datasets import split
+from tests.conftest import ALL_MODES
 
 BATCH = 64
 STEPS = 60
@@ -27,6 +30,7 @@ def _answers(predictor, rows):
         return False
 
 
+@pytest.mark.parametrize("daemon_mode", ALL_MODES)   # the predict path behind the proxy too
 def test_every_answer_equals_the_embedded_model_at_the_version_it_names(daemons):
     Xtr, ytr, Xte, _ = split("digits")
     rows = Xte[:8]
