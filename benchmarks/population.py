@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 
 import numpy as np
@@ -47,6 +48,28 @@ def _rate(step, batches, seconds):
     return k / (time.perf_counter() - t0)
 
 
+def _plain_threads(models, batches, seconds, threads):
+    """Steps per second of `models` dealt out to `threads` plain threads, each stepping
+    its share over and over for `seconds`: what the cores give with no population."""
+    counts = [0] * threads
+
+    def work(i):
+        share, k, t0 = models[i::threads], 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for m in share:
+                xb, yb = batches[k % len(batches)]
+                m.partial_fit(xb, yb)
+                k += 1
+        counts[i] = k / (time.perf_counter() - t0)
+
+    pool = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(counts)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--members", type=int, default=8)
@@ -61,7 +84,12 @@ def main(argv=None):
     # Numba's BLAS is loaded by the first kernel call; a limit set before it misses it.
     model.partial_fit(*batches[0])
     pop.partial_fit(*batches[0])
-    runs = {"single": [], "single_all_cores": [], "population": []}
+    # The machine's own ceiling: the same number of models stepped by plain threads,
+    # each thread its own share, no population around them.
+    plain = [Model(**W1, seed=i) for i in range(args.members)]
+    for m in plain:
+        m.partial_fit(*batches[0])
+    runs = {"single": [], "single_all_cores": [], "plain_threads": [], "population": []}
 
     def measure(which):
         if which == "single_all_cores":
@@ -69,7 +97,11 @@ def main(argv=None):
         with threadpool_limits(limits=1, user_api="blas"):
             if which == "single":
                 return _rate(model.partial_fit, batches, args.seconds)
-            return _rate(pop.partial_fit, batches, args.seconds) * args.members
+            if which == "plain_threads":
+                return _plain_threads(plain, batches, args.seconds, pop.threads)
+            rate = _rate(pop.partial_fit, batches, args.seconds) * args.members
+            pop.sync()
+            return rate
 
     try:
         for r in range(args.rounds):
@@ -80,6 +112,7 @@ def main(argv=None):
         pop.close()
     med = {k: statistics.median(v) for k, v in runs.items()}
     labels = {"single": "one W1 model, 1 BLAS thread", "single_all_cores": "one W1 model, BLAS on every core",
+              "plain_threads": f"{args.members} W1 models, {pop.threads} plain threads",
               "population": f"{args.members} W1 members, summed"}
     print(f"{'steps/s':44s}{'median':>10s}  rounds")
     for k, v in runs.items():
@@ -87,6 +120,8 @@ def main(argv=None):
     print(f"{'population / one model (1 BLAS thread)':44s}{med['population'] / med['single']:10.2f}"
           f"  (the daemon's trainer: blas_threads = 1; ideal {pop.threads:.1f})")
     print(f"{'population / one model (BLAS on every core)':44s}{med['population'] / med['single_all_cores']:10.2f}")
+    print(f"{'plain threads / one model (the ceiling here)':44s}{med['plain_threads'] / med['single']:10.2f}")
+    print(f"{'population / plain threads':44s}{med['population'] / med['plain_threads']:10.2f}")
     return med
 
 

@@ -33,7 +33,12 @@ Every `interval` batches the population decides (`decide`):
               scale the space draws them on).
 
 Every decision is kept in `decisions`.  The members' steps run on a thread pool: the
-kernels release the GIL, so the members train in parallel on every core.
+kernels release the GIL, so the members train in parallel on every core.  The members do
+not wait for each other at every batch: `partial_fit` returns once the champion has
+learned the batch and every member has learned the one before, while the others go on
+in the background (each member learns its batches in order, so the results are the same
+as one batch at a time).  Everything that reads the members (decide, leaderboard,
+predict, snapshot, rehearse, get_state, ...) first waits for them all (`sync`).
 """
 from __future__ import annotations
 
@@ -116,6 +121,7 @@ class Member:
         self.parent = parent          # the member a copy was taken from
         self.rung = 0                 # successive halving's rung
         self.last_loss = math.nan
+        self.skipped = 0              # its steps on new batches skipped as not finite
 
     def meta(self):
         return {"id": self.id, "slot": self.slot, "draw": _plain(self.draw), "settings": _plain(self.settings),
@@ -185,15 +191,30 @@ class Population:
         self._error = np.full((members, window), np.nan)   # per-row figures, ring by stream row
         self._loss = np.full((members, window), np.nan)
         self._pool = None
+        self._in_flight = []         # futures of the last batch's member steps (see partial_fit)
+        self._retired_skips = 0      # nonfinite_steps of the members replaced
+        self._last_task = {}         # slot -> future of that member's newest step
         self._changes = 0            # counts what changes what predict answers with
         self._served = None          # (changes, Ensemble, workspace) for predict_proba
         self._dev_scores = None      # per-row dev figures while a decision uses them
         self.dev_figures = {}        # member id -> its figure on the last dev rows scored
-        self.members = [self._new_member(slot, origin="base" if slot == 0 else "draw")
+        self._members = [self._new_member(slot, origin="base" if slot == 0 else "draw")
                         for slot in range(members)]
-        self.champion = self.members[0]
+        self.champion = self._members[0]
 
     # -- members ---------------------------------------------------------------------------
+    @property
+    def members(self):
+        """The members, each done with every batch given to it (this waits for them)."""
+        self.sync()
+        return self._members
+
+    def nonfinite_steps(self):
+        """Steps on new batches the members skipped because their loss or gradient was
+        not finite, since this population was made or restored, replaced members
+        included; as far as the members have got (read without waiting for them)."""
+        return self._retired_skips + sum(mb.skipped for mb in self._members)
+
     def _base_draw(self):
         """The base settings in the space's names (what member 0 'drew')."""
         probe = Model(**self.base).spec
@@ -243,7 +264,11 @@ class Population:
         W = self._error.shape[1]
         keep = slice(max(0, m - W), m)         # a batch longer than the ring keeps its last rows
         cols = (self.rows_seen + np.arange(m)[keep]) % W
-        self._run_on_threads(lambda mb: self._train_member(mb, X, Y, w, cols, keep))
+        if self.threads == 1:
+            for mb in self._members:
+                self._train_member(mb, X, Y, w, cols, keep)
+        else:
+            self._pipeline(lambda mb: self._train_member(mb, X, Y, w, cols, keep))
         self.rows_seen += m
         self.batches += 1
         self._changes += 1
@@ -252,13 +277,57 @@ class Population:
         return self.champion.last_loss
 
     def _check(self, X, y, sample_weight):
-        checker = self.members[0].model
-        X, Y, w = checker._batch(X, y, sample_weight, training=True)
-        if X.shape[0] < 2 and any(mb.model.spec.batch_norm and mb.model.spec.hidden for mb in self.members):
+        checker = self._members[0]
+        self._wait(self._last_task.get(checker.slot))    # its buffers are free again
+        X, Y, w = checker.model._batch(X, y, sample_weight, training=True)
+        if X.shape[0] < 2 and any(mb.model.spec.batch_norm and mb.model.spec.hidden for mb in self._members):
             raise EngineError(f"with batch norm a training batch needs at least 2 rows, got {X.shape[0]} "
                               "(some members use batch norm)")
-        # member 0's buffers are reused by its next call: the members read copies
-        return X, Y.copy(), w.copy()
+        # The members read copies: member 0's buffers are reused by the next check, and
+        # the caller's X may change once partial_fit returns while members still learn it.
+        return np.array(X, order="C", copy=True), Y.copy(), w.copy()
+
+    def _pipeline(self, work):
+        """work(member) for every member on the pool, each after that member's previous
+        step; returns once the champion's is done and every step of the batch before
+        (so at most two batches are in flight).  The pool takes tasks in order, so a
+        member's previous step has always started before its next one waits for it."""
+        first = [self.champion] + ([self._members[0]] if self._members[0] is not self.champion else [])
+        order = first + [mb for mb in self._members if mb not in first]
+        pool = self._executor()
+        previous, batch = self._in_flight, []
+        for mb in order:
+            before = self._last_task.get(mb.slot)
+            future = pool.submit(_after, before, work, mb)
+            self._last_task[mb.slot] = future
+            batch.append(future)
+        self._in_flight = batch
+        try:
+            for future in previous:
+                future.result()
+            batch[0].result()            # the champion's J is what partial_fit returns
+        except BaseException:
+            self.sync()                  # nothing left running behind the error
+            raise
+
+    @staticmethod
+    def _wait(future):
+        if future is not None:
+            future.result()
+
+    def sync(self):
+        """Wait until every member has learned every batch given to it; re-raises the
+        first error a member's step raised."""
+        pending, self._in_flight = self._in_flight, []
+        self._last_task = {}
+        error = None
+        for future in pending:
+            try:
+                future.result()
+            except BaseException as exc:     # every step finishes before the error is raised
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _train_member(self, mb, X, Y, w, cols, keep):
         model = mb.model
@@ -272,6 +341,7 @@ class Population:
             scored = True
         before = model.nonfinite_steps
         mb.last_loss = model.learn_checked(X, Y, w)
+        mb.skipped += model.nonfinite_steps - before
         if not scored:      # "step", or a member's first batch (no inference before it)
             row_scores(task, model.last_batch_outputs(), Y, e, l)
         err[cols], loss[cols] = e[keep], l[keep]
@@ -286,7 +356,7 @@ class Population:
         different sizes balance over the threads; the results in member order, the first
         error re-raised.  (Dealing the members out in one run per thread measured the
         same on 8 equal members, and would leave a thread idle behind a big member.)"""
-        members = self.members if members is None else members
+        members = self._members if members is None else members
         if self.threads == 1:
             return [work(mb) for mb in members]
         pool = self._executor()
@@ -295,14 +365,17 @@ class Population:
     def rehearse(self):
         """One replay step for every member that has a ring (in parallel); returns how
         many members stepped."""
-        ready = [mb for mb in self.members if mb.replay is not None and mb.replay.ready()]
+        self.sync()
+        ready = [mb for mb in self._members if mb.replay is not None and mb.replay.ready()]
         if not ready:
             return 0
         self._changes += 1
         return sum(r is not None for r in self._run_on_threads(lambda mb: mb.replay.step(), ready))
 
     def replay_ready(self):
-        return any(mb.replay is not None and mb.replay.ready() for mb in self.members)
+        """Some member's ring can give a replay batch (read without waiting for the
+        members: a ring only grows, and `rehearse` waits for them)."""
+        return any(mb.replay is not None and mb.replay.ready() for mb in self._members)
 
     def _executor(self):
         if self._pool is None:
@@ -311,6 +384,12 @@ class Population:
 
     def close(self):
         """Stop the training threads (they also stop when the population is collected)."""
+        try:
+            self.sync()
+        finally:
+            self._close_pool()
+
+    def _close_pool(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -336,10 +415,12 @@ class Population:
         return np.arange(start, self.rows_seen) % W
 
     def judged(self):
-        return [mb for mb in self.members if self._rows_scored(mb) >= self.settings["min_rows"]]
+        self.sync()
+        return [mb for mb in self._members if self._rows_scored(mb) >= self.settings["min_rows"]]
 
     def ranking(self, members=None):
         """Members ordered best first by mean metric on the rows all of them scored."""
+        self.sync()
         members = self.judged() if members is None else members
         if not members:
             return []
@@ -349,6 +430,7 @@ class Population:
 
     def compare(self, a, b):
         """(mean of a's metric - b's, its standard error, rows) on the rows both scored."""
+        self.sync()
         fig, cols = self._basis([a, b])
         return paired_difference(fig[a.slot, cols], fig[b.slot, cols])
 
@@ -390,6 +472,7 @@ class Population:
         dev: (X, y) or (X, y, sample_weight) held-out rows; with metric dev_error or
         dev_loss every member scores them and the comparisons are paired on them (with
         fewer than min_dev_rows, or none, on the training rows as ever)."""
+        self.sync()
         self._dev_scores = None
         if dev is not None:
             self._score_dev(*dev)
@@ -402,10 +485,10 @@ class Population:
     def _score_dev(self, X, y, sample_weight=None):
         """Every member's per-row figures on the dev rows (NaN for one not built yet);
         kept per member in `dev_figures`, and for this decision when the metric says so."""
-        X, Y, _ = self.members[0].model._batch(X, y, None, training=False)
+        X, Y, _ = self._members[0].model._batch(X, y, None, training=False)
         Y = Y.copy()
         m = X.shape[0]
-        err, loss = np.full((len(self.members), m), np.nan), np.full((len(self.members), m), np.nan)
+        err, loss = np.full((len(self._members), m), np.nan), np.full((len(self._members), m), np.nan)
 
         def score(mb):
             if mb.model.network is not None:
@@ -414,7 +497,7 @@ class Population:
         self._run_on_threads(score)
         fig = loss if self.settings["metric"].endswith("_loss") else err
         self.dev_figures = {}
-        for mb in self.members:
+        for mb in self._members:
             v = fig[mb.slot]
             if not np.isnan(v).any():
                 self.dev_figures[mb.id] = {"value": float(v.mean()), "rows": m,
@@ -458,9 +541,9 @@ class Population:
         eta, made = self.settings["eta"], []
         top = ranked[:max(1, len(ranked) // 4)]
         space = self.space.narrowed([mb.draw for mb in top])
-        for rung in sorted({mb.rung for mb in self.members}):
+        for rung in sorted({mb.rung for mb in self._members}):
             budget = self.settings["min_rows"] * eta ** rung
-            ready = [mb for mb in self.members
+            ready = [mb for mb in self._members
                      if mb.rung == rung and self.rows_seen - mb.born_row >= budget]
             if len(ready) < eta:
                 continue
@@ -490,7 +573,8 @@ class Population:
     def _replace(self, old, space, reason, **extra):
         figure = self._member_figure(old)          # before its ring is cleared for the new one
         new = self._new_member(old.slot, origin="draw", space=space)
-        self.members[old.slot] = new
+        self._retired_skips += old.skipped
+        self._members[old.slot] = new
         return self._log("replace", new, replaced=old.id, reason=reason, replaced_figure=figure,
                          replaced_age=self.rows_seen - old.born_row, space=space.to_dict(), **extra)
 
@@ -523,7 +607,8 @@ class Population:
         self._reset_scores(old.slot)
         new = Member(member_id, old.slot, draw, settings, model, replay, self.rows_seen, "copy", parent=donor.id)
         new.rung = donor.rung
-        self.members[old.slot] = new
+        self._retired_skips += old.skipped
+        self._members[old.slot] = new
         return self._log("copy", new, replaced=old.id, parent=donor.id, changes=_plain(changes),
                          replaced_figure=figure, replaced_age=self.rows_seen - old.born_row)
 
@@ -552,8 +637,9 @@ class Population:
         """One dict per member, best first (judged members by the ranking, then the rest):
         id, slot, draw (its searched settings), rows_trained, age_rows (rows since it
         joined), metric figure ± standard error over its recent rows, state, champion."""
+        self.sync()
         ranked = self.ranking()
-        order = ranked + [mb for mb in self.members if mb not in ranked]
+        order = ranked + [mb for mb in self._members if mb not in ranked]
         common = self._common_cols(ranked) if ranked else None
         board = []
         for place, mb in enumerate(order):
@@ -576,14 +662,17 @@ class Population:
     def served(self):
         """The members predict answers from: [champion], or the top ensemble_k."""
         if self.settings["serve"] == "champion":
+            self._wait(self._last_task.get(self.champion.slot))
             return [self.champion]
+        self.sync()
         ranked = self.ranking()
         top = [self.champion] + [mb for mb in ranked if mb is not self.champion]
         return top[:self.settings["ensemble_k"]]
 
     def snapshot(self, version=0):
         """What predict serves, immutable: the champion's Snapshot, or an Ensemble of the
-        top members' snapshots.  meta names the member (or "ensemble") and who is in it."""
+        top members' snapshots.  meta names the member (or "ensemble") and who is in it.
+        Serving the champion, it does not wait for the other members."""
         served = [mb for mb in self.served() if mb.model.network is not None]
         if not served:
             raise EngineError("the population has not seen data yet; there is nothing to snapshot")
@@ -607,6 +696,7 @@ class Population:
         """Head outputs (m, n_outputs) for X (m, n_features): the champion's, or the
         mean of the top ensemble_k members' probabilities (values for regression)."""
         if self.settings["serve"] == "champion":
+            self._wait(self._last_task.get(self.champion.slot))
             return self.champion.model.predict_proba(X)
         X = self.champion.model._check_X(X, training=False)
         # The ensemble copies its members' arrays: made once per change of the members,
@@ -626,15 +716,16 @@ class Population:
     def get_state(self):
         """Every member's model and replay state, the score rings, the search state and
         its random generator: a population restored from it makes the same draws."""
+        self.sync()
         return {
             "meta": {"format": FORMAT, "version": VERSION, "settings": _plain(self.settings),
                      "base": _plain(self.base), "rows_seen": self.rows_seen, "batches": self.batches,
                      "next_id": self.next_id, "champion": self.champion.id,
                      "decisions": self.decisions, "rng": self.rng.bit_generator.state,
                      "dev_figures": {str(k): v for k, v in self.dev_figures.items()},
-                     "members": [mb.meta() for mb in self.members]},
-            "models": [mb.model.get_state() for mb in self.members],
-            "replays": [None if mb.replay is None else mb.replay.get_state() for mb in self.members],
+                     "members": [mb.meta() for mb in self._members]},
+            "models": [mb.model.get_state() for mb in self._members],
+            "replays": [None if mb.replay is None else mb.replay.get_state() for mb in self._members],
             "error": self._error.copy(), "loss": self._loss.copy(),
         }
 
@@ -662,10 +753,12 @@ class Population:
                 raise EngineError(f"score rings of shape {pop._error.shape} do not fit "
                                   f"{s['members']} members x {s['window']} rows")
             pop._pool = None
+            pop._in_flight, pop._last_task = [], {}
+            pop._retired_skips = 0
             pop._changes, pop._served = 0, None
             pop._dev_scores = None
             pop.dev_figures = {int(k): v for k, v in meta.get("dev_figures", {}).items()}
-            pop.members = []
+            pop._members = []
             for mm, model_state, replay_state in zip(meta["members"], state["models"], state["replays"]):
                 model = Model.from_state(model_state)
                 replay = pop._new_replay(model, int(mm["id"]))
@@ -674,10 +767,10 @@ class Population:
                 mb = Member(int(mm["id"]), int(mm["slot"]), _draw_from_plain(mm["draw"]), mm["settings"],
                             model, replay, int(mm["born_row"]), mm["origin"], mm["parent"])
                 mb.rung = int(mm["rung"])
-                pop.members.append(mb)
-            if len(pop.members) != s["members"]:
-                raise EngineError(f"state holds {len(pop.members)} members, its settings say {s['members']}")
-            champions = [mb for mb in pop.members if mb.id == meta["champion"]]
+                pop._members.append(mb)
+            if len(pop._members) != s["members"]:
+                raise EngineError(f"state holds {len(pop._members)} members, its settings say {s['members']}")
+            champions = [mb for mb in pop._members if mb.id == meta["champion"]]
             if not champions:
                 raise EngineError(f"state names champion {meta['champion']}, which is not a member")
             pop.champion = champions[0]
@@ -700,8 +793,15 @@ class Population:
             return cls.from_state(population_state.from_bytes(f.read()), threads=threads)
 
     def __repr__(self):
-        return (f"Population({len(self.members)} members, {self.settings['strategy']}, "
+        return (f"Population({len(self._members)} members, {self.settings['strategy']}, "
                 f"champion {self.champion.id}, rows {self.rows_seen})")
+
+
+def _after(before, work, mb):
+    """work(mb) once the member's previous step (a future, or None) is done."""
+    if before is not None:
+        before.result()
+    return work(mb)
 
 
 def _one_of(name, value, allowed):

@@ -100,6 +100,7 @@ class Trainer(threading.Thread):
         self.commands: queue.Queue = queue.Queue()
         self._model: Model | None = None
         self.population: Population | None = None   # with search_members >= 2, in place of one model
+        self._member_skips_counted = 0       # the population's nonfinite_steps() counted so far
         self.evaluations = 0              # evaluations run: the population decides every search_interval
         self._board = []                  # the population's leaderboard as last computed
         self._search_summary = {}
@@ -174,6 +175,7 @@ class Trainer(threading.Thread):
         kwargs = {**self.config.model, "task": s.task, "n_outputs": s.n_outputs, "input_dim": s.input_dim}
         if self.config.searching:
             self.population = self._new_population(kwargs)
+            self._member_skips_counted = 0
             self._refresh_board()
             log.info("population created: %d members, strategy %s, champion %r", self.config.search_members,
                      self.config.search_strategy, self.model)
@@ -313,6 +315,7 @@ class Trainer(threading.Thread):
                                    f"search_members = {len(saved['meta']['members'])}, or use a new "
                                    "state dir", EXIT_CONFIG)
             self.population = Population.from_state(saved, threads=os.cpu_count())
+            self._member_skips_counted = 0
             self._check_population_settings()
             self._refresh_board()
         elif payload["model"] is not None and self.config.searching:
@@ -499,13 +502,15 @@ class Trainer(threading.Thread):
     def _population_step(self, x, Y, w):
         """Every member scores the batch and learns from it (in parallel).  A member whose
         step is not finite skips it, as one model would; the others' steps stand."""
-        before = sum(mb.model.nonfinite_steps for mb in self.population.members)
         try:
             self.population.partial_fit(x, Y, sample_weight=w)
         except EngineError as exc:   # rows were checked at ingest; this would be a bug
             log.error("training step refused its batch: %s", exc)
             return False
-        skipped = sum(mb.model.nonfinite_steps for mb in self.population.members) - before
+        # Members other than the champion may still be learning earlier batches: what
+        # they skipped is counted when they have (a running total, never read twice).
+        skipped = self.population.nonfinite_steps() - self._member_skips_counted
+        self._member_skips_counted += skipped
         if skipped:
             self.nonfinite_steps += skipped
             self.metrics.nonfinite_steps.inc(skipped)
@@ -523,10 +528,11 @@ class Trainer(threading.Thread):
         """A replay step is due when new steps earned one, training is not frozen, and no
         new training data waits: nothing in the queue and no full batch in the rebatcher
         (rows lingering for a batch to fill are waiting for rows, not for the CPU)."""
-        ready = (self.population.replay_ready() if self.population is not None
-                 else self.replay is not None and self.replay.ready())
-        return (self._replay_credit > 0 and not self.frozen and ready and self.queue.empty()
-                and len(self.rebatcher) < self.config.batch_size)
+        if not (self._replay_credit > 0 and not self.frozen and self.queue.empty()
+                and len(self.rebatcher) < self.config.batch_size):
+            return False
+        return (self.population.replay_ready() if self.population is not None
+                else self.replay is not None and self.replay.ready())
 
     def replay_step(self):
         """One step on a batch of recent training rows (engine.Replay)."""

@@ -394,3 +394,37 @@ def test_every_task_trains_scores_and_serves(rng, task, n_outputs):
     assert_allclose(pop.predict_proba(X[:20]), expected, rtol=1e-5, atol=1e-6)
     assert pop.predict(X[:20]).shape == ((20, n_outputs) if task != "multiclass" else (20,))
     pop.close()
+
+
+def test_a_buffer_refilled_at_once_changes_nothing_the_members_learn(digits):
+    """partial_fit returns before every member has learned the batch (they go on in the
+    background); each reads its own copy, so a caller that refills its buffer at once,
+    as the daemon's re-batching does, changes nothing: the same as one thread."""
+    X, y = digits
+    alone, piped = (Population(members=4, search_space=LR_SPACE, interval=0, seed=3, threads=t, **SMALL)
+                    for t in (1, 2))
+    buf_x, buf_y = np.empty((32, X.shape[1]), np.float32), np.empty(32, np.int64)
+    for xb, yb in _stream(X[:960], y[:960]):
+        alone.partial_fit(xb, yb)
+        buf_x[:], buf_y[:] = xb, yb
+        piped.partial_fit(buf_x, buf_y)
+        buf_x[:], buf_y[:] = -1e3, 0          # what the buffer holds while members may still learn
+    for a, b in zip(_params(alone), _params(piped)):
+        for k in a:
+            assert_array_equal(a[k], b[k])
+    assert [mb.model.samples_seen for mb in piped.members] == [960] * 4    # `members` waits for them
+    assert_array_equal(alone._error, piped._error)
+    for p in (alone, piped):
+        p.close()
+
+
+def test_skipped_steps_are_counted_across_members(digits):
+    """A member whose steps are not finite skips them; the population counts them all."""
+    X, y = digits
+    pop = Population(members=3, search_space={"lr": {"log_uniform": [1e30, 1e31]}}, interval=0, seed=1,
+                     threads=2, optimizer="sgd", **SMALL)
+    _feed(pop, X[:320], y[:320])
+    per_member = [mb.model.nonfinite_steps for mb in pop.members]
+    assert per_member[0] == 0 and min(per_member[1:]) > 0, per_member
+    assert pop.nonfinite_steps() == sum(per_member)
+    pop.close()
