@@ -181,7 +181,6 @@ class Supervisor:
         roles = ["ingest", "trainer"] + [f"predict-{i}" for i in range(cfg.predict_workers)]
         # One worker binds the predict socket itself; several connect behind the
         # supervisor's proxy, which binds it once (supervisor/proxy.py).
-        self.proxy = None
         if cfg.predict_workers > 1:
             self.proxy = PredictProxy(self.ctx, cfg.predict, self.rundir.predict_backend, cfg.max_message_bytes,
                                       self.curve)
