@@ -20,7 +20,6 @@ latency is never slowed by the producer's own Python.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import tempfile
 import time
@@ -28,6 +27,7 @@ import time
 import numpy as np
 import zmq
 
+from benchmarks.harness import report
 from learnd.clients.client import Control, Predictor, Producer
 from learnd.clients.launch import start_daemon, stop_daemon
 
@@ -194,12 +194,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     global W1_ARGS
     W1_ARGS = W1_ARGS + (["--single-process"] if args.single_process else []) + (["--no-wal"] if args.no_wal else [])
-    figures = run(args)
-    _print(figures)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
-    return figures
+    return report(run(args), _print, args.json)
 
 
 def run(args):

@@ -54,6 +54,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from benchmarks.harness import run_jobs  # noqa: E402
+
 DATASETS = {
     # name: (task, n_outputs)
     "digits": ("multiclass", 10),
@@ -225,12 +227,7 @@ def run(datasets, seeds, hidden, overrides, sklearn=True, jobs=1, replay=None, p
     todo = [(lr, d, s, hidden, overrides, replay, population) for d in datasets for lr in learners for s in seeds]
     # Warm Numba's cache (and compile once) before timing anything.
     _warm(hidden, overrides)
-    if jobs > 1:
-        import multiprocessing as mp
-        with mp.get_context("fork").Pool(jobs) as pool:
-            results = pool.map(_one, todo, chunksize=1)
-    else:
-        results = [_one(j) for j in todo]
+    results = run_jobs(_one, todo, jobs)
     table = {}
     for d in datasets:
         for lr in learners:

@@ -43,6 +43,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from benchmarks.harness import run_jobs  # noqa: E402
+
 BATCH = 64
 SEEDS = (0, 1, 2, 3, 4)
 SHIPPED = {"digits": None, "breast_cancer": None, "sea_drift": 20_000}
@@ -227,12 +229,7 @@ def run(streams, seeds, peers, daemon=True, rate=2000.0, jobs=1, env=None):
                 results.append({"learner": "learnd", "stream": stream, "seed": seed,
                                 "accuracy": run_daemon(X, y, k, seed, rate, env)})
     todo = [(p, s, seed) for s in streams for p in peers for seed in seeds]
-    if jobs > 1:
-        import multiprocessing as mp
-        with mp.get_context("fork").Pool(jobs) as pool:
-            results += pool.map(_peer_job, todo, chunksize=1)
-    else:
-        results += [_peer_job(j) for j in todo]
+    results += run_jobs(_peer_job, todo, jobs)
     table = {}
     for r in results:
         table.setdefault(r["stream"], {}).setdefault(r["learner"], []).append(r["accuracy"])

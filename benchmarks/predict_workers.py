@@ -13,7 +13,6 @@ workers add in throughput).  Medians over rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import tempfile
 import time
@@ -22,6 +21,7 @@ import numpy as np
 
 from benchmarks.daemon import (BATCH, CLASSES, DIM, W1_ARGS, _bare_latencies, _concurrent, _echo_server,
                                _predict_latencies)
+from benchmarks.harness import report
 from learnd.clients.client import Predictor, Producer
 from learnd.clients.launch import start_daemon, stop_daemon
 
@@ -35,12 +35,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
-    figures = run(args)
-    _print(figures)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
-    return figures
+    return report(run(args), _print, args.json)
 
 
 def run(args):

@@ -13,13 +13,13 @@ taken during it are printed too, then those taken in the quiet after it.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import tempfile
 import time
 
 import numpy as np
 
+from benchmarks.harness import report
 from learnd.clients.client import Control, Producer
 from learnd.clients.launch import start_daemon, stop_daemon
 
@@ -110,12 +110,7 @@ def main(argv=None):
     ap.add_argument("--ratio", type=int, default=4)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
-    figures = run(args)
-    _print(figures)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
-    return figures
+    return report(run(args), _print, args.json)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from benchmarks import peers  # noqa: E402
+from benchmarks.harness import run_jobs  # noqa: E402
 
 STREAMS = ("digits", "breast_cancer", "diabetes", "sea_drift", "sudden_drift", "price")
 REGRESSION = ("diabetes", "price")
@@ -228,12 +229,7 @@ def run(streams, seeds, with_peers=True, jobs=1):
         todo += [(p, s, seed, None) for s in streams for p in peers.PEERS for seed in seeds]
     # The longest first, so the pool's last minutes are not one process alone.
     todo.sort(key=lambda j: j[0] not in ("population", "river_arf"))
-    if jobs > 1:
-        import multiprocessing as mp
-        with mp.get_context("fork").Pool(jobs) as pool:
-            results = pool.map(_job, todo, chunksize=1)
-    else:
-        results = [_job(j) for j in todo]
+    results = run_jobs(_job, todo, jobs)
     table = {}
     for r in results:
         table.setdefault(r["stream"], {}).setdefault(r["learner"], []).append(r)

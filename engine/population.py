@@ -191,9 +191,9 @@ class Population:
         self._error = np.full((members, window), np.nan)   # per-row figures, ring by stream row
         self._loss = np.full((members, window), np.nan)
         self._pool = None
-        self._in_flight = []         # futures of the last batch's member steps (see partial_fit)
+        self._steps = {}             # slot -> future of that member's newest step (see _pipeline)
         self._retired_skips = 0      # nonfinite_steps of the members replaced
-        self._last_task = {}         # slot -> future of that member's newest step
+        self._skips_taken = 0        # nonfinite_steps already handed out by take_skipped_steps
         self._changes = 0            # counts what changes what predict answers with
         self._served = None          # (changes, Ensemble, workspace) for predict_proba
         self._dev_scores = None      # per-row dev figures while a decision uses them
@@ -214,6 +214,14 @@ class Population:
         not finite, since this population was made or restored, replaced members
         included; as far as the members have got (read without waiting for them)."""
         return self._retired_skips + sum(mb.skipped for mb in self._members)
+
+    def take_skipped_steps(self):
+        """The skipped steps (`nonfinite_steps`) not yet taken by an earlier call: a
+        caller that counts them (the daemon's metric) gets each once, even those of
+        members still learning an earlier batch when it asks."""
+        total = self.nonfinite_steps()
+        new, self._skips_taken = total - self._skips_taken, total
+        return new
 
     def _base_draw(self):
         """The base settings in the space's names (what member 0 'drew')."""
@@ -264,11 +272,7 @@ class Population:
         W = self._error.shape[1]
         keep = slice(max(0, m - W), m)         # a batch longer than the ring keeps its last rows
         cols = (self.rows_seen + np.arange(m)[keep]) % W
-        if self.threads == 1:
-            for mb in self._members:
-                self._train_member(mb, X, Y, w, cols, keep)
-        else:
-            self._pipeline(lambda mb: self._train_member(mb, X, Y, w, cols, keep))
+        self._pipeline(lambda mb: self._train_member(mb, X, Y, w, cols, keep))
         self.rows_seen += m
         self.batches += 1
         self._changes += 1
@@ -278,7 +282,7 @@ class Population:
 
     def _check(self, X, y, sample_weight):
         checker = self._members[0]
-        self._wait(self._last_task.get(checker.slot))    # its buffers are free again
+        self._wait_for(checker)                          # its buffers are free again
         X, Y, w = checker.model._batch(X, y, sample_weight, training=True)
         if X.shape[0] < 2 and any(mb.model.spec.batch_norm and mb.model.spec.hidden for mb in self._members):
             raise EngineError(f"with batch norm a training batch needs at least 2 rows, got {X.shape[0]} "
@@ -291,37 +295,38 @@ class Population:
         """work(member) for every member on the pool, each after that member's previous
         step; returns once the champion's is done and every step of the batch before
         (so at most two batches are in flight).  The pool takes tasks in order, so a
-        member's previous step has always started before its next one waits for it."""
+        member's previous step has always started before its next one waits for it.
+        With one thread, each member in turn, at once."""
+        if self.threads == 1:
+            for mb in self._members:
+                work(mb)
+            return
         first = [self.champion] + ([self._members[0]] if self._members[0] is not self.champion else [])
         order = first + [mb for mb in self._members if mb not in first]
         pool = self._executor()
-        previous, batch = self._in_flight, []
+        previous, self._steps = self._steps, {}
         for mb in order:
-            before = self._last_task.get(mb.slot)
-            future = pool.submit(_after, before, work, mb)
-            self._last_task[mb.slot] = future
-            batch.append(future)
-        self._in_flight = batch
+            self._steps[mb.slot] = pool.submit(_after, previous.get(mb.slot), work, mb)
         try:
-            for future in previous:
+            for future in previous.values():
                 future.result()
-            batch[0].result()            # the champion's J is what partial_fit returns
+            self._wait_for(self.champion)    # the champion's J is what partial_fit returns
         except BaseException:
-            self.sync()                  # nothing left running behind the error
+            self.sync()                      # nothing left running behind the error
             raise
 
-    @staticmethod
-    def _wait(future):
+    def _wait_for(self, mb):
+        """Wait until `mb` has learned every batch given to it."""
+        future = self._steps.get(mb.slot)
         if future is not None:
             future.result()
 
     def sync(self):
         """Wait until every member has learned every batch given to it; re-raises the
         first error a member's step raised."""
-        pending, self._in_flight = self._in_flight, []
-        self._last_task = {}
+        pending, self._steps = self._steps, {}
         error = None
-        for future in pending:
+        for future in pending.values():
             try:
                 future.result()
             except BaseException as exc:     # every step finishes before the error is raised
@@ -662,7 +667,7 @@ class Population:
     def served(self):
         """The members predict answers from: [champion], or the top ensemble_k."""
         if self.settings["serve"] == "champion":
-            self._wait(self._last_task.get(self.champion.slot))
+            self._wait_for(self.champion)
             return [self.champion]
         self.sync()
         ranked = self.ranking()
@@ -696,7 +701,7 @@ class Population:
         """Head outputs (m, n_outputs) for X (m, n_features): the champion's, or the
         mean of the top ensemble_k members' probabilities (values for regression)."""
         if self.settings["serve"] == "champion":
-            self._wait(self._last_task.get(self.champion.slot))
+            self._wait_for(self.champion)
             return self.champion.model.predict_proba(X)
         X = self.champion.model._check_X(X, training=False)
         # The ensemble copies its members' arrays: made once per change of the members,
@@ -753,8 +758,8 @@ class Population:
                 raise EngineError(f"score rings of shape {pop._error.shape} do not fit "
                                   f"{s['members']} members x {s['window']} rows")
             pop._pool = None
-            pop._in_flight, pop._last_task = [], {}
-            pop._retired_skips = 0
+            pop._steps = {}
+            pop._retired_skips = pop._skips_taken = 0
             pop._changes, pop._served = 0, None
             pop._dev_scores = None
             pop.dev_figures = {int(k): v for k, v in meta.get("dev_figures", {}).items()}

@@ -218,26 +218,5 @@ class PredictServer(threading.Thread):
         return elapsed
 
 
-def warm_up(dtype):
-    """Load (or compile) every kernel a predict worker runs for `dtype`: a model's
-    forward pass and an ensemble's, with and without batch norm, the input check and the
-    label mapping of each task.  Done before the worker serves, so that no client's
-    first request waits for Numba's cache (each worker is its own interpreter and would
-    otherwise pay it on its first request, a fraction of a second)."""
-    from learnd.engine import Model
-    from learnd.engine.ensemble import Ensemble
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 3)).astype(dtype)
-    for task, n_outputs in (("multiclass", 3), ("binary", 1), ("multilabel", 2), ("regression", 1)):
-        snaps = [Model(hidden=(2,), task=task, n_outputs=n_outputs, input_dim=3, batch_norm=bn,
-                       dtype=dtype).snapshot() for bn in (True, False)]
-        for snap in (*snaps, Ensemble(snaps)):
-            out = np.empty((x.shape[0], n_outputs), dtype=dtype)
-            snap.predict_into(x, out, snap.new_workspace())
-            labels_from_outputs(task, out)
-    count_nonfinite(x)
-
-
 def _outputs(task, P, output):
     return labels_from_outputs(task, P) if output == "label" else P

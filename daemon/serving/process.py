@@ -16,8 +16,10 @@ import numpy as np
 import zmq
 
 from learnd.clients.protocol import ProtocolError
+from learnd.engine.warm import warm_up
+
 from learnd.daemon.serving.latency import satisficing, satisficing_values
-from learnd.daemon.serving.predictor import PredictServer, warm_up
+from learnd.daemon.serving.predictor import PredictServer
 from learnd.daemon.serving.snapshots import SnapshotReader
 from learnd.daemon.supervisor.child import ChildProcess
 
@@ -56,7 +58,7 @@ class PredictProcess(ChildProcess):
 
     def startup(self):
         cfg = self.config
-        warm_up(cfg.model.get("dtype", "float32"))
+        warm_up(cfg.model.get("dtype", "float32"), training=False)   # before the first request
         self.reader = SnapshotReader(self.run_dir.snapshots)
         forward = self.ctx.socket(zmq.PUSH)
         forward.setsockopt(zmq.LINGER, 0)

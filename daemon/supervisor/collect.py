@@ -31,8 +31,10 @@ GAUGE_OWNERS = {
     "learnd_predict_latency_bound_seconds": "predict",
     "learnd_satisficing_met": "predict",
 }
-# learnd_auth_allowed_keys{socket}: each socket's owner.
-SOCKET_OWNERS = {"ingest": "ingest", "predict": "predict", "snapshots": "trainer"}
+# learnd_auth_allowed_keys{socket}: the process that binds each socket (the predict
+# socket: its one worker, or the supervisor's proxy in front of several; the one that
+# binds it is the only one that sets the gauge); the control socket: the supervisor.
+SOCKET_OWNERS = {"ingest": ("ingest",), "predict": ("predict", "supervisor"), "snapshots": ("trainer",)}
 
 
 def ask(ctx, address, op, timeout_ms=TIMEOUT_MS):
@@ -51,20 +53,12 @@ def ask(ctx, address, op, timeout_ms=TIMEOUT_MS):
         sock.close()
 
 
-def _owner_of(name, labels):
-    if name == "learnd_auth_allowed_keys":
-        return SOCKET_OWNERS.get(labels.get("socket"), "supervisor")
-    return GAUGE_OWNERS.get(name, "trainer")
-
-
 def _owns(role, name, labels):
-    """Whether `role`'s value of a gauge is the tree's.  The allowed keys of a socket
-    come from whichever process binds it (the predict socket: the worker, or with several
-    workers the supervisor's proxy; only that process sets the gauge)."""
+    """Whether `role`'s value of a gauge is the tree's."""
     kind = role.split("-")[0]
-    if name == "learnd_auth_allowed_keys" and labels.get("socket") == "predict":
-        return kind in ("predict", "supervisor")
-    return _owner_of(name, labels) == kind
+    if name == "learnd_auth_allowed_keys":
+        return kind in SOCKET_OWNERS.get(labels.get("socket"), ("supervisor",))
+    return GAUGE_OWNERS.get(name, "trainer") == kind
 
 
 def _samples(text):

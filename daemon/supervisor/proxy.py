@@ -56,10 +56,11 @@ class PredictProxy:
     def _run(self):
         try:
             zmq.proxy(self.frontend, self.backend)
-        except zmq.ContextTerminated:
-            pass                        # the supervisor is stopping
-        except zmq.ZMQError as exc:     # never expected: the predict endpoint stops answering
-            log.error("the predict proxy stopped: %s", exc)
+        except zmq.ZMQError as exc:
+            # ETERM: the supervisor terminates the context as it stops.  Anything else is
+            # never expected, and /healthz fails once this thread has ended.
+            if exc.errno != zmq.ETERM:
+                log.error("the predict proxy stopped: %s", exc)
         finally:
             # Closed here, by the thread that used them last: the context's term() waits for it.
             self.frontend.close(linger=0)
@@ -68,7 +69,7 @@ class PredictProxy:
     def close(self):
         """Close the sockets of a proxy that never started (a start-up that failed
         after it was made); a started one closes them itself once the context terminates."""
-        if not self.thread.is_alive() and self.thread.ident is None:
+        if self.thread.ident is None:
             self.frontend.close(linger=0)
             self.backend.close(linger=0)
 

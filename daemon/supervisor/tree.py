@@ -159,6 +159,7 @@ class Supervisor:
         self.http = None
         self.curve = None
         self.proxy = None            # supervisor/proxy.PredictProxy with several predict workers
+        self.public = {}             # {name: socket} of the public sockets the supervisor binds
         self.state_lock = None       # the state dir's lock (statedir), from start to stop
         self.rundir = None
         self.loop_beat = time.monotonic()   # the main loop's last turn, for /healthz
@@ -178,6 +179,7 @@ class Supervisor:
         self.control, self.bound["control"] = sockets.bind(self.ctx, zmq.ROUTER, cfg.control, "control",
                                                            cfg.max_message_bytes, self.curve)
         self.endpoint = ControlEndpoint(self.control, self._handle, self.limits, self.metrics.rejected)
+        self.public["control"] = self.control
         roles = ["ingest", "trainer"] + [f"predict-{i}" for i in range(cfg.predict_workers)]
         # One worker binds the predict socket itself; several connect behind the
         # supervisor's proxy, which binds it once (supervisor/proxy.py).
@@ -185,6 +187,7 @@ class Supervisor:
             self.proxy = PredictProxy(self.ctx, cfg.predict, self.rundir.predict_backend, cfg.max_message_bytes,
                                       self.curve)
             self.bound["predict"] = self.proxy.endpoint
+            self.public["predict"] = self.proxy.frontend
         binds = {"ingest": {"ingest": cfg.ingest}, "trainer": {"snapshots": cfg.snapshots},
                  **{r: {} if self.proxy is not None else {"predict": cfg.predict}
                     for r in roles if r.startswith("predict-")}}
@@ -206,10 +209,8 @@ class Supervisor:
         self.registry.register(TreeCollector(self.ctx, lambda: {r: self.rundir.control(r) for r, c in
                                                                  self.children.items() if c.serving},
                                              self.collect_failures, self.metrics.registry))
-        watched = {"control": self.control}
-        if self.proxy is not None:      # its monitor is set before the proxy thread owns the socket
-            watched["predict"] = self.proxy.frontend
-        self.handshakes = HandshakeWatcher(self.ctx, watched, self.metrics.auth_failures, self.curve)
+        # The monitors are set before the proxy thread owns its socket.
+        self.handshakes = HandshakeWatcher(self.ctx, self.public, self.metrics.auth_failures, self.curve)
         self.handshakes.start()
         if self.proxy is not None:
             self.proxy.start()
@@ -251,7 +252,7 @@ class Supervisor:
     def _show_allowed_keys(self):
         if self.curve is not None:
             allowed = self.curve.allowed_keys()
-            for name in ("control", "predict") if self.proxy is not None else ("control",):
+            for name in self.public:
                 self.metrics.auth_allowed_keys.labels(name).set(allowed[name])
 
     def _on_reload_signal(self, signum, frame):

@@ -26,6 +26,7 @@ from learnd.engine.metrics import evaluate_outputs
 from learnd.engine.model import LIVE_SETTINGS
 from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
+from learnd.engine.warm import warm_up
 
 from learnd.daemon.errors import StartupError
 from learnd.daemon.ingest import splits
@@ -100,7 +101,6 @@ class Trainer(threading.Thread):
         self.commands: queue.Queue = queue.Queue()
         self._model: Model | None = None
         self.population: Population | None = None   # with search_members >= 2, in place of one model
-        self._member_skips_counted = 0       # the population's nonfinite_steps() counted so far
         self.evaluations = 0              # evaluations run: the population decides every search_interval
         self._board = []                  # the population's leaderboard as last computed
         self._search_summary = {}
@@ -175,7 +175,6 @@ class Trainer(threading.Thread):
         kwargs = {**self.config.model, "task": s.task, "n_outputs": s.n_outputs, "input_dim": s.input_dim}
         if self.config.searching:
             self.population = self._new_population(kwargs)
-            self._member_skips_counted = 0
             self._refresh_board()
             log.info("population created: %d members, strategy %s, champion %r", self.config.search_members,
                      self.config.search_strategy, self.model)
@@ -315,7 +314,6 @@ class Trainer(threading.Thread):
                                    f"search_members = {len(saved['meta']['members'])}, or use a new "
                                    "state dir", EXIT_CONFIG)
             self.population = Population.from_state(saved, threads=os.cpu_count())
-            self._member_skips_counted = 0
             self._check_population_settings()
             self._refresh_board()
         elif payload["model"] is not None and self.config.searching:
@@ -508,9 +506,8 @@ class Trainer(threading.Thread):
             log.error("training step refused its batch: %s", exc)
             return False
         # Members other than the champion may still be learning earlier batches: what
-        # they skipped is counted when they have (a running total, never read twice).
-        skipped = self.population.nonfinite_steps() - self._member_skips_counted
-        self._member_skips_counted += skipped
+        # they skip is counted once they have.
+        skipped = self.population.take_skipped_steps()
         if skipped:
             self.nonfinite_steps += skipped
             self.metrics.nonfinite_steps.inc(skipped)
@@ -943,17 +940,7 @@ class Trainer(threading.Thread):
     # -- the thread ---------------------------------------------------------------------------
     def warm_up(self):
         """Compile (or load from Numba's cache) every kernel the model's dtype needs."""
-        dtype = self.config.model.get("dtype", "float32")
-        rng = np.random.default_rng(0)
-        for task, y in (("multiclass", rng.integers(0, 3, 8)), ("binary", rng.integers(0, 2, 8)),
-                        ("regression", rng.standard_normal(8))):
-            m = Model(hidden=(3,), task=task, n_outputs=3 if task == "multiclass" else 1,
-                      keep_prob=0.9, dtype=dtype, input_dim=4)
-            x = rng.standard_normal((8, 4)).astype(dtype)
-            m.partial_fit(x, y)
-            m.predict_proba(x)
-            m.snapshot().predict_into(x, np.empty((8, m.spec.n_outputs), dtype=m.dtype),
-                                      m.snapshot().new_workspace())
+        warm_up(self.config.model.get("dtype", "float32"), training=True)
 
     def run(self):
         try:
