@@ -75,6 +75,33 @@ def cmd_serve(args):
         return exc.exit_code
 
 
+def cmd_follow(args):
+    from learnd.daemon import logs
+    from learnd.daemon.config import DAEMON_KEYS, load
+    from learnd.daemon.errors import ConfigError, StartupError
+    from learnd.daemon.serving.follower import Follower
+
+    try:
+        settings = _key_values(args.set, "follow")
+        unknown = sorted(k for k in settings if k not in DAEMON_KEYS)
+        if unknown:
+            raise ConfigError(f"a follower takes daemon settings only, not {unknown}")
+        flags = {**settings, **{k: v for k, v in {
+            "predict": args.predict, "control": args.control, "metrics": args.metrics,
+            "follower_server_key": args.server_key, "follower_client_key": args.client_key,
+            "log_json": True if args.log_json else None, "log_level": args.log_level}.items() if v is not None}}
+        config = load(args.config, flags=flags)
+    except ConfigError as exc:
+        print(f"learnd follow: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.setup(config.log_json, config.log_level)
+    try:
+        return Follower(config, args.source, endpoints_file=args.endpoints).run()
+    except StartupError as exc:
+        print(f"learnd follow: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
 # -- keys --------------------------------------------------------------------------------------
 KEY_LAYOUT = {"server": "server", "client": "clients", "control": "control-clients"}
 
@@ -177,7 +204,8 @@ def cmd_predict(args):
     return EXIT_OK
 
 
-STATUS_ORDER = ("task", "input_dim", "n_outputs", "model_version", "samples_trained", "batches_trained",
+STATUS_ORDER = ("role", "from", "state", "trainer_version", "lag_versions", "lag_seconds",
+                "task", "input_dim", "n_outputs", "model_version", "samples_trained", "batches_trained",
                 "nonfinite_steps", "queue_depth", "learning_rate", "train_loss", "uptime_seconds", "ready",
                 "wal", "last_checkpoint")
 
@@ -402,6 +430,24 @@ def build_parser():
                        help="a setting: model (--set hidden=[64,64] --set lr=0.01) or daemon "
                             "(--set eval_interval_s=1); see docs/configuration.md")
     serve.set_defaults(func=cmd_serve)
+
+    follow = sub.add_parser("follow", help="serve predictions from a trainer's published snapshots "
+                            "(a stateless replica; docs/scaling.md)")
+    follow.add_argument("--from", dest="source", required=True, metavar="ADDR",
+                        help="the trainer's snapshots address, e.g. tcp://trainer:5558")
+    follow.add_argument("--config", help="TOML file: the predict, limit, CURVE and follower_* settings apply")
+    follow.add_argument("--predict", help="predict ROUTER address (default tcp://127.0.0.1:5556)")
+    follow.add_argument("--control", help="control ROUTER address, for status (default tcp://127.0.0.1:5557)")
+    follow.add_argument("--metrics", help="metrics HTTP HOST:PORT (default 127.0.0.1:9500)")
+    follow.add_argument("--server-key", metavar="FILE",
+                        help="CURVE: the trainer's public key (server.key, or the 40-character key)")
+    follow.add_argument("--client-key", metavar="FILE", help="CURVE: this follower's NAME.key_secret")
+    follow.add_argument("--endpoints", metavar="FILE", help="write the bound addresses here (JSON) once serving")
+    follow.add_argument("--log-json", action="store_true", help="one JSON object per log line")
+    follow.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    follow.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="a daemon setting (--set follower_max_lag_s=30); see docs/configuration.md")
+    follow.set_defaults(func=cmd_follow)
 
     replay = client("replay", "stream a data file into the daemon", cmd_replay, ("ingest",))
     replay.add_argument("file", help=".npz (X, y), .csv (header row) or .npy (with --labels)")

@@ -107,6 +107,10 @@ class Config:
     curve_server_secret: str = ""       # path of the daemon's NAME.key_secret; "" leaves CURVE off
     curve_clients_dir: str = ""         # directory of NAME.key files allowed on ingest and predict
     curve_control_clients_dir: str = ""     # the control socket's allowlist; "" means curve_clients_dir
+    # Followers (`learnd follow`, docs/scaling.md).
+    follower_max_lag_s: float = 60.0    # /readyz fails when the follower is this far behind its trainer
+    follower_server_key: str = ""       # CURVE: the trainer's public key (server.key) for the snapshots socket
+    follower_client_key: str = ""       # CURVE: the follower's own NAME.key_secret; both or neither
     # Logging.
     log_json: bool = False
     log_level: str = "info"
@@ -159,6 +163,9 @@ class Config:
         if not self.curve_server_secret and (self.curve_clients_dir or self.curve_control_clients_dir):
             raise ConfigError("curve_clients_dir / curve_control_clients_dir need curve_server_secret, "
                               "the daemon's secret key file")
+        if bool(self.follower_server_key) != bool(self.follower_client_key):
+            raise ConfigError("a follower uses CURVE with both follower_server_key (the trainer's server.key) "
+                              "and follower_client_key (its own NAME.key_secret), or with neither")
         host, sep, port = self.metrics.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f"metrics must be HOST:PORT, got {self.metrics!r}")
@@ -273,6 +280,7 @@ def load(path=None, env=None, flags=None):
             value = _parse_env_value(text)
             if name in ("ingest", "predict", "control", "snapshots", "metrics", "state_dir", "log_level",
                         "curve_server_secret", "curve_clients_dir", "curve_control_clients_dir",
+                        "follower_server_key", "follower_client_key",
                         "early_stopping_metric", "early_stopping_action", "progressive_validation",
                         "search_strategy", "search_metric", "serve", "search_space"):
                 value = text   # addresses and paths are strings even when they look numeric

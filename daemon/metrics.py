@@ -35,6 +35,7 @@ EVAL_FIGURES = {
 }
 DELAYED_LABEL_OUTCOMES = ("trained", "expired", "unknown")
 PREDICT_OUTCOMES = ("ok", "error")
+FOLLOWER_OUTCOMES = ("applied", "duplicate", "heartbeat", "refused")
 CHECKPOINT_OUTCOMES = ("ok", "error")
 SOCKETS = ("ingest", "predict", "control", "snapshots")
 # Why a handshake failed, as the daemon can tell: its ZAP handler refused the CURVE key,
@@ -45,11 +46,52 @@ HANDSHAKE_FAILED = "handshake_failed"
 AUTH_FAILURE_REASONS = (handshake.KEY_REFUSED, HANDSHAKE_FAILED)
 
 
-class Metrics:
-    """The daemon's metrics on `registry` (tests pass a private CollectorRegistry)."""
+class ServingMetrics:
+    """The metrics of the predict path and of the public sockets, on `registry` (tests
+    pass a private CollectorRegistry): what a daemon and a follower both expose."""
 
     def __init__(self, registry=None):
         self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.rejected = Counter("learnd_rejected_total", "Messages refused, by error code.",
+                                ["reason"], registry=r)
+        self.predict_requests = Counter("learnd_predict_requests_total", "Predict requests by outcome.",
+                                        ["outcome"], registry=r)
+        self.predict_rows = Counter("learnd_predict_rows_total", "Rows predicted.", registry=r)
+        self.predict_batches = Counter("learnd_predict_batches_total",
+                                       "Predict kernel calls; each answers one or more requests.",
+                                       registry=r)
+        self.predict_latency = Histogram("learnd_predict_latency_seconds",
+                                         "Time from receiving a predict request to sending its reply.",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.auth_failures = Counter("learnd_auth_failures_total",
+                                     "Connections refused at the handshake, so none of their messages "
+                                     "was read: CURVE key not allowed, or any other failed handshake.",
+                                     ["socket", "reason"], registry=r)
+        self.auth_allowed_keys = Gauge("learnd_auth_allowed_keys",
+                                       "CURVE client keys each socket accepts (0 with CURVE off).",
+                                       ["socket"], registry=r)
+        for sock in SOCKETS:
+            self.auth_allowed_keys.labels(sock).set(0)
+            for reason in AUTH_FAILURE_REASONS:
+                self.auth_failures.labels(sock, reason)
+        for code in ERROR_CODES:
+            self.rejected.labels(code)
+        for outcome in PREDICT_OUTCOMES:
+            self.predict_requests.labels(outcome)
+
+    def add_live_collector(self, read):
+        """Register gauges read at scrape time: read() -> {name: (help, value)}, where a
+        value is a number or (label name, {label value: number})."""
+        self.registry.register(_LiveCollector(read))
+
+
+class Metrics(ServingMetrics):
+    """The daemon's metrics: the serving ones, and those of ingest, training, evaluation
+    and state."""
+
+    def __init__(self, registry=None):
+        super().__init__(registry)
         r = self.registry
         self.samples_trained = Counter("learnd_samples_trained_total", "Rows trained on.", registry=r)
         self.batches_trained = Counter("learnd_batches_trained_total", "Optimizer steps applied.",
@@ -67,8 +109,6 @@ class Metrics:
         self.ingest_paused = Counter("learnd_ingest_paused_total",
                                      "Times ingest stopped reading because the training queue was full.",
                                      registry=r)
-        self.rejected = Counter("learnd_rejected_total", "Messages refused, by error code.",
-                                ["reason"], registry=r)
         self.step_seconds = Histogram("learnd_step_seconds", "Time of one training step.",
                                       buckets=STEP_BUCKETS, registry=r)
         self.train_loss = Gauge("learnd_train_loss",
@@ -78,15 +118,6 @@ class Metrics:
         self.nonfinite_steps = Counter("learnd_nonfinite_steps_total",
                                        "Steps skipped because their loss or gradient was not finite.",
                                        registry=r)
-        self.predict_requests = Counter("learnd_predict_requests_total", "Predict requests by outcome.",
-                                        ["outcome"], registry=r)
-        self.predict_rows = Counter("learnd_predict_rows_total", "Rows predicted.", registry=r)
-        self.predict_batches = Counter("learnd_predict_batches_total",
-                                       "Predict kernel calls; each answers one or more requests.",
-                                       registry=r)
-        self.predict_latency = Histogram("learnd_predict_latency_seconds",
-                                         "Time from receiving a predict request to sending its reply.",
-                                         buckets=LATENCY_BUCKETS, registry=r)
         self.eval_error = Gauge("learnd_eval_error", "Error on the last evaluation, per split.",
                                 ["split"], registry=r)
         self.eval_loss = Gauge("learnd_eval_loss", "Loss on the last evaluation, per split.",
@@ -161,25 +192,10 @@ class Metrics:
                                       "Rows of delayed labels: trained from stored inputs, or refused "
                                       "because their id had expired or was never stored.",
                                       ["outcome"], registry=r)
-        self.auth_failures = Counter("learnd_auth_failures_total",
-                                     "Connections refused at the handshake, so none of their messages "
-                                     "was read: CURVE key not allowed, or any other failed handshake.",
-                                     ["socket", "reason"], registry=r)
-        self.auth_allowed_keys = Gauge("learnd_auth_allowed_keys",
-                                       "CURVE client keys each socket accepts (0 with CURVE off).",
-                                       ["socket"], registry=r)
-        for sock in SOCKETS:
-            self.auth_allowed_keys.labels(sock).set(0)
-            for reason in AUTH_FAILURE_REASONS:
-                self.auth_failures.labels(sock, reason)
-        for code in ERROR_CODES:
-            self.rejected.labels(code)
         for outcome in ("accepted", "duplicate", "rejected"):
             self.ingest_messages.labels(outcome)
         for split in SPLITS:
             self.ingest_rows.labels(split)
-        for outcome in PREDICT_OUTCOMES:
-            self.predict_requests.labels(outcome)
         for outcome in CHECKPOINT_OUTCOMES:
             self.checkpoints.labels(outcome)
         for outcome in DELAYED_LABEL_OUTCOMES:
@@ -197,10 +213,26 @@ class Metrics:
         for v in VERDICTS:
             self.diagnosis_verdict.labels(v).set(1.0 if v == verdict else 0.0)
 
-    def add_live_collector(self, read):
-        """Register gauges read at scrape time: read() -> {name: (help, value)}, where a
-        value is a number or (label name, {label value: number})."""
-        self.registry.register(_LiveCollector(read))
+
+class FollowerMetrics(ServingMetrics):
+    """A follower's metrics (`learnd follow`): the serving ones and those of the snapshots
+    it receives.  Its lag, version and readiness are read at scrape time."""
+
+    def __init__(self, registry=None):
+        super().__init__(registry)
+        r = self.registry
+        self.follower_messages = Counter(
+            "learnd_follower_messages_total",
+            "Messages from the trainer's snapshots socket, by outcome: applied (a new version), "
+            "duplicate (a version already held), heartbeat, refused.", ["outcome"], registry=r)
+        for outcome in FOLLOWER_OUTCOMES:
+            self.follower_messages.labels(outcome)
+        self.follower_snapshot_bytes = Counter("learnd_follower_snapshot_bytes_total",
+                                               "Bytes of snapshots received from the trainer.", registry=r)
+        self.follower_delay = Histogram(
+            "learnd_follower_publication_delay_seconds",
+            "From a version's publication by the trainer to this follower serving it (the trainer's "
+            "clock against this host's).", buckets=LATENCY_BUCKETS, registry=r)
 
 
 class _LiveCollector:

@@ -566,8 +566,8 @@ class Trainer(threading.Thread):
         """Between steps: publish, metrics, evaluation, checkpoints.  caught_up: no new
         training data waited this turn."""
         cfg = self.config
-        if self.broadcast is not None and self.broadcast.poll_subscriptions() and self.snapshot is not None:
-            self.broadcast.publish(self.snapshot)     # a new follower gets the current version now
+        if self.broadcast is not None:
+            self.broadcast.tick(now)    # a new subscription gets the current version now; a heartbeat
         if self.model is None:
             return
         if self._publish_due(now, caught_up):
