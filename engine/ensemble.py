@@ -8,7 +8,7 @@ from .kernels.network import ensemble_forward
 from .network import Snapshot, Workspace, pack_buffer, unpack_buffer
 
 _ARRAYS = ("params", "stats", "tables", "param_offsets", "stat_offsets", "table_offsets", "shifts",
-           "inv_scales", "bn_eps")
+           "inv_scales", "out_scales", "out_shifts", "bn_eps")
 
 
 class Ensemble:
@@ -40,6 +40,8 @@ class Ensemble:
         self.table_offsets = np.cumsum([0] + [s.table.shape[0] for s in snapshots]).astype(np.int64)
         self.shifts = np.ascontiguousarray(np.stack([s.shift for s in snapshots]))
         self.inv_scales = np.ascontiguousarray(np.stack([s.inv_scale for s in snapshots]))
+        self.out_scales = np.ascontiguousarray(np.stack([s.out_scale for s in snapshots]))
+        self.out_shifts = np.ascontiguousarray(np.stack([s.out_shift for s in snapshots]))
         self.bn_eps = np.array([s.bn_eps for s in snapshots], dtype=np.float64)
         self.units_per_row = max(s.units_per_row for s in snapshots)
 
@@ -71,7 +73,7 @@ class Ensemble:
         buf = workspace.ensure(m)
         ensemble_forward(X, self.shifts, self.inv_scales, self.params, self.param_offsets, self.stats,
                          self.stat_offsets, self.tables, self.table_offsets, self.head, self.bn_eps,
-                         buf, workspace.cap, workspace.member_out[:m], out)
+                         self.out_scales, self.out_shifts, buf, workspace.cap, workspace.member_out[:m], out)
         return out
 
 

@@ -19,6 +19,7 @@ from .normalizer import InputNormalizer
 from .optimizers import OPTIMIZERS
 from .schedules import SCHEDULES
 from .spec import ModelSpec
+from .targets import TargetScaler
 
 # Settings that can change between steps without rebuilding buffers or losing state.
 LIVE_SETTINGS = ("lr", "l2", "l1", "clip_norm", "bn_beta", "beta1", "beta2", "eps",
@@ -32,7 +33,9 @@ class Model:
     layer: relu, leaky_relu, tanh, sigmoid, linear), ``task`` (binary, multiclass,
     multilabel, regression) and ``n_outputs`` (None: 10 classes for multiclass, 1 for
     binary and regression), ``input_dim`` (None: from the first batch),
-    ``normalize_inputs``, ``init`` (he, xavier, glorot, random, zeros),
+    ``normalize_inputs``, ``normalize_targets`` (regression: learn standardized targets,
+    outputs mapped back; J is then in standardized units), ``init`` (he, xavier,
+    glorot, random, zeros),
     ``batch_norm``/``bn_beta``/``bn_eps``, ``keep_prob`` (inverted dropout, one or one
     per hidden layer), ``l2``, ``l1``, ``clip_norm``, ``optimizer`` (sgd, momentum,
     rmsprop, adam) with ``lr``, ``beta1``, ``beta2``, ``eps``, ``schedule`` (constant,
@@ -44,13 +47,14 @@ class Model:
     """
 
     def __init__(self, hidden=(256, 128), activation="relu", task="multiclass", n_outputs=None,
-                 input_dim=None, normalize_inputs=True, init="glorot", batch_norm=False, bn_beta=0.9,
+                 input_dim=None, normalize_inputs=True, normalize_targets=False, init="glorot", batch_norm=False, bn_beta=0.9,
                  bn_eps=1e-5, keep_prob=1.0, l2=0.0, l1=0.0, clip_norm=None, optimizer="adam",
                  lr=5e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule="constant", decay_rate=0.0,
                  epoch_size=10_000, step_epochs=1, dtype="float32", seed=0):
         self.spec = ModelSpec(
             hidden=hidden, activation=activation, task=task, n_outputs=n_outputs,
-            input_dim=input_dim, normalize_inputs=normalize_inputs, init=init,
+            input_dim=input_dim, normalize_inputs=normalize_inputs,
+            normalize_targets=normalize_targets, init=init,
             batch_norm=batch_norm, bn_beta=bn_beta, bn_eps=bn_eps, keep_prob=keep_prob, l2=l2,
             l1=l1, clip_norm=clip_norm, optimizer=optimizer, lr=lr, beta1=beta1, beta2=beta2,
             eps=eps, schedule=schedule, decay_rate=decay_rate, epoch_size=epoch_size,
@@ -62,6 +66,7 @@ class Model:
         self.nonfinite_steps = 0
         self.network = None
         self.normalizer = None
+        self.targets = None
         self.optimizer = OPTIMIZERS[self.spec.optimizer](self.spec.beta1, self.spec.beta2, self.spec.eps)
         self.schedule = SCHEDULES[self.spec.schedule](self.spec.lr, self.spec.decay_rate,
                                                        self.spec.step_epochs)
@@ -75,6 +80,10 @@ class Model:
         init_rng = np.random.default_rng(self.spec.seed)
         self.network = Network(self.spec, init_rng)
         self.normalizer = InputNormalizer(input_dim, self.dtype, self.spec.normalize_inputs)
+        head = len(self.spec.hidden) + 1
+        self.targets = TargetScaler(
+            self.spec.n_outputs, self.dtype, self.network.params[f"W{head}"], self.network.params[f"b{head}"],
+            enabled=self.spec.normalize_targets and self.spec.task == "regression")
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -182,10 +191,16 @@ class Model:
         if self.network is None:
             self._build(X.shape[1])
         shift, inv_scale = self.normalizer.stage(X)
+        # The head is rescaled to the new target statistics only once it has learned
+        # something worth keeping: a fresh network's outputs are noise.
+        Y = self.targets.stage(Y, preserve=self.samples_seen > 0)
         loss, ok = self._step(X, Y, w, shift, inv_scale)
         if ok:
             self.normalizer.commit()
+            self.targets.commit()
             self.samples_seen += X.shape[0]
+        else:
+            self.targets.rollback()
         return loss
 
     def rehearse(self, X, y, sample_weight=None):
@@ -205,6 +220,7 @@ class Model:
         """`rehearse` on rows already checked and encoded when they were first learned:
         X (m, n_features) and Y (m, n_outputs) C-contiguous in the model's dtype, w (m,)
         float64 weights with mean 1.  No check runs again (engine.Replay's steps)."""
+        Y = self.targets.standardize(Y)
         loss, _ = self._step(X, Y, w, self.normalizer.shift, self.normalizer.inv_scale)
         return loss
 
@@ -235,11 +251,11 @@ class Model:
         """Head outputs (m, n_outputs) for the batch of the last partial_fit, from that
         step's own forward pass: at the parameters before its update, in training mode
         (dropout as applied, batch-norm batch statistics).  With neither dropout nor
-        batch norm they equal predict_proba before the step.  A view, valid until the
-        next call that trains or checks gradients."""
+        batch norm they equal predict_proba before the step.  In target units (engine.targets).
+        A buffer valid until the next call that trains or checks gradients."""
         if self.network is None or not getattr(self, "_last_batch_rows", 0):
             raise EngineError("no training step yet")
-        return self.network.head_outputs(self._last_batch_rows)
+        return self.targets.in_target_units(self.network.head_outputs(self._last_batch_rows))
 
     # -- inference ---------------------------------------------------------------------------
     def predict_proba(self, X, out=None):
@@ -256,7 +272,8 @@ class Model:
         work = net.infer_work.ensure(m)
         predict_forward(X, self.normalizer.shift, self.normalizer.inv_scale, net.flat_params,
                         net.flat_stats, net.layout.infer_table, net.layout.head,
-                        self.spec.bn_eps, work, net.infer_work.cap, out)
+                        self.spec.bn_eps, self.targets.out_scale, self.targets.out_shift, work,
+                        net.infer_work.cap, out)
         return out
 
     def predict(self, X):
@@ -276,7 +293,8 @@ class Model:
         """An immutable, self-contained copy of what inference needs (see Snapshot)."""
         if self.network is None:
             raise EngineError("the model has not seen data yet; there is nothing to snapshot")
-        return Snapshot(self.network, self.normalizer.shift, self.normalizer.inv_scale, version, meta)
+        return Snapshot(self.network, self.normalizer.shift, self.normalizer.inv_scale, version, meta,
+                        self.targets.out_scale, self.targets.out_shift)
 
     # -- checking ------------------------------------------------------------------------
     def gradient_check(self, X, y, sample_weight=None, eps=1e-7, max_entries=None):
@@ -289,7 +307,7 @@ class Model:
         X, Y, w = self._batch(X, y, sample_weight, training=True)
         net = self.network.copy_as(np.float64)
         X64 = X.astype(np.float64)
-        Y64 = Y.astype(np.float64)
+        Y64 = self.targets.standardize(Y).astype(np.float64)    # the targets the model learns
         w64 = w.astype(np.float64)
         shift = self.normalizer.shift.astype(np.float64)
         inv_scale = self.normalizer.inv_scale.astype(np.float64)
@@ -315,14 +333,17 @@ class Model:
             "counters": {"samples_seen": self.samples_seen, "nonfinite_steps": self.nonfinite_steps},
             "optimizer_t": opt["t"],
             "normalizer_count": self.normalizer.count if net is not None else 0.0,
+            "target_count": self.targets.stats.count if net is not None else 0.0,
         }
-        state = {"meta": meta, "param": {}, "stat": {}, "opt": opt["moments"], "norm": {},
+        state = {"meta": meta, "param": {}, "stat": {}, "opt": opt["moments"], "norm": {}, "target": {},
                  "rng": self.rng_state.copy()}
         if net is not None:
             state["param"] = {k: v.copy() for k, v in net.params.items()}
             state["stat"] = {k: v.copy() for k, v in net.stats.items()}
             norm = self.normalizer.get_state()
             state["norm"] = {"mean": norm["mean"], "m2": norm["m2"]}
+            target = self.targets.get_state()
+            state["target"] = {"mean": target["mean"], "m2": target["m2"]}
         return state
 
     @classmethod
@@ -360,6 +381,8 @@ class Model:
                                           f"the model needs {view.shape}")
                     view[...] = state[group][name]
             model.normalizer.set_state({"count": meta["normalizer_count"], **state["norm"]})
+            if state.get("target"):   # states written before targets could be standardized have none
+                model.targets.set_state({"count": meta["target_count"], **state["target"]})
             expected = set(model.optimizer.moments) if int(meta["optimizer_t"]) > 0 else set()
             if set(state["opt"]) != expected:
                 raise EngineError(f"state optimizer moments {sorted(state['opt'])} do not match "

@@ -192,15 +192,16 @@ class Network:
 
 
 SNAPSHOT_MAGIC = b"LEARNDSN"
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2      # 2: out_scale and out_shift (standardized regression targets)
 _SNAPSHOT_HEAD = struct.Struct("<8sII")     # magic, format, meta length
 _ALIGN = 64                                  # every array starts on a cache line
-_SNAPSHOT_ARRAYS = ("table", "params", "stats", "shift", "inv_scale")
+_SNAPSHOT_ARRAYS = ("table", "params", "stats", "shift", "inv_scale", "out_scale", "out_shift")
 
 
 class Snapshot:
     """An immutable copy of everything inference needs: parameters, running statistics,
-    the input normalizer's shift and scale, the layer table.  Self-contained, so it can
+    the input normalizer's shift and scale, the map of outputs to target units
+    (engine.targets), the layer table.  Self-contained, so it can
     be published to other threads, serialized, or sent to a replica.
 
     `to_bytes()` lays it out as one buffer (a header, a JSON description, then each
@@ -212,7 +213,8 @@ class Snapshot:
     Each thread that predicts from a snapshot brings its own `Workspace`.
     """
 
-    def __init__(self, network: Network, shift, inv_scale, version=0, meta=None):
+    def __init__(self, network: Network, shift, inv_scale, version=0, meta=None, out_scale=None,
+                 out_shift=None):
         self.version = version
         self.meta = dict(meta or {})
         self.dtype = network.dtype
@@ -227,7 +229,11 @@ class Snapshot:
         self.stats = network.flat_stats.copy()
         self.shift = np.array(shift, dtype=network.dtype)
         self.inv_scale = np.array(inv_scale, dtype=network.dtype)
-        for a in (self.table, self.params, self.stats, self.shift, self.inv_scale):
+        K_out = network.spec.n_outputs
+        self.out_scale = np.array(np.ones(K_out) if out_scale is None else out_scale, dtype=network.dtype)
+        self.out_shift = np.array(np.zeros(K_out) if out_shift is None else out_shift, dtype=network.dtype)
+        for a in (self.table, self.params, self.stats, self.shift, self.inv_scale, self.out_scale,
+                  self.out_shift):
             a.flags.writeable = False
 
     def new_workspace(self):
@@ -237,7 +243,7 @@ class Snapshot:
         """Head outputs for X (m, n0) into out (m, K); X must be checked by the caller."""
         buf = workspace.ensure(X.shape[0])
         K.predict_forward(X, self.shift, self.inv_scale, self.params, self.stats, self.table,
-                          self.head, self.bn_eps, buf, workspace.cap, out)
+                          self.head, self.bn_eps, self.out_scale, self.out_shift, buf, workspace.cap, out)
         return out
 
     # -- one buffer ------------------------------------------------------------------------

@@ -29,6 +29,9 @@ class ModelSpec:
     n_outputs: int | None = None
     input_dim: int | None = None
     normalize_inputs: bool = True
+    # Regression only: learn standardized targets (engine.targets).  Off by default so
+    # that J stays DESIGN's squared error in target units; the daemon turns it on.
+    normalize_targets: bool = False
     # Defaults chosen by measurement (benchmarks/learning_results.md): on streams seen
     # once, glorot without batch norm at Adam 5e-3 learns at least as well as
     # scikit-learn's MLP on every shipped data set; batch norm stays one flag away.
@@ -113,6 +116,7 @@ class ModelSpec:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise EngineError(f"seed must be a non-negative int, got {self.seed!r}")
         self.normalize_inputs = bool(self.normalize_inputs)
+        self.normalize_targets = bool(self.normalize_targets)
         self.batch_norm = bool(self.batch_norm)
 
     def _per_hidden(self, name, value, kind):

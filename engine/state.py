@@ -2,11 +2,13 @@
 
 Layout of a file (format "learnd.model", version 1):
   meta          0-d unicode array holding JSON: {"format", "version", "spec",
-                "counters", "optimizer_t", "normalizer_count"}
+                "counters", "optimizer_t", "normalizer_count", "target_count"}
   param/<name>  each parameter (W1, b1, gamma1, beta1, ...)
   stat/<name>   each running statistic (running_mean1, running_var1, ...)
   opt/<name>    each optimizer moment, flat like the parameter buffer (v, s)
   norm/mean, norm/m2   the input normalizer's float64 statistics
+  target/mean, target/m2   the regression targets' float64 statistics (engine.targets);
+                absent from files written before them, read as none seen
   rng           the dropout generator's uint64[4] state
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ FORMAT = "learnd.model"
 VERSION = 1
 
 
-GROUPS = ("param", "stat", "opt", "norm")
+GROUPS = ("param", "stat", "opt", "norm", "target")
 
 
 def state_arrays(state, prefix=""):

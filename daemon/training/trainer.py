@@ -173,6 +173,10 @@ class Trainer(threading.Thread):
     def _create_model(self):
         s = self.schema
         kwargs = {**self.config.model, "task": s.task, "n_outputs": s.n_outputs, "input_dim": s.input_dim}
+        if s.task == "regression":
+            # The daemon learns standardized targets unless told otherwise: a stream's
+            # targets can lie anywhere, and its learning rate is tuned for z-scores.
+            kwargs.setdefault("normalize_targets", True)
         if self.config.searching:
             self.population = self._new_population(kwargs)
             self._refresh_board()

@@ -155,8 +155,11 @@ def update_running_stats(stats, feat, layers, m, bn_beta):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, work, cap, P):
-    """Inference: running statistics, no dropout, the head's output into P (m, K).
+def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, out_scale, out_shift,
+                    work, cap, P):
+    """Inference: running statistics, no dropout, the head's output into P (m, K),
+    mapped to target units as P * out_scale + out_shift (K,) (ones and zeros but for
+    standardized regression targets, engine.targets).
 
     X: (m, n0) raw inputs.  work holds at least `cap` >= m rows of every Z slot;
     each layer computes in place in its Z slot.
@@ -173,6 +176,9 @@ def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, wo
                       _seg(params, layers[l, OFF_B], n_out), Z)
         if l == L - 1:
             head_output(head, Z, P)
+            for i in range(m):
+                for c in range(P.shape[1]):
+                    P[i, c] = P[i, c] * out_scale[c] + out_shift[c]
             break
         if layers[l, OFF_GAMMA] >= 0:
             batchnorm_forward_eval(Z, _seg(params, layers[l, OFF_GAMMA], n_out),
@@ -185,13 +191,14 @@ def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, wo
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def ensemble_forward(X, shifts, inv_scales, params, param_offsets, stats, stat_offsets, tables,
-                     table_offsets, head, bn_eps, work, cap, P_member, P):
+                     table_offsets, head, bn_eps, out_scales, out_shifts, work, cap, P_member, P):
     """The mean of k networks' head outputs for X (m, n0) into P (m, K), in one call.
 
     The k members are laid end to end: member j's parameters are
     params[param_offsets[j]:param_offsets[j + 1]] (likewise stats), its layer table
     tables[table_offsets[j]:table_offsets[j + 1]], its input normalizer shifts[j],
-    inv_scales[j] (k, n0).  Each member runs predict_forward into P_member (m, K), with
+    inv_scales[j] (k, n0), its map to target units out_scales[j], out_shifts[j] (k, K).
+    Each member runs predict_forward into P_member (m, K), with
     `work` holding `cap` rows of the widest member's units.
     """
     k = shifts.shape[0]
@@ -202,7 +209,8 @@ def ensemble_forward(X, shifts, inv_scales, params, param_offsets, stats, stat_o
     for j in range(k):
         predict_forward(X, shifts[j], inv_scales[j], params[param_offsets[j]:param_offsets[j + 1]],
                         stats[stat_offsets[j]:stat_offsets[j + 1]],
-                        tables[table_offsets[j]:table_offsets[j + 1]], head, bn_eps[j], work, cap, P_member)
+                        tables[table_offsets[j]:table_offsets[j + 1]], head, bn_eps[j], out_scales[j],
+                        out_shifts[j], work, cap, P_member)
         for i in range(m):
             for c in range(K):
                 P[i, c] += P_member[i, c]
