@@ -2,6 +2,7 @@
 each other by."""
 from __future__ import annotations
 
+import re
 import shlex
 
 from learnd.clients.cli import build_parser
@@ -27,7 +28,8 @@ def _bind_mounts(service):
 
 def test_services_and_named_volumes():
     compose = _compose()
-    assert set(compose["services"]) == {"learnd", "replay", "prometheus", "grafana"}
+    assert set(compose["services"]) == {"learnd", "replay", "follower-1", "follower-2", "followers-lb",
+                                        "prometheus", "grafana"}
     used = {v.split(":")[0] for s in compose["services"].values() for v in s.get("volumes", [])
             if not v.startswith(".")}
     assert used == set(compose["volumes"]) == {"learnd-state", "prometheus-data", "grafana-data"}
@@ -97,3 +99,27 @@ def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard():
     assert mounts["/etc/grafana/provisioning/dashboards"] == files.DEPLOY / "grafana/provisioning/dashboards"
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == provider["options"]["path"] + "/" + files.DASHBOARD.name
+
+
+def test_two_followers_of_the_learnd_service_behind_one_predict_port():
+    compose = _compose()
+    learnd = compose["services"]["learnd"]
+    followers = [compose["services"][f"follower-{i}"] for i in (1, 2)]
+    snapshots_port = files.dockerfile_env()["LEARND_SNAPSHOTS"].rsplit(":", 1)[1]
+    for follower in followers:
+        assert (follower["image"], follower["build"]) == (learnd["image"], learnd["build"])
+        args = build_parser().parse_args(follower["command"])
+        assert args.command == "follow" and args.source == f"tcp://learnd:{snapshots_port}"
+        assert "ports" not in follower          # reached through the balancer only
+    lb = compose["services"]["followers-lb"]
+    mounts = {t: s for s, t in _bind_mounts(lb)}
+    config = mounts["/usr/local/etc/haproxy/haproxy.cfg"].read_text()
+    predict_port = files.dockerfile_env()["LEARND_PREDICT"].rsplit(":", 1)[1]
+    metrics_port = files.dockerfile_env()["LEARND_METRICS"].rsplit(":", 1)[1]
+    servers = re.findall(r"^\s*server (\S+) (\S+):(\d+)", config, flags=re.M)
+    assert servers == [(f"follower-{i}", f"follower-{i}", predict_port) for i in (1, 2)]
+    assert re.search(rf"^\s*bind :{predict_port}$", config, flags=re.M)
+    assert [p.rsplit(":", 1)[1] for p in lb["ports"]] == [predict_port]
+    # Only ready followers get connections: the health check asks /readyz on the metrics port.
+    assert "option httpchk GET /readyz" in config and f"check port {metrics_port}" in config
+    assert re.search(r"^\s*mode tcp$", config, flags=re.M)

@@ -109,3 +109,38 @@ def test_the_service_monitor_scrapes_the_metrics_port_as_job_learnd():
     # The operator names the job after the Service; the alert rules select job="learnd".
     assert "jobLabel" not in monitor["spec"]
     assert all('job="learnd"' in r["expr"] for r in files.rules())
+
+
+def test_followers_follow_the_learnd_service_and_scale_behind_their_own():
+    from learnd.clients.cli import build_parser
+
+    objects = _objects()
+    deployment = objects[("Deployment", "learnd-follower")]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "follow"
+    host, port = args.source.removeprefix("tcp://").rsplit(":", 1)
+    learnd = objects[("Service", "learnd")]
+    assert host == "learnd" and int(port) == next(p["port"] for p in learnd["spec"]["ports"]
+                                                  if p["name"] == "snapshots")
+    # A follower must never be taken for the trainer, nor the trainer for a follower.
+    assert not learnd["spec"]["selector"].items() <= pod_labels.items()
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    env = files.dockerfile_env()
+    for name in ("predict", "control", "metrics"):
+        assert ports[name] == int(env[f"LEARND_{name.upper()}"].rsplit(":", 1)[1])
+    assert c["resources"]["requests"]["cpu"]       # what the autoscaler's utilization divides by
+    hpa = objects[("HorizontalPodAutoscaler", "learnd-follower")]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": "learnd-follower"}
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    service = objects[("Service", "learnd-follower")]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert "predict" in {p["name"] for p in service["spec"]["ports"]}
+    assert all(p["targetPort"] in ports for p in service["spec"]["ports"])
+    monitor = objects[("ServiceMonitor", "learnd-follower")]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= learnd["metadata"]["labels"].items()
