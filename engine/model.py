@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from . import state as state_io
+from .collective import GroupStep
 from .errors import EngineError
 from .gradcheck import check_gradients
 from .kernels.network import predict_forward
@@ -67,6 +68,8 @@ class Model:
         self.network = None
         self.normalizer = None
         self.targets = None
+        self.collective = None      # engine.collective: set by join() for data-parallel steps
+        self._group = None
         self.optimizer = OPTIMIZERS[self.spec.optimizer](self.spec.beta1, self.spec.beta2, self.spec.eps)
         self.schedule = SCHEDULES[self.spec.schedule](self.spec.lr, self.spec.decay_rate,
                                                        self.spec.step_epochs)
@@ -84,6 +87,38 @@ class Model:
         self.targets = TargetScaler(
             self.spec.n_outputs, self.dtype, self.network.params[f"W{head}"], self.network.params[f"b{head}"],
             enabled=self.spec.normalize_targets and self.spec.task == "regression")
+        if self.collective is not None:
+            self._group = GroupStep(self.collective, self.network)
+
+    # -- data parallel -------------------------------------------------------------------
+    def join(self, collective):
+        """Train as one rank of a data-parallel group (engine.collective): from now on
+        every step sums the group's gradients, batch moments and rows, so every rank that
+        starts from the same state keeps the same model.  Every rank must step together:
+        `learn_checked` with its rows, or `step_without_rows` when it has none.
+
+        A model that has not stepped yet takes a dropout stream of its own rank (rank 0
+        keeps the model's), so the ranks do not drop the same units of their i-th rows;
+        a resumed model keeps the stream its state holds.
+        """
+        self.collective = collective
+        if collective.rank and self.optimizer.t == 0 and self.nonfinite_steps == 0:
+            self.rng_state[:] = seed_state((self.spec.seed, collective.rank))
+        if self.network is not None:
+            self._group = GroupStep(collective, self.network)
+
+    def step_without_rows(self):
+        """This rank's part of a group step in which it has no rows: it contributes
+        weight 0 and applies the group's update.  Returns the group's rows."""
+        if self.collective is None:
+            raise EngineError("a step without rows is a data-parallel group's; join() one first")
+        if self.network is None:
+            raise EngineError("the model's input size is unknown; give input_dim to every rank")
+        n, K = self.spec.input_dim, self.spec.n_outputs
+        rows = self.samples_seen
+        self.learn_checked(np.empty((0, n), dtype=self.dtype), np.empty((0, K), dtype=self.dtype),
+                           np.empty(0, dtype=np.float64))
+        return self.samples_seen - rows
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -190,15 +225,15 @@ class Model:
         C-contiguous in the model's dtype, w (m,) float64 weights with mean 1."""
         if self.network is None:
             self._build(X.shape[1])
-        shift, inv_scale = self.normalizer.stage(X)
+        shift, inv_scale = self.normalizer.stage(X, self.collective)
         # The head is rescaled to the new target statistics only once it has learned
         # something worth keeping: a fresh network's outputs are noise.
-        Y = self.targets.stage(Y, preserve=self.samples_seen > 0)
-        loss, ok = self._step(X, Y, w, shift, inv_scale)
+        Y = self.targets.stage(Y, preserve=self.samples_seen > 0, collective=self.collective)
+        loss, ok, rows = self._step(X, Y, w, shift, inv_scale)
         if ok:
             self.normalizer.commit()
             self.targets.commit()
-            self.samples_seen += X.shape[0]
+            self.samples_seen += rows
         else:
             self.targets.rollback()
         return loss
@@ -221,31 +256,44 @@ class Model:
         X (m, n_features) and Y (m, n_outputs) C-contiguous in the model's dtype, w (m,)
         float64 weights with mean 1.  No check runs again (engine.Replay's steps)."""
         Y = self.targets.standardize(Y)
-        loss, _ = self._step(X, Y, w, self.normalizer.shift, self.normalizer.inv_scale)
+        loss, _, _ = self._step(X, Y, w, self.normalizer.shift, self.normalizer.inv_scale)
         return loss
 
     def _step(self, X, Y, w, shift, inv_scale):
-        """Forward, backward and update on a checked batch; (J, whether the step was taken)."""
+        """Forward, backward and update on a checked batch; (J, whether the step was
+        taken, rows it learned from: this batch's, or in a group every rank's).
+        In a group, X may have 0 rows (J is then NaN: there is nothing to average)."""
         net = self.network
         m = X.shape[0]
         self._rng_backup[:] = self.rng_state
-        loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
+        if m:
+            loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
+        else:
+            loss = math.nan
+            net.flat_grads[...] = 0.0
         self._last_batch_rows = m
-        norm = global_norm(net.flat_grads)
         # Batch statistics can overflow (float32 variance of a large but finite input)
         # while J and the gradient stay finite; folding them in would poison the running
         # statistics for good, so such a step counts as non-finite too.
-        if not (math.isfinite(loss) and math.isfinite(norm)
-                and (net.feat.size == 0 or count_nonfinite(net.feat.reshape(1, -1)) == 0)):
+        ok = m == 0 or (math.isfinite(loss)
+                        and (net.feat.size == 0 or count_nonfinite(net.feat.reshape(1, -1)) == 0))
+        rows = m
+        if self._group is not None:
+            # Between backward and update: every rank leaves with the group's gradient
+            # and batch statistics, or, if any rank's step is not finite, a NaN gradient.
+            rows = self._group.reduce(m, ok)
+            ok = True
+        norm = global_norm(net.flat_grads)
+        if not (ok and math.isfinite(norm)):
             self.rng_state[:] = self._rng_backup
             self.nonfinite_steps += 1
-            return float(loss), False
+            return float(loss), False, 0
         clip = self.spec.clip_norm
         g_scale = clip / norm if clip is not None and norm > clip else 1.0
         self.optimizer.step(net.flat_params, net.flat_grads, self.learning_rate, g_scale)
         if net.flat_stats.size:   # only batch-norm layers keep running statistics
-            net.update_running_stats(m)
-        return float(loss), True
+            net.update_running_stats(rows)
+        return float(loss), True, rows
 
     def last_batch_outputs(self):
         """Head outputs (m, n_outputs) for the batch of the last partial_fit, from that

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .collective import pooled_moments
+from .kernels.moments import column_moments
 from .kernels.normalize import normalizer_scale, welford_merge
 
 
@@ -30,13 +32,39 @@ class InputNormalizer:
         self._shift = self.shift.copy()
         self._inv_scale = self.inv_scale.copy()
 
-    def stage(self, X):
-        """Statistics including X (m, n0); returns the (shift, inv_scale) to train with."""
+    def stage(self, X, collective=None):
+        """Statistics including X (m, n0); returns the (shift, inv_scale) to train with.
+
+        With a collective (engine.collective), the statistics include every rank's
+        batch of this step (X may then have 0 rows), so every rank scales alike.
+        """
         if not self.enabled:
             return self.shift, self.inv_scale
-        self._count = welford_merge(X, self.count, self.mean, self.m2, self._mean, self._m2)
+        if collective is None:
+            self._count = welford_merge(X, self.count, self.mean, self.m2, self._mean, self._m2)
+        else:
+            self._count = self._merge_group(X, collective)
         normalizer_scale(self._count, self._mean, self._m2, self._shift, self._inv_scale)
         return self._shift, self._inv_scale
+
+    def _merge_group(self, X, collective):
+        m = X.shape[0]
+        if m:
+            column_moments(X, self._mean, self._m2)
+        else:
+            self._mean[...] = 0.0
+            self._m2[...] = 0.0
+        count, mean, m2 = pooled_moments(collective, float(m), self._mean, self._m2)
+        if count == 0:
+            self._mean[...] = self.mean
+            self._m2[...] = self.m2
+            return self.count
+        # welford_merge's combination of the running statistics with the group's batch.
+        total = self.count + count
+        delta = mean - self.mean
+        self._m2[...] = self.m2 + m2 + delta * delta * (self.count * count / total)
+        self._mean[...] = self.mean + delta * (count / total)
+        return total
 
     def commit(self):
         if not self.enabled:

@@ -62,13 +62,14 @@ class TargetScaler:
         self._used_shift[...] = shift
         return out
 
-    def stage(self, Y, preserve):
+    def stage(self, Y, preserve, collective=None):
         """Targets Y (m, K) standardized with statistics that include them, the head
         rescaled to those statistics when `preserve` (the model has learned something
-        to keep).  Returns Y itself when disabled, else a buffer valid until the next call."""
+        to keep).  Returns Y itself when disabled, else a buffer valid until the next call.
+        With a collective, the statistics include every rank's targets of this step."""
         if not self.enabled:
             return Y
-        shift, inv_scale = self.stats.stage(Y)
+        shift, inv_scale = self.stats.stage(Y, collective)
         self._saved_W[...] = self.W
         self._saved_b[...] = self.b
         if preserve:
