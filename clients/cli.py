@@ -69,10 +69,28 @@ def cmd_serve(args):
         return EXIT_USAGE
     logs.setup(config.log_json, config.log_level)
     try:
+        if args.data_parallel:
+            return _serve_rank(config)
         return (Server if args.single_process else Supervisor)(config).run()
     except StartupError as exc:
         print(f"learnd serve: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def _serve_rank(config):
+    """One rank of `mpiexec -n K learnd serve --data-parallel`: a single-process daemon
+    whose steps are the group's (docs/scaling.md)."""
+    from learnd.daemon.errors import ConfigError
+    from learnd.daemon.supervisor.server import Server
+    from learnd.daemon.training import parallel
+
+    group = parallel.connect()
+    try:
+        config = parallel.check_config(parallel.for_rank(config, group.rank))
+    except ConfigError as exc:
+        print(f"learnd serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return Server(config, group=group).run()
 
 
 def cmd_follow(args):
@@ -424,6 +442,9 @@ def build_parser():
     serve.add_argument("--no-wal", action="store_true", help="acknowledge without the write-ahead log")
     serve.add_argument("--single-process", action="store_true",
                        help="run every stage as a thread of one process (debugging, the smallest hosts)")
+    serve.add_argument("--data-parallel", action="store_true",
+                       help="under mpiexec -n K: rank r trains with the others on its own stream, ports "
+                            "+ 10 r, state in STATE_DIR/rank-r; each rank is one process (docs/scaling.md)")
     serve.add_argument("--log-json", action="store_true", help="one JSON object per log line")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -69,6 +69,7 @@ ERROR_CODES = {
     "too_large": "the message, header or an array is over a configured limit",
     "busy": "the daemon has too many control operations waiting; retry later",
     "not_ready": "there is no model yet: the first training batch fixes its size and task",
+    "unsupported": "the op cannot run in this daemon's mode (rollback or freeze on a data-parallel rank)",
     "unknown_id": "a delayed-label id is not (or no longer) stored",
     "bad_setting": "a control 'set' names an unknown setting or gives a bad value",
     "internal": "the daemon failed on a valid request; it keeps running (see its log)",

@@ -96,6 +96,9 @@ class Metrics(ServingMetrics):
         self.samples_trained = Counter("learnd_samples_trained_total", "Rows trained on.", registry=r)
         self.batches_trained = Counter("learnd_batches_trained_total", "Optimizer steps applied.",
                                        registry=r)
+        self.empty_steps = Counter("learnd_empty_steps_total",
+                                   "Steps of a data-parallel group to which this rank brought no rows "
+                                   "(weight 0).", registry=r)
         self.replay_steps = Counter("learnd_replay_steps_total",
                                     "Replay steps: optimizer steps on recent training rows, taken while "
                                     "no new training data waits.", registry=r)

@@ -38,12 +38,7 @@ class Control:
         return self.server.trainer.submit(lambda t: t.apply_settings(settings))
 
     def op_checkpoint(self, header):
-        def write(trainer):
-            path = trainer.write_checkpoint("command")
-            if path is None:
-                raise OSError("checkpoint could not be written (see the daemon's log)")
-            return {"path": path, "batches_trained": trainer.batches_trained}
-        return self.server.trainer.submit(write)
+        return self.server.trainer.request_checkpoint()
 
     def op_gradcheck(self, header):
         return self.server.trainer.submit(lambda t: t.gradient_check())
@@ -68,6 +63,8 @@ def error_for(exc):
         return "bad_setting", str(exc).strip('"')
     if isinstance(exc, LookupError):
         return "not_ready", str(exc)
+    if isinstance(exc, NotImplementedError):    # an op this daemon's mode does not allow
+        return "unsupported", str(exc)
     return "internal", f"{type(exc).__name__}: {exc}"
 
 

@@ -35,7 +35,7 @@ from learnd.daemon.supervisor import sockets, statedir
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
 from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
-from learnd.daemon.training.checkpoints import CheckpointStore
+from learnd.daemon.training.checkpoints import CheckpointStore, decode
 from learnd.daemon.training.trainer import Trainer
 from learnd.engine.state import write_atomic
 
@@ -53,8 +53,9 @@ class Server:
     DRAIN_TIMEOUT_S = 60.0
     REJECT_LOG_INTERVAL_S = 10.0
 
-    def __init__(self, config, registry=None, install_signals=True):
+    def __init__(self, config, registry=None, install_signals=True, group=None):
         self.config = config
+        self.group = group           # training.parallel.Group: this process is one rank of it
         self.metrics = Metrics(registry)
         self.install_signals = install_signals
         self.should_exit = False
@@ -92,6 +93,7 @@ class Server:
         if cfg.wal:
             self.wal = WriteAheadLog(os.path.join(cfg.state_dir, "wal")).open()
         self.trainer = Trainer(cfg, self.schema, self.metrics, self.checkpoints, self.wal)
+        self.trainer.group = self.group
         self._restore()
         self.metrics.add_live_collector(self._live_values)
         self.ctx = zmq.Context()
@@ -107,11 +109,13 @@ class Server:
             log.warning("predict_workers = %d is a setting of the process tree; the single process "
                         "answers predictions from one thread", cfg.predict_workers)
         predict = self._bind(zmq.ROUTER, cfg.predict, "predict")
-        snapshots = self._bind(zmq.XPUB, cfg.snapshots, "snapshots", SnapshotBroadcast.configure)
-        self.trainer.broadcast = SnapshotBroadcast(snapshots)
-        self.handshakes = HandshakeWatcher(self.ctx, {"ingest": self.ingest, "predict": predict,
-                                                      "control": self.control, "snapshots": snapshots},
-                                           self.metrics.auth_failures, self.curve)
+        watched = {"ingest": self.ingest, "predict": predict, "control": self.control}
+        # In a data-parallel group every rank holds the same model; rank 0 alone publishes
+        # it, so followers see one stream of versions.
+        if self.group is None or self.group.rank == 0:
+            watched["snapshots"] = self._bind(zmq.XPUB, cfg.snapshots, "snapshots", SnapshotBroadcast.configure)
+            self.trainer.broadcast = SnapshotBroadcast(watched["snapshots"])
+        self.handshakes = HandshakeWatcher(self.ctx, watched, self.metrics.auth_failures, self.curve)
         self._show_allowed_keys()
         try:
             self.http = make_server(cfg.metrics_host, cfg.metrics_port, self.metrics.registry,
@@ -145,7 +149,10 @@ class Server:
         def failed(path, exc):
             self.metrics.checkpoint_load_failures.inc()
 
-        payload, path = self.checkpoints.load_newest(lambda p: (self.trainer.restore(p), p)[1], failed)
+        if self.group is None:
+            payload, path = self.checkpoints.load_newest(lambda p: (self.trainer.restore(p), p)[1], failed)
+        else:
+            path = self._restore_group_checkpoint()
         if path is not None:
             log.info("resumed from %s: %d batches, %d samples trained", path,
                      self.trainer.batches_trained, self.trainer.samples_trained)
@@ -164,6 +171,22 @@ class Server:
             self.wal.last_lsn = max(self.wal.last_lsn, self.trainer.last_lsn)
             self._replay_wal()
 
+    def _restore_group_checkpoint(self):
+        """A rank resumes from the step every rank holds (parallel.Group), and has its
+        model before the first round even without a checkpoint."""
+        path = self.group.agree_on_checkpoint(self.checkpoints)
+        if path is not None:
+            with open(path, "rb") as f:
+                # A checkpoint that read a moment ago and fails now is a disk fault, not a
+                # choice to make behind the other ranks' backs: the rank stops.
+                try:
+                    self.trainer.restore(decode(f.read()))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise StartupError(f"checkpoint {path} cannot be restored: {exc}", 1) from None
+        if self.trainer.model is None:
+            self.trainer._create_model()
+        return path
+
     def _replay_wal(self):
         """Train again what the log holds past the checkpoint: every acknowledged row once.
 
@@ -177,7 +200,8 @@ class Server:
             self.metrics.wal_replayed.inc(replayed)
             log.info("replayed %d logged messages newer than the checkpoint", replayed)
             self.trainer.publish()
-            self.trainer.write_checkpoint("after log replay")
+            if self.group is None:   # a rank's checkpoints are the group's, written together
+                self.trainer.write_checkpoint("after log replay")
 
     def _replay_wal_records(self):
         replayed = 0
@@ -194,7 +218,8 @@ class Server:
             self.accepted.add(producer, seq)
             now = time.monotonic()
             self.trainer.consume(item, now)
-            self.trainer._train_ready_batches(now)
+            if self.group is None:   # a rank's rows wait for the group's rounds
+                self.trainer._train_ready_batches(now)
             replayed += 1
         return replayed
 
@@ -268,7 +293,10 @@ class Server:
             if self.reload_requested:
                 self._reload()
             if self.trainer.stopped.is_set():
-                log.error("the trainer thread stopped; shutting down")
+                if self.group is not None and self.trainer.failure is None:
+                    log.info("the data-parallel group stopped; shutting down")
+                else:
+                    log.error("the trainer thread stopped; shutting down")
                 break
             stage = self.ingest_stage
             room = self.trainer.queue.maxsize - self.trainer.queue.qsize() - len(stage.pending)

@@ -57,6 +57,8 @@ LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay
 # Settings a population is made with: they are in its checkpoint and cannot change under it.
 FIXED_SEARCH_SETTINGS = ("search_members", "search_space", "search_strategy", "search_metric", "search_seed",
                          "search_min_rows")
+# Settings that shape every rank's steps alike under --data-parallel: not live there.
+GROUP_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay_recency", "early_stopping_action")
 BEST_MODEL_FILE = "best-model.npz"
 HELD_OUT = ("train_dev", "dev", "test")    # splits kept in reservoirs, never trained on
 
@@ -107,6 +109,8 @@ class Trainer(threading.Thread):
         self.snapshot = None              # the published engine.Snapshot, replaced whole
         self.broadcast = None             # serving.broadcast.SnapshotBroadcast, or None
         self.publisher = None             # serving.snapshots.SnapshotPublisher (process tree), or None
+        self.group = None                 # training.parallel.Group under --data-parallel, or None
+        self._checkpoint_waiters = []     # Futures of checkpoint commands the group has yet to write
         self.ready = threading.Event()    # kernels compiled (and model present)
         self.stop_requested = threading.Event()
         self.stopped = threading.Event()
@@ -185,7 +189,13 @@ class Trainer(threading.Thread):
         else:
             self.model = Model(**kwargs)
             log.info("model created: %r", self.model)
+            self._join_group()
         self._make_buffers()
+
+    def _join_group(self):
+        """Under --data-parallel, every step of the model is a step of the whole group."""
+        if self.group is not None and self.model is not None:
+            self.model.join(self.group.collective)
 
     def _new_population(self, model_kwargs):
         cfg = self.config
@@ -208,7 +218,7 @@ class Trainer(threading.Thread):
         self.rebatcher = Rebatcher(s.input_dim, s.n_outputs, dtype)
         # A population's members keep their own replay rings (Population.rehearse).
         self.replay = None
-        if self.population is None:
+        if self.population is None and self.group is None:    # a group takes no replay steps (parallel.py)
             self.replay = Replay(self.model, rows=self.config.replay_rows, ratio=self.config.replay_ratio,
                                  batch_size=self.config.batch_size, seed=self.model.spec.seed,
                                  recency=self.config.replay_recency or None)
@@ -326,6 +336,7 @@ class Trainer(threading.Thread):
                                EXIT_CONFIG)
         elif payload["model"] is not None:
             self.model = Model.from_state(state_from_bytes(payload["model"]))
+            self._join_group()
         if payload["model"] is not None:
             self._make_buffers()
             self.rebatcher.load_state({k: unpack_array(v) for k, v in d["buffer"].items()},
@@ -407,7 +418,9 @@ class Trainer(threading.Thread):
     def _trim_wal(self):
         """Drop log segments that even the oldest kept checkpoint no longer needs."""
         files = self.checkpoints.files()
-        if not files:
+        # A rank of a group may have to resume from its checkpoint before the newest
+        # (parallel.Group.agree_on_checkpoint), or from the start while it has only one.
+        if not files or (self.group is not None and len(files) < 2):
             return
         try:
             with open(files[0][1], "rb") as f:
@@ -454,6 +467,8 @@ class Trainer(threading.Thread):
         self.progressive.add(P, Y)
 
     def _step(self, x, Y, w):
+        if x is None:
+            return self._step_without_rows()
         # Progressive validation (test-then-train).  "step" scores the batch with the
         # outputs of the step's own forward pass, taken before the update: free, and
         # equal to an inference pass when there is no dropout and no batch norm
@@ -500,6 +515,20 @@ class Trainer(threading.Thread):
         met.step_seconds.observe(elapsed)
         if self.batches_trained == 1:
             log.info("first batch trained: %d rows, loss %.4f", m, loss)
+
+    def _step_without_rows(self):
+        """A group step to which this rank brings no rows: weight 0, the group's update."""
+        t0 = time.perf_counter()
+        self.model.step_without_rows()
+        if self.model.nonfinite_steps > self.nonfinite_steps:
+            self.nonfinite_steps = self.model.nonfinite_steps
+            self.metrics.nonfinite_steps.inc()
+            log.warning("step skipped: loss or gradient not finite on some rank (%d so far)", self.nonfinite_steps)
+            return
+        self.batches_trained += 1
+        self.metrics.batches_trained.inc()
+        self.metrics.empty_steps.inc()
+        self.metrics.step_seconds.observe(time.perf_counter() - t0)
 
     def _population_step(self, x, Y, w):
         """Every member scores the batch and learns from it (in parallel).  A member whose
@@ -566,9 +595,9 @@ class Trainer(threading.Thread):
                 "pending": self._replay_credit}
 
     # -- housekeeping ----------------------------------------------------------------------
-    def _housekeeping(self, now, caught_up=False):
-        """Between steps: publish, metrics, evaluation, checkpoints.  caught_up: no new
-        training data waited this turn."""
+    def _housekeeping(self, now, caught_up=False, checkpoints=True):
+        """Between steps: publish, metrics, evaluation, checkpoints (unless the group
+        decides them).  caught_up: no new training data waited this turn."""
         cfg = self.config
         if self.broadcast is not None:
             self.broadcast.tick(now)    # a new subscription gets the current version now; a heartbeat
@@ -590,8 +619,7 @@ class Trainer(threading.Thread):
             self.evaluate(now)
         else:
             self._evaluate_if_due(now)
-        if (cfg.checkpoint_interval_s > 0 and self._dirty_since_checkpoint
-                and now - self.last_checkpoint_time >= cfg.checkpoint_interval_s):
+        if checkpoints and self._checkpoint_due(now):
             self.write_checkpoint("period")
 
     def _update_norms(self, now):
@@ -761,6 +789,7 @@ class Trainer(threading.Thread):
 
     def rollback(self):
         """Make the best dev model the live one (optimizer state included), and serve it."""
+        self._refuse_in_group("rollback")
         if self.best_state is None:
             raise LookupError("no best model yet: it needs a dev evaluation "
                               "(rows sent with split dev, or auto)")
@@ -774,7 +803,13 @@ class Trainer(threading.Thread):
         return {"model_version": self.snapshot.version, "best_version": self.early.best_version,
                 "best_dev": self.early.best, "metric": self._stopping_metric()}
 
+    def _refuse_in_group(self, op):
+        if self.group is not None:
+            raise NotImplementedError(f"{op} changes one rank's model; a data-parallel group's ranks "
+                                      "must step together")
+
     def set_frozen(self, frozen):
+        self._refuse_in_group("freeze" if frozen else "unfreeze")
         self.frozen = bool(frozen)
         if not frozen:
             self.early.restart()
@@ -801,7 +836,16 @@ class Trainer(threading.Thread):
             "last_checkpoint": self.last_checkpoint_path,
             **self.evaluation_status(),
             **self.search_status(),
+            **self.group_status(),
         }
+
+    def group_status(self):
+        """status's `data_parallel` part: this rank, the group's size and the rows the
+        group's model has learned (samples_trained counts this rank's)."""
+        if self.group is None:
+            return {}
+        return {"data_parallel": {"rank": self.group.rank, "ranks": self.group.size,
+                                  "group_samples_trained": self.model.samples_seen if self.model else 0}}
 
     def search_status(self):
         """status's `members` (the leaderboard, best first) and `search` (how the
@@ -897,6 +941,10 @@ class Trainer(threading.Thread):
         if unknown:
             raise KeyError(f"unknown or not live settings {sorted(unknown)}; live: "
                            f"{', '.join(LIVE_SETTINGS + LIVE_DAEMON_SETTINGS)}")
+        shared = set(settings) & (set(LIVE_SETTINGS) | set(GROUP_SETTINGS))
+        if self.group is not None and shared:
+            raise KeyError(f"{sorted(shared)} must be equal on every rank of the data-parallel group: set them "
+                           "in every rank's configuration and restart the job")
         model_part = {k: v for k, v in settings.items() if k in LIVE_SETTINGS}
         daemon_part = {k: v for k, v in settings.items() if k in LIVE_DAEMON_SETTINGS}
         candidate = replace(self.config, **daemon_part).validate() if daemon_part else self.config
@@ -955,7 +1003,7 @@ class Trainer(threading.Thread):
                 self.warm_up()
                 if self.model is not None:
                     self.ready.set()
-                self._loop()
+                self._loop() if self.group is None else self._loop_group()
         except BaseException as exc:  # recorded for the server, which shuts down
             self.failure = exc
             log.exception("trainer thread failed")
@@ -991,3 +1039,84 @@ class Trainer(threading.Thread):
         if self.model is not None and not self.serving_best:
             self.publish(time.monotonic())
         self.write_checkpoint("shutdown")
+
+    # -- one rank of a data-parallel group -------------------------------------------------
+    def _loop_group(self):
+        """The loop of one rank (training.parallel): one round with the other ranks per
+        pass, after which every rank steps, checkpoints or stops together.  A rank steps
+        on the rows it has, up to batch_size, or with weight 0 when it has fewer than 2.
+        Leaving the loop is a round too, so every rank's last checkpoint is of one step."""
+        last_row = time.monotonic()          # a rank that gets no rows for a linger is idle
+        stepped = False
+        while True:
+            self._run_commands()
+            stopping = self.stop_requested.is_set()
+            rb = self.rebatcher
+            busy = stopping or stepped or len(rb) >= self.config.batch_size
+            took = self._take_waiting(0 if busy else 0.005)
+            now = time.monotonic()
+            if took:
+                last_row = now
+            linger = self.config.batch_linger_ms / 1e3
+            rows = len(rb)
+            ready = (rows >= self.config.batch_size or now - last_row >= linger
+                     or (rows >= 2 and now - rb.oldest_time >= linger))
+            agreed = self.group.agree(ready or stopping, rows >= 2, stopping,
+                                      bool(self._checkpoint_waiters) or self._checkpoint_due(now))
+            stepped = agreed.step
+            if stepped:
+                self._step(*(rb.take(min(rows, self.config.batch_size), now) if rows >= 2 else (None,) * 3))
+                self._evaluate_if_due(now)
+            if agreed.checkpoint:
+                self._write_group_checkpoint()
+            self._housekeeping(now, caught_up=not took and not stepped, checkpoints=False)
+            if agreed.stop and not stepped:
+                break
+        self._run_commands()
+        if not self.serving_best:
+            self.publish(time.monotonic())
+        self.write_checkpoint("shutdown")
+
+    def _take_waiting(self, timeout):
+        """Move queued messages into the rebatcher until it holds a batch; True if any came."""
+        took = False
+        while len(self.rebatcher) < self.config.batch_size:
+            try:
+                item = self.queue.get(timeout=timeout) if timeout and not took else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            self.consume(item, time.monotonic())
+            took = True
+        if took and not self.ready.is_set():
+            self.ready.set()
+        return took
+
+    def _write_group_checkpoint(self):
+        """Every rank writes one at the same step; the commands that asked for it get its path."""
+        waiters, self._checkpoint_waiters = self._checkpoint_waiters, []
+        path = self.write_checkpoint("command" if waiters else "period")
+        for fut in waiters:
+            if path is None:
+                fut.set_exception(OSError("checkpoint could not be written (see the daemon's log)"))
+            else:
+                fut.set_result({"path": path, "batches_trained": self.batches_trained})
+
+    def request_checkpoint(self):
+        """The control op: a Future of {path, batches_trained}.  In a group the checkpoint
+        is every rank's, written after the next round."""
+        if self.group is None:
+            def write(trainer):
+                path = trainer.write_checkpoint("command")
+                if path is None:
+                    raise OSError("checkpoint could not be written (see the daemon's log)")
+                return {"path": path, "batches_trained": trainer.batches_trained}
+            return self.submit(write)
+        fut = Future()
+        fut.set_running_or_notify_cancel()
+        self.submit(lambda t: t._checkpoint_waiters.append(fut))
+        return fut
+
+    def _checkpoint_due(self, now):
+        cfg = self.config
+        return (cfg.checkpoint_interval_s > 0 and self._dirty_since_checkpoint
+                and now - self.last_checkpoint_time >= cfg.checkpoint_interval_s)
