@@ -15,12 +15,12 @@ def _objects():
     return out
 
 
-def _deployment():
-    return _objects()[("Deployment", "learnd")]
+def _trainer():
+    return _objects()[("StatefulSet", "learnd")]
 
 
 def _container():
-    (c,) = _deployment()["spec"]["template"]["spec"]["containers"]
+    (c,) = _trainer()["spec"]["template"]["spec"]["containers"]
     return c
 
 
@@ -48,7 +48,7 @@ def test_probes_on_healthz_and_readyz():
 
 
 def test_non_root_read_only_with_resources():
-    spec = _deployment()["spec"]["template"]["spec"]
+    spec = _trainer()["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
     for c in spec["containers"] + spec["initContainers"]:
         sc = c["securityContext"]
@@ -57,17 +57,24 @@ def test_non_root_read_only_with_resources():
         assert c["resources"]["requests"] and c["resources"]["limits"]
     # The drain before the checkpoint takes up to 60 s.
     assert spec["terminationGracePeriodSeconds"] > 60
-    assert _deployment()["spec"]["replicas"] == 1 and _deployment()["spec"]["strategy"]["type"] == "Recreate"
+    # One trainer owns the state dir: one pod, replaced (never doubled) on an update.
+    assert _trainer()["spec"]["replicas"] == 1 and _trainer()["spec"]["updateStrategy"]["type"] == "RollingUpdate"
 
 
 def test_state_claim_and_writable_mounts_match_the_image():
-    objects = _objects()
-    spec = _deployment()["spec"]["template"]["spec"]
+    spec = _trainer()["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
     env = files.dockerfile_env()
-    state = volumes[mounts[env["LEARND_STATE_DIR"]]]
-    assert ("PersistentVolumeClaim", state["persistentVolumeClaim"]["claimName"]) in objects
+    # The state dir is the pod's own claim, made from the StatefulSet's template and kept
+    # when the StatefulSet is deleted or scaled down.
+    claims = {t["metadata"]["name"]: t for t in _trainer()["spec"]["volumeClaimTemplates"]}
+    state = mounts[env["LEARND_STATE_DIR"]]
+    assert state in claims and state not in volumes
+    assert claims[state]["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claims[state]["spec"]["resources"]["requests"]["storage"]
+    assert _trainer()["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain",
+                                                                         "whenScaled": "Retain"}
     # With a read-only root, Numba's cache dir is an emptyDir the init container fills
     # from the cache the image warmed.
     cache = mounts[env["NUMBA_CACHE_DIR"]]
@@ -81,8 +88,8 @@ def test_state_claim_and_writable_mounts_match_the_image():
 
 def test_services_select_the_pod_and_name_its_ports():
     objects = _objects()
-    pod_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
-    assert _deployment()["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    pod_labels = _trainer()["spec"]["template"]["metadata"]["labels"]
+    assert _trainer()["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     port_names = {p["name"] for p in _container()["ports"]}
     learnd = objects[("Service", "learnd")]
     assert {p["name"] for p in learnd["spec"]["ports"]} == port_names
@@ -94,6 +101,21 @@ def test_services_select_the_pod_and_name_its_ports():
     for service in (learnd, predict):
         assert service["spec"]["selector"].items() <= pod_labels.items()
         assert all(p["targetPort"] in port_names for p in service["spec"]["ports"])
+
+
+def test_the_trainer_is_named_by_a_headless_service():
+    objects = _objects()
+    pod_labels = _trainer()["spec"]["template"]["metadata"]["labels"]
+    governing = objects[("Service", _trainer()["spec"]["serviceName"])]
+    assert governing["spec"]["clusterIP"] == "None"
+    assert governing["spec"]["selector"].items() <= pod_labels.items()
+    # The pod's name must resolve while it starts (ingest reaches it before it is ready).
+    assert governing["spec"]["publishNotReadyAddresses"] is True
+    port_names = {p["name"] for p in _container()["ports"]}
+    assert all(p["targetPort"] in port_names for p in governing["spec"]["ports"])
+    # Nothing else runs the trainer: no Deployment or claim of its own beside the StatefulSet.
+    assert ("Deployment", "learnd") not in objects
+    assert not [name for kind, name in objects if kind == "PersistentVolumeClaim"]
 
 
 def test_the_service_monitor_scrapes_the_metrics_port_as_job_learnd():
