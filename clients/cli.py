@@ -80,17 +80,27 @@ def cmd_serve(args):
 def _serve_rank(config):
     """One rank of `mpiexec -n K learnd serve --data-parallel`: a single-process daemon
     whose steps are the group's (docs/scaling.md)."""
-    from learnd.daemon.errors import ConfigError
+    from learnd.daemon.errors import ConfigError, StartupError
     from learnd.daemon.supervisor.server import Server
     from learnd.daemon.training import parallel
 
     group = parallel.connect()
+    code = 1
     try:
-        config = parallel.check_config(parallel.for_rank(config, group.rank))
+        code = Server(parallel.check_config(parallel.for_rank(config, group.rank)), group=group).run()
     except ConfigError as exc:
         print(f"learnd serve: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return Server(config, group=group).run()
+        code = EXIT_USAGE
+    except StartupError as exc:
+        print(f"learnd serve: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    finally:
+        if code != 0:
+            # The other ranks would wait for this one at their next round for ever (and
+            # MPI's own finalization with them): a rank that fails ends the whole job.
+            sys.stderr.flush()
+            group.abort(code)
+    return code
 
 
 def cmd_follow(args):

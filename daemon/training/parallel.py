@@ -126,6 +126,12 @@ class Group:
         return Agreed(step=buf[1] > 0 and (buf[0] == self.size or stopping), stop=stopping,
                       checkpoint=buf[3] > 0)
 
+    def abort(self, code):
+        """End every rank of the job with `code` (MPI_Abort): what a rank that cannot go
+        on does, since the others would wait for it at their next collective."""
+        logging.shutdown()
+        self.comm.Abort(code)
+
     def agree_on_checkpoint(self, store):
         """The path of this rank's checkpoint of the newest step every rank holds one of
         (None: start afresh).  Checkpoints of later steps, which another rank lacks (a

@@ -295,3 +295,19 @@ def test_the_ranks_resume_from_the_newest_step_all_of_them_hold(tmp_path, steps,
     for result, (name, left) in zip(results, chosen):
         assert result["chosen"] == name
         assert len(result["left"]) == left
+
+
+def test_a_rank_that_cannot_start_ends_the_whole_job(tmp_path):
+    """Rank 1's ingest port is taken: it exits 3 (port in use) and takes rank 0 with it,
+    which would otherwise wait for it at the first collective for ever."""
+    import socket
+
+    from learnd.clients.launch import free_port_base
+    base = free_port_base(2)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", base + 10))
+        taken.listen()
+        done = subprocess.run(group_command(2, tmp_path / "state", base, model_args()),
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert f"127.0.0.1:{base + 10}" in done.stderr
