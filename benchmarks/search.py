@@ -9,7 +9,8 @@ batches of 64; every batch is predicted, then learned; the first batch is learne
 not scored (no learner can predict before it).  Prequential accuracy is the share of
 right predictions; mean (± sample std) over seeds.
 
-learnd is run as the daemon runs it on its defaults: each new batch is followed by the
+learnd is run as the daemon runs it on its defaults (regression targets standardized,
+`normalize_targets`): each new batch is followed by the
 replay steps it earns (engine.Replay: ratio 16 over 4,096 rows, recency 256; the
 daemon takes them while no new data waits, which at a few thousand rows per second is
 always).
@@ -27,8 +28,9 @@ always).
 
 Streams: digits, breast_cancer, sea_drift (first 20,000 rows), sudden_drift (made in
 benchmarks.peers: a labelling hyperplane replaced twice), the shipped regression set
-diabetes, and `price`, made here: a regression stream on which the defaults' learning
-rate is far too small (see make_price).  The figure is accuracy for classes and R^2
+diabetes, and `price`, made here, learnt twice: with standardized targets (the daemon's
+default for regression) and as `price_unscaled` with targets as they are, on which the
+defaults' learning rate is far too small (see make_price).  The figure is accuracy for classes and R^2
 (1 - SSE/SST of the predictions) for regression; the peers for regression are River's
 ARFRegressor, HoeffdingAdaptiveTreeRegressor and scaled linear regression, Vowpal
 Wabbit's squared loss (linear and --nn 32) and scikit-learn's MLPRegressor((64, 64)).
@@ -50,8 +52,11 @@ import numpy as np  # noqa: E402
 from benchmarks import peers  # noqa: E402
 from benchmarks.harness import run_jobs  # noqa: E402
 
-STREAMS = ("digits", "breast_cancer", "diabetes", "sea_drift", "sudden_drift", "price")
-REGRESSION = ("diabetes", "price")
+STREAMS = ("digits", "breast_cancer", "diabetes", "sea_drift", "sudden_drift", "price", "price_unscaled")
+REGRESSION = ("diabetes", "price", "price_unscaled")
+# Model settings a stream's learnd runs take besides the defaults: `price_unscaled` is
+# `price` learnt as the daemon did before it standardized regression targets.
+STREAM_SETTINGS = {"price_unscaled": {"normalize_targets": False}}
 SEEDS = (0, 1, 2)
 MEMBERS = 8
 INTERVAL, MIN_ROWS = 4, 256
@@ -61,10 +66,12 @@ GRID = {"lr": (3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "hidden": ((64,), (256, 128)
 
 def make_price():
     """(X, y) of `price`: 20,000 rows of 8 features and a price around 400 (spread about
-    100) set by a random two-layer network, plus noise of 10.  learnd does not scale
-    regression targets, so its output must travel hundreds of units: at the defaults'
-    learning rate (Adam, 5e-3: about that far per step) that takes tens of thousands of
-    steps - the stream on which the default learning rate is far too small."""
+    100) set by a random two-layer network, plus noise of 10.  Learnt with targets as
+    they are (`price_unscaled`, normalize_targets = false), a network's output must
+    travel hundreds of units: at the defaults' learning rate (Adam, 5e-3: about that far
+    per step) that takes tens of thousands of steps - the stream on which the default
+    learning rate is far too small.  With standardized targets (the daemon's default)
+    it is an ordinary regression."""
     rng = np.random.default_rng(505)
     n, d, h = 20_000, 8, 16
     X = rng.standard_normal((n, d)).astype(np.float32)
@@ -76,7 +83,7 @@ def make_price():
 
 def load(name):
     """(X, y, k) of a stream: k classes, or 0 for a regression stream (y float)."""
-    if name == "price":
+    if name in ("price", "price_unscaled"):
         X, y = make_price()
         return np.ascontiguousarray(X, dtype=np.float32), y.astype(np.float64), 0
     if name == "diabetes":
@@ -86,11 +93,13 @@ def load(name):
     return peers.load_stream(name)
 
 
-def _model_settings(k, hidden=None, lr=None):
+def _model_settings(k, hidden=None, lr=None, stream=None):
     if k == 0:
-        out = {"task": "regression", "n_outputs": 1}
+        # The daemon standardizes regression targets unless told otherwise.
+        out = {"task": "regression", "n_outputs": 1, "normalize_targets": True}
     else:
         out = {"task": "multiclass" if k > 2 else "binary", "n_outputs": k if k > 2 else 1}
+    out.update(STREAM_SETTINGS.get(stream, {}))
     if hidden is not None:
         out["hidden"] = hidden
     if lr is not None:
@@ -98,12 +107,12 @@ def _model_settings(k, hidden=None, lr=None):
     return out
 
 
-def run_learnd(X, y, k, seed, config=None, population=False):
+def run_learnd(X, y, k, seed, config=None, population=False, stream=None):
     """Prequential accuracy of one pass: config None = the defaults, else a dict of Model
     settings; population: a Population of MEMBERS instead of one model."""
     from learnd.engine import Model, Population, Replay
 
-    settings = _model_settings(k, **(config or {}))
+    settings = _model_settings(k, stream=stream, **(config or {}))
     if population:
         learner = Population(members=MEMBERS, seed=seed, interval=INTERVAL, min_rows=MIN_ROWS,
                              replay_ratio=REPLAY["ratio"], replay_rows=REPLAY["rows"],
@@ -209,11 +218,11 @@ def _job(job):
     X, y, k = load(stream)
     t0 = time.perf_counter()
     if learner == "defaults":
-        out = run_learnd(X, y, k, seed)
+        out = run_learnd(X, y, k, seed, stream=stream)
     elif learner == "population":
-        out = run_learnd(X, y, k, seed, population=True)
+        out = run_learnd(X, y, k, seed, population=True, stream=stream)
     elif learner == "grid":
-        out = run_learnd(X, y, k, seed, config=config)
+        out = run_learnd(X, y, k, seed, config=config, stream=stream)
         learner = _label(config)
     elif k == 0:
         out = {"accuracy": run_regression_peer(learner, X, y, seed)}
@@ -226,7 +235,9 @@ def run(streams, seeds, with_peers=True, jobs=1):
     todo = [(lr, s, seed, None) for s in streams for lr in ("defaults", "population") for seed in seeds]
     todo += [("grid", s, seed, c) for s in streams for c in _configs() for seed in seeds]
     if with_peers:
-        todo += [(p, s, seed, None) for s in streams for p in peers.PEERS for seed in seeds]
+        # A stream that differs only in learnd's settings gives the peers the same rows.
+        todo += [(p, s, seed, None) for s in streams if s not in STREAM_SETTINGS
+                 for p in peers.PEERS for seed in seeds]
     # The longest first, so the pool's last minutes are not one process alone.
     todo.sort(key=lambda j: j[0] not in ("population", "river_arf"))
     results = run_jobs(_job, todo, jobs)
