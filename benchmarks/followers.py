@@ -4,9 +4,10 @@ far behind the followers answer, and how soon a late one is ready.
     python -m benchmarks.followers [--followers 2] [--seconds S] [--json PATH]
 
 One trainer (W1, the process tree) takes a producer's stream as fast as it trains.
-First without followers, then with `--followers` of them subscribed, for `--seconds`
-each: the trainer's rows per second in both (a publication must not hold it back).
-With followers: the snapshot bytes per second each receives (learnd_follower_snapshot_bytes_total)
+The trainer's rows per second for `--seconds` each: without followers; with `--followers`
+of them subscribed and idle (what the stream itself costs: a publication must not hold
+the trainer back); and with them answering a client while everything is sampled (on one
+two-core host the followers' work competes with the trainer's for the cores).  Then: the snapshot bytes per second each receives (learnd_follower_snapshot_bytes_total)
 and the versions per second; the lag from a version's publication (its time in the
 snapshot header, read by a subscriber of our own) to the first reply naming it, seen by
 a client that asks one follower back to back; the followers' own lag gauges, sampled.
@@ -154,6 +155,7 @@ def run(args):
             f.wait_bound()
             while not f.ready():
                 time.sleep(0.01)
+        subscribed = _trainer_rate(ends, args.seconds)
         published, answered = {}, {}
         threads = [threading.Thread(target=_publication_times, args=(ends["snapshots"], stop, published)),
                    threading.Thread(target=_first_answers, args=(followers[0].endpoints["predict"], x, stop,
@@ -206,7 +208,7 @@ def run(args):
 
     return {
         "followers": args.followers, "seconds": args.seconds,
-        "trainer_rows_per_s": {"alone": alone, "with_followers": with_followers},
+        "trainer_rows_per_s": {"alone": alone, "followers_idle": subscribed, "with_followers": with_followers},
         "snapshot_bytes_per_s_per_follower": per_s("learnd_follower_snapshot_bytes_total"),
         "versions_per_s_per_follower": per_s("learnd_follower_messages_total{outcome=applied}"),
         "publication_to_answer_ms": {"versions": int(delays.size),
@@ -222,8 +224,10 @@ def run(args):
 
 def _print(f):
     rate = f["trainer_rows_per_s"]
-    print(f"trainer (W1): {rate['alone']:,.0f} rows/s alone, {rate['with_followers']:,.0f} rows/s with "
-          f"{f['followers']} followers ({rate['with_followers'] / rate['alone']:.2f}x)")
+    print(f"trainer (W1): {rate['alone']:,.0f} rows/s alone, {rate['followers_idle']:,.0f} rows/s with "
+          f"{f['followers']} followers subscribed ({rate['followers_idle'] / rate['alone']:.2f}x), "
+          f"{rate['with_followers']:,.0f} rows/s while they answer a client "
+          f"({rate['with_followers'] / rate['alone']:.2f}x)")
     print(f"snapshot stream per follower: {f['snapshot_bytes_per_s_per_follower'] / 1e6:,.1f} MB/s, "
           f"{f['versions_per_s_per_follower']:.1f} versions/s")
     lag = f["publication_to_answer_ms"]
