@@ -47,6 +47,7 @@ class Config:
     replay_ratio: int = 16          # replay steps per new step, taken while no new data waits (0: off)
     replay_recency: float = 256.0   # mean age (rows) of the rows replay draws, weighted to the recent; 0: uniform
     queue_size: int = 256           # train messages held between ingest and the trainer
+    max_queued_bytes: int = 0       # bytes of train messages ingest holds (ingest.budget); 0: sized for the machine
     publish_interval_ms: float = 10.0   # at most this long between snapshots for serving
     blas_threads: int = 1           # BLAS threads in the trainer; serving takes the other core
     predict_workers: int = 1        # predict worker processes of the process tree
@@ -140,6 +141,9 @@ class Config:
             raise ConfigError(f"predict_workers must be >= 1, got {self.predict_workers}")
         if self.queue_size < 1 or self.checkpoint_keep < 1:
             raise ConfigError("queue_size and checkpoint_keep must be >= 1")
+        if 0 < self.max_queued_bytes < 1024 * 1024:
+            raise ConfigError(f"max_queued_bytes must be 0 (sized for the machine) or at least 1 MiB, "
+                              f"got {self.max_queued_bytes}")
         if self.dev_fraction + self.test_fraction > 1.0:
             raise ConfigError(f"dev_fraction + test_fraction must be <= 1, got "
                               f"{self.dev_fraction} + {self.test_fraction}")

@@ -3,8 +3,9 @@
 It appends every accepted message to the log and acknowledges it after the grouped
 fsync; then it stores the newest durable lsn in the shared positions, and the trainer
 reads the log up to there.  Backpressure: while the trainer is `queue_size` messages
-behind (durable - consumed), ingest stops reading its socket and ZeroMQ's high-water
-mark pushes back on producers.  Delayed labels: predict workers push the inputs of
+behind (durable - consumed), or the messages read and not yet consumed reach the memory
+bound (ingest.budget), ingest stops reading its socket and ZeroMQ's high-water mark
+pushes back on producers.  Delayed labels: predict workers push the inputs of
 requests that carried ids to this process, which keeps the id store.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import zmq
 
 from learnd.clients import protocol
 from learnd.clients.protocol import ProtocolError
+from learnd.daemon.ingest.budget import Backlog, IngestBudget, queued_values
 from learnd.daemon.ingest.checks import IngestChecker, train_fields
 from learnd.daemon.ingest.idstore import IdStore
 from learnd.daemon.ingest.schema import Schema
@@ -58,10 +60,13 @@ class IngestProcess(ChildProcess):
         self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, cfg.model,
                                      splitter, self.metrics.delayed_labels, cfg.max_abs_value)
         self.accepted = state.dedupe
+        self.budget = IngestBudget.from_config(cfg)
+        self.backlog = Backlog()
         self.wal.last_lsn = max(self.wal.last_lsn, state.last_lsn)
         self._take_logged_records(state.last_lsn)
         self.positions.durable = self.wal.last_lsn
-        self.ingest = self.bind(zmq.ROUTER, cfg.ingest, "ingest")
+        self.ingest = self.bind(zmq.ROUTER, cfg.ingest, "ingest", self.budget.configure,
+                                self.budget.max_message)
         self.ids = self.ctx.socket(zmq.PULL)
         self.ids.setsockopt(zmq.LINGER, 0)
         self.ids.bind(self.run_dir.id_forward)
@@ -69,11 +74,13 @@ class IngestProcess(ChildProcess):
         # Without the write-ahead log the queue is on a memory file system: an
         # acknowledgement then means "queued", and no fsync is needed.
         self.stage = IngestStage(self.ingest, self.checker, self.accepted, self.wal, self.metrics,
-                                 self.limits, cfg.wal_fsync_ms if cfg.wal else 0.0, None, self._reject)
+                                 self.limits, cfg.wal_fsync_ms if cfg.wal else 0.0,
+                                 lambda item: self.backlog.add(item.lsn, item.nbytes), self._reject)
         if not cfg.wal:
             self.wal.sync = lambda: None
         self.metrics.add_live_collector(lambda: {
-            "learnd_delayed_label_store_rows": ("Inputs kept for delayed labels.", len(self.id_store))})
+            "learnd_delayed_label_store_rows": ("Inputs kept for delayed labels.", len(self.id_store)),
+            **queued_values(self.queued_bytes(), self.budget)})
         self.poller = zmq.Poller()
         for sock in (self.ctl, self.ids, self.ingest):
             self.poller.register(sock, zmq.POLLIN)
@@ -99,6 +106,8 @@ class IngestProcess(ChildProcess):
                     log.error("a logged record no longer passes its checks: %s", exc)
                     continue
                 self.accepted.add(producer, seq)
+                # Counted against the bound until the trainer consumes it, like a new message.
+                self.backlog.add(record.lsn, sum(len(f) for f in frames))
                 taken += 1
         reader.close()
         if taken:
@@ -110,8 +119,15 @@ class IngestProcess(ChildProcess):
         sock.send_multipart([identity, *protocol.encode(protocol.error(exc.code, exc.message, **echo))],
                             copy=False)
 
+    def queued_bytes(self):
+        """Bytes of the messages read and not yet consumed by the trainer."""
+        return self.stage.pending_bytes + self.backlog.bytes
+
     def step(self, timeout_ms):
+        self.backlog.consumed_through(self.positions.consumed)
         room = self.config.queue_size - (self.positions.durable - self.positions.consumed) - len(self.stage.pending)
+        if self.queued_bytes() >= self.budget.limit:
+            room = 0
         if (room > 0) != self.reading:
             self.reading = room > 0
             if not self.reading:
@@ -124,6 +140,8 @@ class IngestProcess(ChildProcess):
             self._take_forwarded_ids()
         if self.ingest in events and self.reading:
             for _ in range(max(room, 0)):
+                if self.queued_bytes() >= self.budget.limit:
+                    break
                 try:
                     frames = self.ingest.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
@@ -150,7 +168,8 @@ class IngestProcess(ChildProcess):
 
     def status_part(self):
         return {"durable_lsn": self.positions.durable, "pending_acks": len(self.stage.pending),
-                "delayed_label_store_rows": len(self.id_store), "reading": self.reading}
+                "delayed_label_store_rows": len(self.id_store), "reading": self.reading,
+                "queued_bytes": self.queued_bytes(), **self.budget.status()}
 
     def shutdown(self):
         if self.stage.pending:

@@ -33,6 +33,7 @@ class IngestStage:
         self.deliver = deliver
         self.reject = reject
         self.pending = []          # (identity, reply, item) waiting for the log's fsync
+        self.pending_bytes = 0     # their items' bytes: part of what ingest's bound counts
         self._pending_since = 0.0
 
     def handle(self, frames):
@@ -77,6 +78,7 @@ class IngestStage:
         if not self.pending:
             self._pending_since = time.monotonic()
         self.pending.append((identity, reply, item))
+        self.pending_bytes += item.nbytes
         if self.fsync_s == 0:   # the policy "fsync every message"
             self.flush(force=True)
 
@@ -102,6 +104,7 @@ class IngestStage:
                 self.deliver(item)
             self._send(identity, reply)
         self.pending.clear()
+        self.pending_bytes = 0
         return True
 
     def _send(self, identity, header):

@@ -87,9 +87,11 @@ class ChildProcess(abc.ABC):
         self._sockets.append(self.ctl)
         self.ctl_endpoint = ControlEndpoint(self.ctl, self._handle, self.limits, self.metrics.rejected)
 
-    def bind(self, kind, address, name, configure=None):
-        """Bind a public socket; its refused handshakes are counted like the daemon's."""
-        sock, self.bound[name] = sockets.bind(self.ctx, kind, address, name, self.config.max_message_bytes,
+    def bind(self, kind, address, name, configure=None, max_message_bytes=None):
+        """Bind a public socket; its refused handshakes are counted like the daemon's.
+        max_message_bytes: its MAXMSGSIZE, when not the configured max_message_bytes."""
+        sock, self.bound[name] = sockets.bind(self.ctx, kind, address, name,
+                                              max_message_bytes or self.config.max_message_bytes,
                                               self.curve, configure)
         self._sockets.append(sock)
         self._public[name] = sock

@@ -27,6 +27,8 @@ GAUGE_OWNERS = {
     "learnd_uptime_seconds": "supervisor",
     "learnd_ready": "supervisor",
     "learnd_delayed_label_store_rows": "ingest",
+    "learnd_ingest_queued_bytes": "ingest",
+    "learnd_ingest_queued_limit_bytes": "ingest",
     "learnd_predict_latency_p99_seconds": "predict",
     "learnd_predict_latency_bound_seconds": "predict",
     "learnd_satisficing_met": "predict",

@@ -20,6 +20,7 @@ from threadpoolctl import threadpool_limits
 from learnd.clients import protocol
 from learnd.clients.protocol import Limits, ProtocolError
 from learnd.daemon.errors import StartupError
+from learnd.daemon.ingest.budget import IngestBudget, queued_values
 from learnd.daemon.ingest.checks import IngestChecker, train_fields
 from learnd.daemon.ingest.idstore import IdStore
 from learnd.daemon.ingest.schema import Schema
@@ -99,10 +100,11 @@ class Server:
         self.ctx = zmq.Context()
         if self.curve is not None:
             self.curve.start(self.ctx)
-        self.ingest = self._bind(zmq.ROUTER, cfg.ingest, "ingest")
+        self.budget = IngestBudget.from_config(cfg)
+        self.ingest = self._bind(zmq.ROUTER, cfg.ingest, "ingest", self.budget.configure, self.budget.max_message)
         self.control = self._bind(zmq.ROUTER, cfg.control, "control")
         self.ingest_stage = IngestStage(self.ingest, self.checker, self.accepted, self.wal, self.metrics,
-                                        self.limits, cfg.wal_fsync_ms, self.trainer.queue.put, self._reject)
+                                        self.limits, cfg.wal_fsync_ms, self.trainer.enqueue, self._reject)
         self.control_endpoint = ControlEndpoint(self.control, self.control_ops.handle, self.limits,
                                                 self.metrics.rejected, self._reject)
         if cfg.predict_workers > 1:
@@ -223,8 +225,9 @@ class Server:
             replayed += 1
         return replayed
 
-    def _bind(self, kind, address, name, configure=None):
-        sock, self.bound[name] = sockets.bind(self.ctx, kind, address, name, self.config.max_message_bytes,
+    def _bind(self, kind, address, name, configure=None, max_message_bytes=None):
+        sock, self.bound[name] = sockets.bind(self.ctx, kind, address, name,
+                                              max_message_bytes or self.config.max_message_bytes,
                                               self.curve, configure)
         return sock
 
@@ -266,7 +269,13 @@ class Server:
             "satisficing": satisficing(self.predictor.latencies, self.config.predict_p99_bound_ms / 1e3)
             if self.predictor is not None else None,
             "bound": dict(self.bound),
+            "ingest": {"queued_bytes": self.queued_bytes(), **self.budget.status()},
         })
+
+    def queued_bytes(self):
+        """Bytes of the messages read by ingest and not yet taken into training: those
+        waiting for the log's fsync and those in the trainer's queue."""
+        return self.ingest_stage.pending_bytes + self.trainer.queued_bytes
 
     def _live_values(self):
         return {
@@ -274,6 +283,7 @@ class Server:
             "learnd_uptime_seconds": ("Seconds since the daemon started.", time.monotonic() - self.started),
             "learnd_ready": ("1 when the model exists and its kernels are compiled.", float(self.ready())),
             "learnd_delayed_label_store_rows": ("Inputs kept for delayed labels.", len(self.id_store)),
+            **(queued_values(self.queued_bytes(), self.budget) if hasattr(self, "ingest_stage") else {}),
             **self._satisficing_values(),
         }
 
@@ -300,6 +310,8 @@ class Server:
                 break
             stage = self.ingest_stage
             room = self.trainer.queue.maxsize - self.trainer.queue.qsize() - len(stage.pending)
+            if self.queued_bytes() >= self.budget.limit:    # the memory bound (ingest.budget)
+                room = 0
             room = max(room, 0)
             if (room > 0) != reading_ingest:
                 # A full queue stops reads; ZeroMQ's high-water mark then pushes back on producers.
@@ -312,13 +324,17 @@ class Server:
             if self.control in events:
                 self._drain(self.control, self.control_endpoint.on_message, 100)
             if self.ingest in events and reading_ingest:
-                self._drain(self.ingest, stage.handle, max(room, 0))
+                self._drain(self.ingest, stage.handle, max(room, 0),
+                            lambda: self.queued_bytes() >= self.budget.limit)
             stage.flush()
             self.control_endpoint.answer_ready()
             self._log_rejects()
 
-    def _drain(self, sock, handler, limit):
+    def _drain(self, sock, handler, limit, full=None):
+        """Handle up to `limit` waiting messages, stopping early once full() says so."""
         for _ in range(limit):
+            if full is not None and full():
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:

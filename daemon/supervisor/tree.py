@@ -55,6 +55,8 @@ EXIT_CHILD_FAILING = 7       # child_restart_limit deaths of one child within ch
 BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 START_TIMEOUT_S = 120.0      # a cold Numba cache compiles every kernel first
 STOP_TIMEOUT_S = 60.0
+# status's `ingest`: the memory bound (ingest.budget) and what ingest holds against it.
+INGEST_STATUS_KEYS = ("queued_bytes", "max_queued_bytes", "limit_bytes", "zmq_rcvhwm", "zmq_max_message_bytes")
 # Live settings the predict workers apply (the rest are the trainer's).
 PREDICT_SETTINGS = ("predict_p99_bound_ms",)
 FORWARD_TIMEOUT_S = 60.0
@@ -290,9 +292,9 @@ class Supervisor:
 
     def _forward(self, identity, echo, header):
         """Send a client's op to the children that answer it; the reply goes out once
-        all have answered (`_on_child_reply`).  `status` asks the trainer and the predict
-        workers at once; `set` goes to the trainer, and what it accepted of the predict
-        workers' settings to them after."""
+        all have answered (`_on_child_reply`).  `status` asks the trainer, ingest and the
+        predict workers at once; `set` goes to the trainer, and what it accepted of the predict
+        workers' settings to them after.  `status` asks ingest too, for its memory bound."""
         op = header["op"]
         if not self.children["trainer"].serving:
             if op == "status":
@@ -305,7 +307,8 @@ class Supervisor:
             self.endpoint.reject(identity, ProtocolError(
                 "busy", f"{ControlEndpoint.MAX_PENDING} control operations are already waiting"), echo)
             return
-        roles = ["trainer"] + ([r for r, c in self.children.items() if r.startswith("predict-") and c.serving]
+        roles = ["trainer"] + ([r for r, c in self.children.items()
+                                if (r.startswith("predict-") or r == "ingest") and c.serving]
                                if op == "status" else [])
         self._ask(_Pending(identity, echo, op, header), header, roles)
 
@@ -369,6 +372,9 @@ class Supervisor:
             "bound": dict(self.bound),
             "processes": self.processes(parts),
         })
+        ingest = parts.get("ingest") or {}
+        if "max_queued_bytes" in ingest:    # the memory bound, as --single-process shows it
+            status["ingest"] = {k: ingest[k] for k in INGEST_STATUS_KEYS}
         self.endpoint.reply(identity, protocol.ok(**echo, result=control_ops.clean(status)))
 
     def processes(self, parts=None):

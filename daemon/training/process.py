@@ -20,6 +20,7 @@ import zmq
 
 from learnd.clients import protocol
 from learnd.clients.protocol import ProtocolError
+from learnd.daemon.ingest.budget import IngestBudget
 from learnd.daemon.ingest.checks import IngestChecker, train_fields
 from learnd.daemon.ingest.idstore import IdStore
 from learnd.daemon.ingest.process import log_directory
@@ -37,6 +38,11 @@ from learnd.daemon.training.trainer import Trainer
 log = logging.getLogger("learnd.trainer")
 
 FEED_RECORDS = 64        # log records read per pass, at most
+# Bytes of decoded messages the training thread's queue holds, at most (past one message),
+# and at most this share of ingest's bound: the backlog waits in the log on disk, memory
+# holds what is about to be trained.
+FEED_BYTES = 32 * 1024 * 1024
+FEED_SHARE = 4
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -69,6 +75,7 @@ class TrainerProcess(ChildProcess):
         self.checker = IngestChecker(self.schema, dtype, IdStore(1, 1.0), self.limits, cfg.model,
                                      splitter, self.metrics.delayed_labels, cfg.max_abs_value)
         self.reader = LogReader(directory, self.trainer.last_lsn)
+        self.feed_bytes = min(FEED_BYTES, IngestBudget.from_config(cfg).limit // FEED_SHARE)
         # What the log held past the checkpoint when this process started is the replay
         # of a restart (learnd_wal_replayed_messages_total), read like any new record.
         self.replay_until = self.positions.durable
@@ -101,7 +108,8 @@ class TrainerProcess(ChildProcess):
 
     def step(self, timeout_ms):
         behind = self.reader.position < self.positions.durable
-        events = dict(self.poller.poll(0 if behind and not self.trainer.queue.full() else timeout_ms))
+        room = not self.trainer.queue.full() and self.trainer.queued_bytes < self.feed_bytes
+        events = dict(self.poller.poll(0 if behind and room else timeout_ms))
         self.serve_control(events)
         self._feed()
         self.positions.consumed = self.trainer.last_lsn
@@ -116,8 +124,13 @@ class TrainerProcess(ChildProcess):
         room = FEED_RECORDS if block else min(FEED_RECORDS, q.maxsize - q.qsize())
         if room <= 0:
             return 0
-        records = self.reader.read(self.positions.durable, max_records=room)
-        for record in records:
+        records = []
+        while len(records) < room and self.trainer.queued_bytes < self.feed_bytes:
+            read = self.reader.read(self.positions.durable, max_records=1)
+            if not read:
+                break
+            records += read
+            record = read[0]
             try:
                 message = protocol.decode([b"", *record.frames], self.limits)
                 producer, seq, _ = train_fields(message.header)
@@ -132,6 +145,7 @@ class TrainerProcess(ChildProcess):
             while True:
                 try:
                     q.put(item, timeout=1.0)
+                    self.trainer.enqueued_bytes += item.nbytes
                     break
                 except queue.Full:
                     if self.trainer.stopped.is_set():
@@ -139,10 +153,13 @@ class TrainerProcess(ChildProcess):
         return len(records)
 
     def shutdown(self):
-        """Finish the log up to the durable lsn, then the thread checkpoints and stops."""
+        """The thread checkpoints and stops.  With the write-ahead log, what is logged and
+        not yet consumed stays there for the next start (a bounded stop: the step in
+        flight and one checkpoint); without it, the log on the run dir's memory file
+        system goes with this run, so it is trained first."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while (self.reader.position < self.positions.durable and not self.trainer.stopped.is_set()
-               and time.monotonic() < deadline):
+        while (not self.trainer.leaves_backlog_in_log and self.reader.position < self.positions.durable
+               and not self.trainer.stopped.is_set() and time.monotonic() < deadline):
             self._feed(block=True)
         self.trainer.stop_requested.set()
         self.trainer.stopped.wait(max(1.0, deadline - time.monotonic()))

@@ -76,6 +76,12 @@ class TrainItem:
     w: np.ndarray | None
     codes: np.ndarray   # (m,) int8: the split of each row (daemon.splits codes)
 
+    @property
+    def nbytes(self):
+        """The bytes this message holds in memory: what ingest's bound counts."""
+        return (self.x.nbytes + self.Y.nbytes + self.codes.nbytes
+                + (0 if self.w is None else self.w.nbytes))
+
     def parts(self):
         """(split name, x, Y, w) for each split that has rows in this message."""
         counts = np.bincount(self.codes, minlength=len(splits.NAMES))
@@ -100,6 +106,10 @@ class Trainer(threading.Thread):
         self.checkpoints = checkpoints
         self.wal = wal
         self.queue: queue.Queue = queue.Queue(maxsize=config.queue_size)
+        # Bytes put into and taken from `queue`, each written by one thread, so that their
+        # difference (queued_bytes) is read without a lock: ingest's memory bound counts it.
+        self.enqueued_bytes = 0
+        self.dequeued_bytes = 0
         self.commands: queue.Queue = queue.Queue()
         self._model: Model | None = None
         self.population: Population | None = None   # with search_members >= 2, in place of one model
@@ -430,6 +440,29 @@ class Trainer(threading.Thread):
         self.wal.trim(oldest_lsn)
 
     # -- consuming ---------------------------------------------------------------------------
+    def enqueue(self, item: TrainItem):
+        """Queue an accepted message for the training thread (the ingest side)."""
+        self.enqueued_bytes += item.nbytes
+        self.queue.put(item)
+
+    @property
+    def queued_bytes(self):
+        """Bytes of the messages in `queue` that came through enqueue."""
+        return self.enqueued_bytes - self.dequeued_bytes
+
+    def _dequeue(self, timeout=None):
+        """The next queued message (queue.Empty when none comes within timeout; 0: none waiting)."""
+        item = self.queue.get(timeout=timeout) if timeout else self.queue.get_nowait()
+        self.dequeued_bytes += item.nbytes
+        return item
+
+    @property
+    def leaves_backlog_in_log(self):
+        """True when a stop may leave queued messages untrained: with the write-ahead log
+        they are read again from it at the next start.  Without it (--no-wal) the queue
+        is all there is, so a stop trains it first."""
+        return self.config.wal
+
     def consume(self, item: TrainItem, now):
         """Move an accepted message's rows into the model's buffers (no step yet)."""
         if self.model is None:
@@ -1014,8 +1047,14 @@ class Trainer(threading.Thread):
         while True:
             self._run_commands()
             stopping = self.stop_requested.is_set()
+            if stopping and self.leaves_backlog_in_log:
+                # A bounded stop: the messages not yet consumed stay in the log (the
+                # checkpoint's last_lsn is before them) and the rows consumed and not yet
+                # stepped on are saved in the checkpoint's buffer; the next start trains
+                # both, once.  Training them first would make the stop as long as the backlog.
+                break
             try:
-                item = self.queue.get(timeout=0 if stopping or self.replay_due() else 0.005)
+                item = self._dequeue(timeout=0 if stopping or self.replay_due() else 0.005)
             except queue.Empty:
                 item = None
             now = time.monotonic()
@@ -1024,7 +1063,7 @@ class Trainer(threading.Thread):
                 # Take whatever else is waiting before stepping, so steps are full.
                 while self.rebatcher is not None and len(self.rebatcher) < self.config.batch_size:
                     try:
-                        self.consume(self.queue.get_nowait(), now)
+                        self.consume(self._dequeue(), now)
                     except queue.Empty:
                         break
                 if not self.ready.is_set():
@@ -1082,7 +1121,7 @@ class Trainer(threading.Thread):
         took = False
         while len(self.rebatcher) < self.config.batch_size:
             try:
-                item = self.queue.get(timeout=timeout) if timeout and not took else self.queue.get_nowait()
+                item = self._dequeue(timeout if not took else 0)
             except queue.Empty:
                 break
             self.consume(item, time.monotonic())
