@@ -1,8 +1,8 @@
 """The memory bound of ingest: how many bytes of train messages the daemon may hold.
 
 `max_queued_bytes` covers everything ingest holds: ZeroMQ's receive buffer (RCVHWM
-whole messages of at most MAXMSGSIZE bytes each, per connected producer), the one
-message being read, and the messages read and not yet taken into training (waiting for
+whole messages of at most MAXMSGSIZE bytes each, per connected producer, and the one its
+I/O thread is receiving), the one message being read, and the messages read and not yet taken into training (waiting for
 the log's fsync, or logged and not yet consumed by the trainer).  The two ZeroMQ
 options are chosen together from the bound, so that a high-water mark counted in
 messages still means a number of bytes; ingest stops reading once the messages it
@@ -24,9 +24,10 @@ DEFAULT_FRACTION = 8
 DEFAULT_MIN_BYTES = 64 * MIB
 DEFAULT_MAX_BYTES = 1024 * MIB
 MIN_BYTES = 1 * MIB
-# Shares of the bound: at most a quarter for ZeroMQ's buffer, at most a quarter for the
-# largest message (the one being read may pass `limit` by that much).
-ZMQ_SHARE = 4
+# Shares of the bound: at most half for ZeroMQ's buffer, at most a quarter for the
+# largest message (the one being read may pass `limit` by that much); at least a quarter
+# is left for the messages read.
+ZMQ_SHARE = 2
 MESSAGE_SHARE = 4
 
 
@@ -56,8 +57,9 @@ def default_max_queued_bytes(memory_bytes=None):
 class IngestBudget:
     """total: max_queued_bytes.  max_message: ZeroMQ's MAXMSGSIZE on the ingest socket
     (max_message_bytes, or a quarter of the bound when that is smaller: a message that
-    cannot fit the bound is refused at the door).  rcvhwm: whole messages ZeroMQ buffers
-    per producer, as many of the largest as fit a quarter of the bound (at least 1)."""
+    cannot fit the bound is refused at the door).  rcvhwm: whole messages ZeroMQ queues
+    per producer: as many of the largest as fit half the bound beside the one being
+    received (at least 1)."""
 
     total: int
     max_message: int
@@ -67,13 +69,14 @@ class IngestBudget:
     def from_config(cls, config):
         total = config.max_queued_bytes or default_max_queued_bytes()
         max_message = max(1, min(config.max_message_bytes, total // MESSAGE_SHARE))
-        rcvhwm = max(1, (total // ZMQ_SHARE) // max_message)
+        rcvhwm = max(1, (total // ZMQ_SHARE) // max_message - 1)
         return cls(total, max_message, rcvhwm)
 
     @property
     def zmq_bytes(self):
-        """ZeroMQ's receive buffer at most, for one connected producer."""
-        return self.rcvhwm * self.max_message
+        """ZeroMQ's receive buffer at most, for one connected producer: the queued
+        messages and the one being received."""
+        return (self.rcvhwm + 1) * self.max_message
 
     @property
     def limit(self):
