@@ -738,7 +738,7 @@ def print_table(out, use_torch):
     if use_torch:
         o1 = "learnd_2t" if ch["predict_learnd"] == "learnd_1t" else "learnd_1t"
         o2 = "torch_2t" if ch["predict_torch"] == "torch_1t" else "torch_1t"
-        rows.append([f"  (other thread setting p50)", f"{lat[o1]['p50_us']:.1f}" + tl(o1), "",
+        rows.append(["  (other thread setting p50)", f"{lat[o1]['p50_us']:.1f}" + tl(o1), "",
                      f"{lat[o2]['p50_us']:.1f}" + tl(o2), "", ""])
     p = res["w1_predict1024"]
     rows.append(["W1 predict b=1024 samples/s", _rate(p["learnd"]), _rate(p["numpy"]),

@@ -3,7 +3,6 @@ in status and the metrics, in the served version, never on held-out rows, and ke
 across a restart; the embedded Replay takes the same steps."""
 from __future__ import annotations
 
-import numpy as np
 
 from learnd.clients.client import Control, Predictor, Producer
 from learnd.engine.datasets import split
