@@ -36,7 +36,7 @@ from benchmarks.daemon import DIM, W1_ARGS, _produce
 from benchmarks.harness import report
 from learnd.clients import protocol
 from learnd.clients.client import Predictor
-from learnd.clients.launch import start_daemon, stop_daemon
+from learnd.clients.launch import start_daemon, stop_daemon, terminate
 
 START_TIMEOUT_S = 120.0
 
@@ -86,13 +86,7 @@ class FollowerProc:
             return False
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 30)
         self.log.close()
 
 

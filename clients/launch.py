@@ -53,9 +53,9 @@ def start_daemon(state_dir, extra_args=(), env=None, log_path=None, timeout=STAR
     raise RuntimeError("the daemon did not start in time")
 
 
-def stop_daemon(proc, log=None, timeout=60.0):
-    """SIGTERM the daemon (it drains, checkpoints and exits), kill it if it has not exited
-    within `timeout` seconds, close its log; returns the exit code."""
+def terminate(proc, timeout=60.0):
+    """SIGTERM `proc` (a Popen) if it runs, kill it if it has not exited within `timeout`
+    seconds; returns its exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -63,6 +63,13 @@ def stop_daemon(proc, log=None, timeout=60.0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+    return proc.returncode
+
+
+def stop_daemon(proc, log=None, timeout=60.0):
+    """SIGTERM the daemon (it drains, checkpoints and exits), kill it if it has not exited
+    within `timeout` seconds, close its log; returns the exit code."""
+    terminate(proc, timeout)
     if log is not None:
         log.close()
     return proc.returncode

@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 import yaml
 
+from learnd.clients.launch import terminate
 from learnd.engine.datasets import split
 from tests.conftest import Daemon
 from tests.deploy import files
@@ -125,13 +126,7 @@ class Prometheus:
         return self.log_path.read_text(errors="replace")[-4000:]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 30)
         self._log.close()
 
 
