@@ -59,15 +59,15 @@ def test_one_producer_flooding_8_mb_messages_stays_under_the_bound(daemons, figu
         ingest = c.status()["ingest"]
     # The bound as the operator reads it back, and ZeroMQ's options chosen from it.
     assert ingest["max_queued_bytes"] == BOUND
-    assert ingest["zmq_max_message_bytes"] == BOUND // 4 and ingest["zmq_rcvhwm"] == 1
-    assert ingest["limit_bytes"] == BOUND // 4
+    assert ingest["zmq_max_message_bytes"] == BOUND // 6 and ingest["zmq_rcvhwm"] == 2
+    assert ingest["limit_bytes"] == BOUND - 4 * (BOUND // 6)
     metrics = d.metrics()
-    assert metrics["learnd_ingest_queued_limit_bytes"] == BOUND // 4
+    assert metrics["learnd_ingest_queued_limit_bytes"] == BOUND - 4 * (BOUND // 6)
     run_flood(d, ["solo"], 30, 2000, figures)
     assert d.metrics()["learnd_ingest_queued_bytes"] == 0
     assert d.metrics()["learnd_ingest_paused_total"] > 0       # the bound pushed back
 
 
-def test_two_producers_flooding_16_mb_messages_stay_under_the_bound(daemons, figures):
+def test_two_producers_flooding_10_mb_messages_stay_under_the_bound(daemons, figures):
     d = daemons(args=DAEMON_ARGS)
-    run_flood(d, ["left", "right"], 8, 4000, figures)
+    run_flood(d, ["left", "right"], 8, 2600, figures)     # 10.4 MB each, under MAXMSGSIZE = B/6
