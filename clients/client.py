@@ -418,6 +418,10 @@ class Producer(_Connection):
             pass
 
     def __exit__(self, exc_type, *rest):
-        if exc_type is None:
-            self.flush()
-        super().close()
+        # Closed even when the flush fails: an open socket would hold its context's
+        # termination (and the interpreter's exit) until the process dies.
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            super().close()
