@@ -160,13 +160,7 @@ def stop_group(proc, endpoints, log=None, kill=False, timeout=60.0):
                 pass
         if proc.poll() is None:
             proc.kill()
-    elif proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    terminate(proc, timeout)     # SIGTERM unless it is already gone; a kill if it stays
     if kill:   # the ranks are the proxy's children, not mpiexec's: wait until they are gone
         for info in endpoints:
             _wait_gone(info.get("pid"), 10.0)

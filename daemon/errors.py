@@ -5,6 +5,11 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+class UnsupportedOperation(RuntimeError):
+    """A control op this daemon's mode refuses (a data-parallel rank's rollback, say):
+    answered with the code `unsupported`."""
+
+
 class StartupError(RuntimeError):
     """The daemon cannot start: a port in use, an unwritable state dir.
 

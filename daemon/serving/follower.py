@@ -23,7 +23,6 @@ import signal
 import time
 
 import zmq
-from threadpoolctl import threadpool_limits
 
 from learnd.clients import handshake
 from learnd.clients.keys import KeyFileError, load_public, load_secret
@@ -31,6 +30,7 @@ from learnd.clients.protocol import Limits, ProtocolError
 from learnd.engine.state import write_atomic
 from learnd.engine.warm import warm_up
 
+from learnd.daemon.blas import limit_blas_threads
 from learnd.daemon.errors import StartupError
 from learnd.daemon.metrics import FollowerMetrics
 from learnd.daemon.serving.latency import satisficing, satisficing_values
@@ -108,10 +108,8 @@ class Follower:
         if cfg.curve_server_secret:
             self.curve = CurveServer(cfg)
         # One BLAS thread, as a predict worker has: the same GEMMs round the same way, so
-        # a follower's answers equal the trainer's bit for bit.  Numba's GEMMs call SciPy's
-        # OpenBLAS: load it first, or the limit would miss it.
-        import scipy.linalg.cython_blas  # noqa: F401
-        threadpool_limits(limits=1, user_api="blas")
+        # a follower's answers equal the trainer's bit for bit.
+        limit_blas_threads(1)
         # Before the first request: the dtype of the configuration (float32 unless set);
         # a snapshot of another dtype warms its kernels as it arrives.
         self._warmed = {cfg.model.get("dtype", "float32")}

@@ -199,10 +199,9 @@ def main(argv=None):
     # BLAS threads per process, set here so the processes together do not oversubscribe
     # the cores: one for ingest and each predict worker (a one-row GEMV gains nothing from
     # more), the trainer's own `blas_threads` (set by its training thread).  Numba's GEMMs
-    # call SciPy's OpenBLAS: load it first, or the limit would miss it.
-    import scipy.linalg.cython_blas  # noqa: F401
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(limits=config.blas_threads if role == "trainer" else 1, user_api="blas")
+    # call SciPy's OpenBLAS.
+    from learnd.daemon.blas import limit_blas_threads
+    limit_blas_threads(config.blas_threads if role == "trainer" else 1)
     if role == "ingest":
         from learnd.daemon.ingest.process import IngestProcess as cls
     elif role == "trainer":

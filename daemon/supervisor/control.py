@@ -10,7 +10,7 @@ import math
 from learnd.clients.protocol import ProtocolError
 from learnd.engine import EngineError
 
-from learnd.daemon.errors import ConfigError
+from learnd.daemon.errors import ConfigError, UnsupportedOperation
 
 OPS = ("status", "set", "checkpoint", "gradcheck", "rollback", "freeze", "unfreeze", "shutdown")
 
@@ -63,7 +63,7 @@ def error_for(exc):
         return "bad_setting", str(exc).strip('"')
     if isinstance(exc, LookupError):
         return "not_ready", str(exc)
-    if isinstance(exc, NotImplementedError):    # an op this daemon's mode does not allow
+    if isinstance(exc, UnsupportedOperation):
         return "unsupported", str(exc)
     return "internal", f"{type(exc).__name__}: {exc}"
 

@@ -15,10 +15,10 @@ import signal
 import time
 
 import zmq
-from threadpoolctl import threadpool_limits
 
 from learnd.clients import protocol
 from learnd.clients.protocol import Limits, ProtocolError
+from learnd.daemon.blas import limit_blas_threads
 from learnd.daemon.errors import StartupError
 from learnd.daemon.ingest.budget import IngestBudget, queued_values
 from learnd.daemon.ingest.checks import IngestChecker, train_fields
@@ -195,8 +195,7 @@ class Server:
         The steps run under the trainer's BLAS thread limit: OpenBLAS may round a GEMM
         differently with another thread count, and a replayed step must equal the live one.
         """
-        import scipy.linalg.cython_blas  # noqa: F401  (load it before limiting its threads)
-        with threadpool_limits(limits=self.config.blas_threads, user_api="blas"):
+        with limit_blas_threads(self.config.blas_threads):
             replayed = self._replay_wal_records()
         if replayed:
             self.metrics.wal_replayed.inc(replayed)

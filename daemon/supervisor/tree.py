@@ -39,7 +39,7 @@ from learnd.daemon.serving.snapshots import SnapshotReader
 from learnd.daemon.supervisor import control as control_ops
 from learnd.daemon.supervisor import sockets
 from learnd.daemon.supervisor.child import SUPERVISOR_PID_ENV
-from learnd.daemon.supervisor.collect import TreeCollector, ask
+from learnd.daemon.supervisor.collect import TreeCollector
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
 from learnd.daemon.supervisor.httpd import make_server, serve_in_thread

@@ -17,7 +17,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from learnd.clients.protocol import TRAIN_SPLITS
 from learnd.engine import EngineError, Model, Population, Replay
@@ -28,7 +27,8 @@ from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 from learnd.engine.warm import warm_up
 
-from learnd.daemon.errors import StartupError
+from learnd.daemon.blas import limit_blas_threads
+from learnd.daemon.errors import StartupError, UnsupportedOperation
 from learnd.daemon.ingest import splits
 from learnd.daemon.ingest.dedupe import Dedupe
 from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
@@ -838,7 +838,7 @@ class Trainer(threading.Thread):
 
     def _refuse_in_group(self, op):
         if self.group is not None:
-            raise NotImplementedError(f"{op} changes one rank's model; a data-parallel group's ranks "
+            raise UnsupportedOperation(f"{op} changes one rank's model; a data-parallel group's ranks "
                                       "must step together")
 
     def set_frozen(self, frozen):
@@ -1029,10 +1029,7 @@ class Trainer(threading.Thread):
 
     def run(self):
         try:
-            # Numba's np.dot calls SciPy's OpenBLAS: load it before limiting its threads,
-            # or the limit would miss the library that does all of training's GEMMs.
-            import scipy.linalg.cython_blas  # noqa: F401
-            with threadpool_limits(limits=self.config.blas_threads, user_api="blas"):
+            with limit_blas_threads(self.config.blas_threads):
                 self.warm_up()
                 if self.model is not None:
                     self.ready.set()
