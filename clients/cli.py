@@ -555,6 +555,12 @@ def main(argv=None):
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of our output left (`learnd predict FILE | head`): stop quietly, as
+        # other command-line tools do.  stdout is pointed at /dev/null so that the
+        # interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

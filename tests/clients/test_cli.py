@@ -58,6 +58,12 @@ def test_every_command(daemons, data_files):
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert len(lines) == len(Xte)
     assert np.mean([row["y"] == label for row, label in zip(lines, yte)]) > 0.8
+    # A reader that leaves early (`| head -1`) ends predict quietly with exit 0.
+    head = subprocess.run(f"{sys.executable} -m learnd predict {tmp / 'test.csv'} --label digit {pre} | head -1; "
+                          "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True,
+                          text=True, timeout=120)
+    assert head.returncode == 0 and head.stderr == "", head.stderr
+    assert len(head.stdout.splitlines()) == 1
     rows = "\n".join(json.dumps(list(map(float, x))) for x in Xte[:3])
     r = learnd("predict", "-", "--output", "proba", pre, stdin=rows)
     assert r.returncode == 0, r.stderr
