@@ -12,8 +12,20 @@ from . import files
 COMPOSE = files.DEPLOY / "compose.yaml"
 
 
+def _interpolated(value):
+    """`value` with compose's ${NAME:-default} replaced by its default (nothing set)."""
+    if isinstance(value, dict):
+        return {k: _interpolated(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolated(v) for v in value]
+    if isinstance(value, str):
+        return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    return value
+
+
 def _compose():
-    return files.load_yaml(COMPOSE)
+    """The compose file as compose reads it with no variable set."""
+    return _interpolated(files.load_yaml(COMPOSE))
 
 
 def _bind_mounts(service):
@@ -80,10 +92,15 @@ def test_prometheus_scrapes_the_learnd_service_and_loads_the_rules():
     config = files.load_yaml(mounts["/etc/prometheus/prometheus.yml"])
     assert mounts["/etc/prometheus/rules.yml"].resolve() == files.RULES
     assert config["rule_files"] == ["rules.yml"]
-    (job,) = config["scrape_configs"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     metrics_port = files.dockerfile_env()["LEARND_METRICS"].rsplit(":", 1)[1]
-    assert job["job_name"] == "learnd"
-    assert job["static_configs"] == [{"targets": [f"learnd:{metrics_port}"]}]
+    assert set(jobs) == {"learnd", "learnd-follower"}
+    assert jobs["learnd"]["static_configs"] == [{"targets": [f"learnd:{metrics_port}"]}]
+    followers = sorted(name for name in compose["services"] if name.startswith("follower-"))
+    assert jobs["learnd-follower"]["static_configs"] == [{"targets": [f"{f}:{metrics_port}" for f in followers]}]
+    # Built from Debian's package on a base given as a build argument.
+    assert (COMPOSE.parent / prometheus["build"]["context"]).resolve() == files.DEPLOY / "prometheus"
+    assert prometheus["build"]["args"]["DEBIAN_IMAGE"] == "debian:bookworm-slim"
 
 
 def test_grafana_is_provisioned_with_the_datasource_and_the_dashboard():

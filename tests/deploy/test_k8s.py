@@ -2,6 +2,11 @@
 ports, labels, paths and probes."""
 from __future__ import annotations
 
+import copy
+
+import kubernetes_validate
+import pytest
+
 from . import files
 
 K8S = files.DEPLOY / "k8s"
@@ -128,9 +133,14 @@ def test_the_service_monitor_scrapes_the_metrics_port_as_job_learnd():
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] in {p["name"] for p in selected[0]["spec"]["ports"]}
     assert endpoint["path"] == "/metrics"
-    # The operator names the job after the Service; the alert rules select job="learnd".
+    # The operator names the job after the Service; the alert rules select job="learnd",
+    # or job="learnd-follower" (the followers' Service) for the followers' own alert.
     assert "jobLabel" not in monitor["spec"]
-    assert all('job="learnd"' in r["expr"] for r in files.rules())
+    followers = objects[("ServiceMonitor", "learnd-follower")]
+    assert "jobLabel" not in followers["spec"] and ("Service", "learnd-follower") in objects
+    for rule in files.rules():
+        job = "learnd-follower" if "learnd_follower_" in rule["expr"] else "learnd"
+        assert f'job="{job}"' in rule["expr"], rule["alert"]
 
 
 def test_followers_follow_the_learnd_service_and_scale_behind_their_own():
@@ -166,3 +176,38 @@ def test_followers_follow_the_learnd_service_and_scale_behind_their_own():
     monitor = objects[("ServiceMonitor", "learnd-follower")]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert not monitor["spec"]["selector"]["matchLabels"].items() <= learnd["metadata"]["labels"].items()
+
+
+# Kinds whose schemas are not the Kubernetes API's: the Prometheus operator's
+# ServiceMonitor (a CustomResourceDefinition) and kustomize's own file.  The tests above
+# check those two by hand.
+NOT_IN_THE_API = {"ServiceMonitor", "Kustomization"}
+# The newest Kubernetes release kubernetes-validate carries schemas for, and one three
+# minor releases older (clusters run behind).
+API_VERSIONS = ("1.34.0", "1.37.0")
+
+
+def _api_objects():
+    return [(path.name, doc) for path in sorted(K8S.glob("*.yaml")) for doc in files.load_yaml_all(path)
+            if doc["kind"] not in NOT_IN_THE_API]
+
+
+@pytest.mark.parametrize("version", API_VERSIONS)
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(version):
+    """Offline, strict: a misspelled or misplaced field is an error, not ignored."""
+    checked = []
+    for name, doc in _api_objects():
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{name}: {doc['kind']} {doc['metadata']['name']} is not valid for Kubernetes "
+                        f"{version}: {e}")
+        checked.append(doc["kind"])
+    assert {"StatefulSet", "Deployment", "Service", "HorizontalPodAutoscaler"} <= set(checked)
+
+
+def test_the_schema_check_refuses_a_misplaced_field():
+    trainer = copy.deepcopy(_trainer())
+    trainer["spec"]["template"]["spec"]["containers"][0]["port"] = 5555     # for `ports`
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(trainer, API_VERSIONS[-1], strict=True)
