@@ -15,7 +15,6 @@ serves the version it holds and reports the lag (serving.subscription).
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -40,7 +39,8 @@ from learnd.daemon.supervisor import control as control_ops
 from learnd.daemon.supervisor import sockets
 from learnd.daemon.supervisor.curve import EXIT_KEYS, CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
-from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
+from learnd.daemon.stopping import stop_http, stop_threads
+from learnd.daemon.supervisor.httpd import bind_metrics, serve_in_thread
 
 log = logging.getLogger("learnd.follower")
 
@@ -127,13 +127,7 @@ class Follower:
             for name, n in self.curve.allowed_keys().items():
                 if name in ("predict", "control"):
                     self.metrics.auth_allowed_keys.labels(name).set(n)
-        try:
-            self.http = make_server(cfg.metrics_host, cfg.metrics_port, self.metrics.registry,
-                                    self.healthy, self.ready)
-        except OSError as exc:
-            raise StartupError(f"cannot serve metrics on {cfg.metrics}: {exc.strerror}",
-                               EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
-        self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
+        self.http, self.bound["metrics"] = bind_metrics(cfg, self.metrics.registry, self.healthy, self.ready)
         self.bound["from"] = self.source
         self.metrics.add_live_collector(self._live_values)
         self.predictor = PredictServer(predict, self.subscription, self.metrics, self.limits, NoIdStore(),
@@ -323,15 +317,8 @@ class Follower:
 
     # -- shutdown ------------------------------------------------------------------------------
     def shutdown(self):
-        if self.predictor is not None:
-            self.predictor.should_exit.set()
-            self.predictor.join(5)
-        if self.handshakes is not None and self.handshakes.is_alive():
-            self.handshakes.should_exit.set()
-            self.handshakes.join(5)
-        if self.http is not None:
-            self.http.shutdown()
-            self.http.server_close()
+        stop_threads(self.predictor, self.handshakes)
+        stop_http(self.http)
         if self.ctx is not None:
             self._close_subscription()
             if getattr(self, "control", None) is not None:

@@ -21,6 +21,7 @@ from learnd.engine.warm import warm_up
 from learnd.daemon.serving.latency import satisficing, satisficing_values
 from learnd.daemon.serving.predictor import PredictServer
 from learnd.daemon.serving.snapshots import SnapshotReader
+from learnd.daemon.stopping import stop_threads
 from learnd.daemon.supervisor.child import ChildProcess
 
 log = logging.getLogger("learnd.predict")
@@ -117,6 +118,5 @@ class PredictProcess(ChildProcess):
             self.should_exit = True
 
     def shutdown(self):
-        self.predictor.should_exit.set()
-        self.predictor.join(5)
+        stop_threads(self.predictor)
         self.reader.close()

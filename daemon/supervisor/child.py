@@ -26,6 +26,7 @@ from learnd.clients.protocol import Limits, ProtocolError
 from learnd.daemon import logs
 from learnd.daemon.errors import StartupError
 from learnd.daemon.metrics import Metrics
+from learnd.daemon.stopping import stop_threads
 from learnd.daemon.supervisor import sockets
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
@@ -140,9 +141,7 @@ class ChildProcess(abc.ABC):
                         break
         finally:
             self.shutdown()
-            if self.handshakes is not None:
-                self.handshakes.should_exit.set()
-                self.handshakes.join(5)
+            stop_threads(self.handshakes)
             for sock in self._sockets:
                 sock.close(linger=0)
             if self.curve is not None:

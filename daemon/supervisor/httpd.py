@@ -1,10 +1,14 @@
 """The metrics HTTP server: /metrics (Prometheus text), /healthz, /readyz."""
 from __future__ import annotations
 
+import errno
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from learnd.daemon.errors import StartupError
+from learnd.daemon.supervisor.sockets import EXIT_PORT_IN_USE
 
 
 def make_server(host, port, registry, healthy, ready):
@@ -37,6 +41,17 @@ def make_server(host, port, registry, healthy, ready):
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     return server
+
+
+def bind_metrics(config, registry, healthy, ready):
+    """(server, its /metrics URL): make_server on the configured metrics address, or a
+    StartupError saying why not (exit 3 when the port is taken)."""
+    try:
+        server = make_server(config.metrics_host, config.metrics_port, registry, healthy, ready)
+    except OSError as exc:
+        raise StartupError(f"cannot serve metrics on {config.metrics}: {exc.strerror}",
+                           EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
+    return server, f"http://{config.metrics_host}:{server.server_address[1]}/metrics"
 
 
 def serve_in_thread(server):

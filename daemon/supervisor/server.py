@@ -7,7 +7,6 @@ client keys).  Signal handlers only set flags (`should_exit`, `reload_requested`
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -35,7 +34,8 @@ from learnd.daemon.supervisor import control as control_ops
 from learnd.daemon.supervisor import sockets, statedir
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
-from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
+from learnd.daemon.stopping import stop_http, stop_threads
+from learnd.daemon.supervisor.httpd import bind_metrics, serve_in_thread
 from learnd.daemon.training.checkpoints import CheckpointStore, decode
 from learnd.daemon.training.trainer import Trainer
 from learnd.engine.state import write_atomic
@@ -119,13 +119,7 @@ class Server:
             self.trainer.broadcast = SnapshotBroadcast(watched["snapshots"])
         self.handshakes = HandshakeWatcher(self.ctx, watched, self.metrics.auth_failures, self.curve)
         self._show_allowed_keys()
-        try:
-            self.http = make_server(cfg.metrics_host, cfg.metrics_port, self.metrics.registry,
-                                    self.healthy, self.ready)
-        except OSError as exc:
-            raise StartupError(f"cannot serve metrics on {cfg.metrics}: {exc.strerror}",
-                               EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
-        self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
+        self.http, self.bound["metrics"] = bind_metrics(cfg, self.metrics.registry, self.healthy, self.ready)
         self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store,
                                        cfg.predict_batch_window_us, cfg.predict_batch_max_rows,
                                        cfg.predict_spin_us)
@@ -371,15 +365,8 @@ class Server:
             self.trainer.stopped.wait(self.DRAIN_TIMEOUT_S)
             if getattr(self, "control_endpoint", None) is not None:
                 self.control_endpoint.answer_ready()
-        if self.predictor is not None:
-            self.predictor.should_exit.set()
-            self.predictor.join(5)
-        if self.handshakes is not None and self.handshakes.is_alive():
-            self.handshakes.should_exit.set()
-            self.handshakes.join(5)
-        if self.http is not None:
-            self.http.shutdown()
-            self.http.server_close()
+        stop_threads(self.predictor, self.handshakes)
+        stop_http(self.http)
         if self.trainer is not None and self.trainer.broadcast is not None:
             self.trainer.broadcast.socket.close(linger=0)
         for name in ("ingest", "control"):

@@ -16,7 +16,6 @@ Exit codes beside the single-process daemon's: 7 when a child keeps dying
 from __future__ import annotations
 
 import collections
-import errno
 import itertools
 import json
 import logging
@@ -42,11 +41,12 @@ from learnd.daemon.supervisor.child import SUPERVISOR_PID_ENV
 from learnd.daemon.supervisor.collect import TreeCollector
 from learnd.daemon.supervisor.curve import CurveServer, HandshakeWatcher
 from learnd.daemon.supervisor.endpoint import ControlEndpoint
-from learnd.daemon.supervisor.httpd import make_server, serve_in_thread
+from learnd.daemon.supervisor.httpd import bind_metrics, serve_in_thread
 from learnd.daemon.supervisor.proxy import PredictProxy
+from learnd.daemon.stopping import stop_http, stop_threads
 from learnd.daemon.supervisor.rundir import RunDir
 from learnd.daemon.supervisor import statedir
-from learnd.daemon.supervisor.server import ENDPOINTS_FILE, EXIT_PORT_IN_USE
+from learnd.daemon.supervisor.server import ENDPOINTS_FILE
 from learnd.engine.state import write_atomic
 
 log = logging.getLogger("learnd.supervisor")
@@ -222,12 +222,7 @@ class Supervisor:
             "learnd_ready": ("1 when the model exists and its kernels are compiled.", float(self.ready())),
         })
         self._snapshots = SnapshotReader(self.rundir.snapshots)
-        try:
-            self.http = make_server(cfg.metrics_host, cfg.metrics_port, self.registry, self.healthy, self.ready)
-        except OSError as exc:
-            raise StartupError(f"cannot serve metrics on {cfg.metrics}: {exc.strerror}",
-                               EXIT_PORT_IN_USE if exc.errno == errno.EADDRINUSE else 1) from None
-        self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
+        self.http, self.bound["metrics"] = bind_metrics(cfg, self.registry, self.healthy, self.ready)
         serve_in_thread(self.http)
         write_atomic(os.path.join(cfg.state_dir, ENDPOINTS_FILE),
                      json.dumps({**self.bound, "pid": os.getpid()}, indent=1).encode())
@@ -552,12 +547,8 @@ class Supervisor:
                 c.proc.wait(10)
             if c.proc.returncode not in (0, None):
                 log.warning("the %s process exited with %s", role, c.proc.returncode)
-        if getattr(self, "handshakes", None) is not None:
-            self.handshakes.should_exit.set()
-            self.handshakes.join(5)
-        if self.http is not None:
-            self.http.shutdown()
-            self.http.server_close()
+        stop_threads(getattr(self, "handshakes", None))
+        stop_http(self.http)
         if self.ctx is not None:
             for sock in [getattr(self, "control", None), *getattr(self, "links", {}).values()]:
                 if sock is not None:
