@@ -135,6 +135,28 @@ class Network:
         self.train_work = Workspace(lay.units_per_row, self.dtype)
         self.infer_work = Workspace(lay.infer_units_per_row, self.dtype)
         self._initialize(rng)
+        self.set_frozen(spec.freeze_layers)
+
+    def set_frozen(self, layers):
+        """Freeze the given layers (numbered from 1): `frozen` (L,) uint8 flags them for
+        the running-statistics update, `frozen_ranges` (k, 2) holds each one's
+        [start, stop) in the flat parameter buffer (a layer's W, b or gamma, beta lie
+        together), whose gradient the step zeroes."""
+        table = self.layout.table
+        n_layers = table.shape[0]
+        self.frozen = np.zeros(n_layers, dtype=np.uint8)
+        ranges = []
+        for l in layers:
+            self.frozen[l - 1] = 1
+            stop = int(table[l, K.OFF_W]) if l < n_layers else self.layout.n_params
+            ranges.append((int(table[l - 1, K.OFF_W]), stop))
+        self.frozen_ranges = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+
+    def trainable_slices(self):
+        """param_slices of the layers that are not frozen."""
+        frozen = {l + 1 for l in np.flatnonzero(self.frozen)}
+        return {name: where for name, where in self.layout.param_slices.items()
+                if int(name.lstrip("Wbgametabeta")) not in frozen}
 
     def _initialize(self, rng):
         sizes = self.spec.layer_sizes
@@ -170,6 +192,15 @@ class Network:
             spec.l2 if l2 is None else l2, spec.l1 if l1 is None else l1,
             work, self.train_work.cap, self.feat, rng_state, dropout, grad)
 
+    def input_loss_and_grad(self, X, Y, w, shift, inv_scale, dX, *, grad=True):
+        """Inference-mode J on (X, Y, w) and, when grad, dJ/dX into dX (m, n0) in the
+        network's dtype, through the input normalizer (kernels.network.input_loss_and_grad).
+        Uses the training workspace, so it must not run between a step's passes."""
+        work = self.train_work.ensure(X.shape[0])
+        return K.input_loss_and_grad(X, Y, w, shift, inv_scale, self.flat_params, self.flat_stats,
+                                     self.layout.table, self.layout.head, self.spec.bn_eps, work,
+                                     self.train_work.cap, dX, grad)
+
     def head_outputs(self, m):
         """(m, n_outputs) view of the head's outputs (softmax rows, sigmoid
         probabilities or values) from the last training pass over m rows."""
@@ -179,7 +210,8 @@ class Network:
         return self.train_work.buf[start:start + m * n].reshape(m, n)
 
     def update_running_stats(self, m):
-        K.update_running_stats(self.flat_stats, self.feat, self.layout.table, m, self.spec.bn_beta)
+        K.update_running_stats(self.flat_stats, self.feat, self.layout.table, m, self.spec.bn_beta,
+                               self.frozen)
 
     def copy_as(self, dtype):
         """A separate Network with this one's values cast to `dtype` (for gradient checks)."""
