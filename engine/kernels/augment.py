@@ -13,7 +13,7 @@ from .rng import next_below, next_beta, next_normal, next_uniform
 @njit(cache=True, nogil=True, error_model="numpy")
 def shift_flip(X, height, width, channels, max_shift, flip, rng_state, Out):
     """Each row, read as an image (height, width, channels) in C order, moved by
-    (dy, dx) drawn uniformly from [-max_shift, max_shift] and, when flip, mirrored left
+    (dy, dx) drawn uniformly from [-max_shift, max_shift] and then, when flip, mirrored left
     to right with probability 1/2.  Pixels shifted in repeat the nearest edge pixel,
     so no value is invented that the image did not hold.
 
