@@ -112,6 +112,22 @@ class Workspace:
         return self.buf
 
 
+class InputGradWork:
+    """Scratch of the input gradient beyond the inference workspace: the head's P and
+    dZ (m, K) and one (m, widest hidden layer) buffer, cut from one growable Workspace."""
+
+    def __init__(self, sizes, dtype):
+        self.n_outputs = sizes[-1]
+        self.widest = max(sizes[1:-1], default=0)
+        self.work = Workspace(2 * self.n_outputs + self.widest, dtype)
+
+    def parts(self, m):
+        buf = self.work.ensure(m)
+        k = m * self.n_outputs
+        return (buf[:k].reshape(m, self.n_outputs), buf[k:2 * k].reshape(m, self.n_outputs),
+                buf[2 * k:2 * k + m * self.widest])
+
+
 class Network:
     """Parameters, gradients and running statistics of one network, in flat buffers.
 
@@ -134,6 +150,7 @@ class Network:
         self.stats = lay.views(self.flat_stats, lay.stat_slices)
         self.train_work = Workspace(lay.units_per_row, self.dtype)
         self.infer_work = Workspace(lay.infer_units_per_row, self.dtype)
+        self.input_grad_work = InputGradWork(spec.layer_sizes, self.dtype)
         self._initialize(rng)
         self.set_frozen(spec.freeze_layers)
 
@@ -195,11 +212,13 @@ class Network:
     def input_loss_and_grad(self, X, Y, w, shift, inv_scale, dX, *, grad=True):
         """Inference-mode J on (X, Y, w) and, when grad, dJ/dX into dX (m, n0) in the
         network's dtype, through the input normalizer (kernels.network.input_loss_and_grad).
-        Uses the training workspace, so it must not run between a step's passes."""
-        work = self.train_work.ensure(X.shape[0])
+        Uses the inference workspace and a scratch of its own."""
+        m = X.shape[0]
+        work = self.infer_work.ensure(m)
+        P, dZ, scratch = self.input_grad_work.parts(m)
         return K.input_loss_and_grad(X, Y, w, shift, inv_scale, self.flat_params, self.flat_stats,
-                                     self.layout.table, self.layout.head, self.spec.bn_eps, work,
-                                     self.train_work.cap, dX, grad)
+                                     self.layout.infer_table, self.layout.head, self.spec.bn_eps, work,
+                                     self.infer_work.cap, P, dZ, scratch, dX, grad)
 
     def head_outputs(self, m):
         """(m, n_outputs) view of the head's outputs (softmax rows, sigmoid
@@ -277,6 +296,22 @@ class Snapshot:
         K.predict_forward(X, self.shift, self.inv_scale, self.params, self.stats, self.table,
                           self.head, self.bn_eps, self.out_scale, self.out_shift, buf, workspace.cap, out)
         return out
+
+    def input_loss_and_grad_into(self, X, Y, dX, workspace, grad_work):
+        """Inference-mode J on (X, Y) and dJ/dX into dX (m, n0), as Network's; Y in
+        target units (mapped to the units the head learns here).  workspace from
+        new_workspace(), grad_work from new_input_grad_work(); X checked by the caller."""
+        m = X.shape[0]
+        buf = workspace.ensure(m)
+        P, dZ, scratch = grad_work.parts(m)
+        Y = (Y - self.out_shift) / self.out_scale
+        return K.input_loss_and_grad(X, Y, np.empty(0, dtype=self.dtype), self.shift, self.inv_scale, self.params, self.stats,
+                                     self.table, self.head, self.bn_eps, buf, workspace.cap, P, dZ,
+                                     scratch, dX, True)
+
+    def new_input_grad_work(self):
+        sizes = [int(self.table[0, K.N_IN])] + [int(n) for n in self.table[:, K.N_OUT]]
+        return InputGradWork(sizes, self.dtype)
 
     # -- one buffer ------------------------------------------------------------------------
     def to_bytes(self):

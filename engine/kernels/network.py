@@ -145,16 +145,18 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def input_loss_and_grad(X, Y, w, shift, inv_scale, params, stats, layers, head, bn_eps,
-                        work, cap, dX, compute_grad):
+                        work, cap, P, dZ, scratch, dX, compute_grad):
     """Inference-mode J on (X, Y, w) and, when compute_grad, dJ/dX into dX: the
     gradient with respect to the raw inputs, through the input normalizer.
 
     Inference mode (running statistics, no dropout) makes each row's gradient depend
     on that row alone, as the attacked prediction does.  The weights' penalty does
     not depend on X and is left out of J.
-    X: (m, n0) raw inputs  Y: (m, K)  w: (m,) weights over their mean, or (0,).
-    dX: (m, n0) in the parameters' dtype.  `layers` is the training table: each layer
-    keeps Z, A and G slots of `work` (`cap` rows).
+    X: (m, n0) raw inputs  Y: (m, K) targets in the units the head learns  w: (m,)
+    weights over their mean, or (0,).  `layers` is an inference table (predict_forward's):
+    each hidden layer's Z slot of `work` (`cap` rows) ends up holding its activation A,
+    which the backward pass overwrites with dZ.  P, dZ: (m, K) scratch for the head.
+    scratch: at least m * (widest hidden layer) values.  dX: (m, n0).
     Backward of A0 = (X - shift) * inv_scale:  dX = (dZ1 W1) * inv_scale.
     """
     m = X.shape[0]
@@ -174,35 +176,33 @@ def input_loss_and_grad(X, Y, w, shift, inv_scale, params, stats, layers, head, 
                                    _seg(params, layers[l, OFF_BETA], n_out),
                                    _seg(stats, layers[l, OFF_RMEAN], n_out),
                                    _seg(stats, layers[l, OFF_RVAR], n_out), bn_eps, Z)
-        A = _rows(work, layers[l, SLOT_A], cap, m, n_out)
-        activation_forward(Z, A, layers[l, ACT])
-        A_prev = A
-    n_last = layers[L - 1, N_OUT]
-    loss = head_loss(head, _rows(work, layers[L - 1, SLOT_Z], cap, m, n_last), Y, w,
-                     _rows(work, layers[L - 1, SLOT_A], cap, m, n_last),
-                     _rows(work, layers[L - 1, SLOT_G], cap, m, n_last))
+        activation_forward(Z, Z, layers[l, ACT])
+        A_prev = Z
+    loss = head_loss(head, _rows(work, layers[L - 1, SLOT_Z], cap, m, layers[L - 1, N_OUT]), Y, w, P, dZ)
     if not compute_grad:
         return loss
+    G = dZ
     for l in range(L - 1, -1, -1):
         n_in = layers[l, N_IN]
-        n_out = layers[l, N_OUT]
-        G = _rows(work, layers[l, SLOT_G], cap, m, n_out)
-        if l < L - 1:
-            # G holds dA; A = g(Y) with Y = gamma (Z - running_mean) / sqrt(running_var + eps) + beta
-            # (or Y = Z), so dZ = dA g'(A) [* gamma / sqrt(running_var + eps)].
-            activation_backward(G, _rows(work, layers[l, SLOT_A], cap, m, n_out), G, layers[l, ACT])
-            if layers[l, OFF_GAMMA] >= 0:
-                gamma = _seg(params, layers[l, OFF_GAMMA], n_out)
-                rvar = _seg(stats, layers[l, OFF_RVAR], n_out)
-                for j in range(n_out):
-                    scale = gamma[j] / np.sqrt(rvar[j] + bn_eps)
-                    for i in range(m):
-                        G[i, j] *= scale
-        W = _matrix(params, layers[l, OFF_W], n_out, n_in)
-        if l > 0:
-            np.dot(G, W, _rows(work, layers[l - 1, SLOT_G], cap, m, n_in))
-        else:
+        W = _matrix(params, layers[l, OFF_W], layers[l, N_OUT], n_in)
+        if l == 0:
             np.dot(G, W, dX)
+            break
+        p = l - 1
+        dA = scratch[:m * n_in].reshape((m, n_in))
+        np.dot(G, W, dA)
+        # Layer p's slot holds A = g(Y), Y = gamma (Z - running_mean) / sqrt(running_var + eps)
+        # + beta (or Y = Z); dZ = dA g'(A) [* gamma / sqrt(running_var + eps)] replaces A.
+        A = _rows(work, layers[p, SLOT_Z], cap, m, n_in)
+        activation_backward(dA, A, A, layers[p, ACT])
+        if layers[p, OFF_GAMMA] >= 0:
+            gamma = _seg(params, layers[p, OFF_GAMMA], n_in)
+            rvar = _seg(stats, layers[p, OFF_RVAR], n_in)
+            for j in range(n_in):
+                scale = gamma[j] / np.sqrt(rvar[j] + bn_eps)
+                for i in range(m):
+                    A[i, j] *= scale
+        G = A
     n0 = layers[0, N_IN]
     for i in range(m):
         for j in range(n0):

@@ -121,3 +121,16 @@ def test_adversarial_settings_are_validated():
         Model(adversarial_fraction=1.5)
     with pytest.raises(EngineError, match="adversarial_epsilon"):
         Model(adversarial_epsilon=-0.1)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_snapshot_gives_the_models_input_gradient(rng, task):
+    from learnd.engine.network import Snapshot
+
+    model = trained("relu", task, True, rng, normalize_targets=task == "regression")
+    X, y = batch(task, 7, 5, rng, scale=2.0)
+    snap = Snapshot.from_buffer(model.snapshot().to_bytes())
+    dX = np.empty((7, 5))
+    Y = targets(task, y, N_OUTPUTS[task])
+    snap.input_loss_and_grad_into(X, Y, dX, snap.new_workspace(), snap.new_input_grad_work())
+    assert_allclose(dX, model.input_gradient(X, y), rtol=1e-9, atol=1e-13)
