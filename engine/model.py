@@ -34,7 +34,7 @@ LIVE_SETTINGS = ("lr", "l2", "l1", "clip_norm", "bn_beta", "beta1", "beta2", "ep
 
 # What from_pretrained keeps of the source: the trunk's shape and numerics.
 _TRUNK_SETTINGS = ("hidden", "activation", "input_dim", "batch_norm", "bn_eps", "dtype",
-                   "normalize_inputs", "input_shape")
+                   "normalize_inputs")
 
 
 class Model:
@@ -481,7 +481,7 @@ class Model:
         model_or_path: a Model, or the path of a model file (Model.save).
         task, n_outputs: the new task (default: the source's).  settings: any other
         Model setting but the trunk's shape and numerics (hidden, activation,
-        input_dim, batch_norm, bn_eps, dtype, normalize_inputs, input_shape).
+        input_dim, batch_norm, bn_eps, dtype, normalize_inputs).
         """
         source = model_or_path if isinstance(model_or_path, Model) else cls.load(model_or_path)
         if source.network is None:
