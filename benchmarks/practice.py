@@ -21,7 +21,8 @@ digits 5-9 (labels 0-4) from k rows per class drawn from the training rows; "fro
 reinitializes the head and freezes layers 1-2, "fine-tuned" trains every layer from
 the source's weights, "scratch" is a fresh network.
 augment: the first N training rows of digits (input_shape (8, 8)); shifts of 1 pixel,
-noise of 0.2 normalized units, mixup alpha 0.2, and all three.
+noise of 0.2 normalized units, mixup alpha 0.2, and all three; scored on the held-out
+rows as they are (centred, like the training rows) and moved by one pixel.
 """
 from __future__ import annotations
 
@@ -149,17 +150,34 @@ AUGMENTS = {
 }
 
 
+def shifted_copy(X, shape, seed):
+    """Every row moved by one pixel in a random direction (dy, dx not both 0), the edge
+    repeated: held-out digits that are no longer centred."""
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    out = np.empty_like(X)
+    moves = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    for i, row in enumerate(X):
+        dy, dx = moves[rng.integers(len(moves))]
+        img = np.pad(row.reshape(H, W), 1, mode="edge")
+        out[i] = img[1 - dy:1 - dy + H, 1 - dx:1 - dx + W].reshape(-1)
+    return out
+
+
 def augment(seeds, sizes=(100, 300)):
     Xtr, ytr, Xte, yte = split("digits")
+    X_shifted = shifted_copy(Xte, (8, 8), 7)
     out = {}
     for n in sizes:
         rows = {}
         for label, extra in AUGMENTS.items():
-            errors = []
+            errors, shifted = [], []
             for s in seeds:
                 model = Model(hidden=HIDDEN, task="multiclass", n_outputs=10, seed=s, input_shape=(8, 8), **extra)
-                errors.append(error(train(model, Xtr[:n], ytr[:n], AUGMENT_PASSES, s), Xte, yte))
-            rows[label] = summary(errors)
+                train(model, Xtr[:n], ytr[:n], AUGMENT_PASSES, s)
+                errors.append(error(model, Xte, yte))
+                shifted.append(error(model, X_shifted, yte))
+            rows[label] = {"held-out": summary(errors), "held-out shifted 1px": summary(shifted)}
         out[str(n)] = rows
     return out
 
