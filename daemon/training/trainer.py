@@ -398,6 +398,11 @@ class Trainer(threading.Thread):
             return
         spec = self.model.spec.to_dict()
         live = {k: v for k, v in self.config.model.items() if k in LIVE_SETTINGS and spec.get(k) != v}
+        after = self.model.spec.unfreeze_after_rows
+        if after and self.model.samples_seen >= after:
+            # The configured freeze has run its course (unfreeze_after_rows): a restart
+            # must not freeze the fine-tuned trunk again.
+            live.pop("freeze_layers", None)
         if live:
             self.model.set(**live)
             log.info("configured settings applied to the resumed model: %s", live)

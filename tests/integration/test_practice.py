@@ -99,13 +99,17 @@ def test_unfreeze_after_rows_fine_tunes_the_trunk(daemons, digits, source_file):
     X, y = digits
     path, source = source_file
     high = y >= 5
-    d = daemons(args=settings(init_from=f'"{path}"', freeze_layers="[1]", unfreeze_after_rows=256,
-                              replay_ratio=0))
+    args = settings(init_from=f'"{path}"', freeze_layers="[1]", unfreeze_after_rows=256, replay_ratio=0)
+    d = daemons(args=args)
     stream(d.ingest, X[high][:512], y[high][:512] - 5, task="multiclass", n_outputs=5)
     trained(d, 512)
     model = newest_model(d)
     assert model.spec.freeze_layers == ()
     assert not np.array_equal(model.params["W1"], source.params["W1"])
+    # A restart resumes the fine-tuning model: the configured freeze has run its course.
+    assert d.stop() == 0
+    again = daemons(args=args, state_dir=d.state_dir)
+    assert newest_model(again).spec.freeze_layers == ()
 
 
 @pytest.mark.parametrize("bad, expected", [
