@@ -166,21 +166,47 @@ def test_fgsm_examples_from_the_predict_socket_and_the_attacked_error_per_split(
         assert err.value.code == "bad_label"
 
 
-def test_augmented_and_adversarial_training_leave_predict_rows_alone(daemons, digits):
+def evaluation_of_version(d, version, dev_rows):
+    """An evaluation-history record (eval-history.jsonl) of the model version `version`
+    with `dev_rows` rows in its dev split."""
+    import json
+    import os
+
+    path = os.path.join(d.state_dir, "eval-history.jsonl")
+    found = []
+
+    def seen():
+        if os.path.exists(path):
+            with open(path) as f:
+                found[:] = [r for r in map(json.loads, f) if r["version"] == version
+                            and r["splits"].get("dev", {}).get("rows") == dev_rows]
+        return bool(found)
+
+    d.wait_until(seen, what=f"an evaluation of version {version}")
+    return found[-1]
+
+
+def test_augmented_and_adversarial_training_leave_held_out_and_predict_rows_alone(daemons, digits):
     X, y = digits
     d = daemons(args=settings(hidden="[32]", input_shape="[8, 8]", augment_shift=1, augment_noise_std=0.1,
                               augment_mixup_alpha=0.2, adversarial_epsilon=1.0, adversarial_fraction=0.5,
-                              replay_ratio=0))
+                              replay_ratio=0, eval_interval_s=0.3))
     stream(d.ingest, X[:640], y[:640])
+    stream(d.ingest, X[640:840], y[640:840], split="dev")
     status = trained(d, 640)
     model = newest_model(d)
     assert model.spec.augment_shift == 1 and model.spec.adversarial_epsilon == 1.0
     assert model.samples_seen == status["samples_trained"] == 640
+    # Held-out rows are scored as sent: the daemon's dev figures are the embedded model's.
+    record = evaluation_of_version(d, status["model_version"], 200)
+    dev = model.evaluate(X[640:840], y[640:840])
+    assert record["splits"]["dev"]["loss"] == pytest.approx(dev["loss"], rel=1e-5)
+    assert record["splits"]["dev"]["error"] == pytest.approx(dev["error"])
     with Predictor(d.predict) as p:
-        served = p.predict(X[640:800], output="proba")
+        served = p.predict(X[840:1000], output="proba")
     assert served.model_version == status["model_version"]
     # Predict rows go through the model as sent: the served answer is the embedded model's.
-    np.testing.assert_allclose(served.y, model.predict_proba(X[640:800]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served.y, model.predict_proba(X[840:1000]), rtol=1e-5, atol=1e-6)
     # Live: the settings change between steps, and a bad one is refused.
     with Control(d.control) as c:
         assert c.set(augment_noise_std=0.0, freeze_layers=[1])["freeze_layers"] == [1]
