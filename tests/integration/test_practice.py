@@ -14,6 +14,8 @@ from learnd.daemon.training.checkpoints import CheckpointStore
 from learnd.daemon.training.transfer import load_source
 from learnd.engine import Model
 from learnd.engine.datasets import load
+from tests.conftest import ALL_MODES
+from tests.integration.followers import FollowerProcess
 
 BATCH = 64
 
@@ -128,6 +130,7 @@ def test_a_bad_transfer_setting_stops_the_start_with_exit_2(tmp_path, source_fil
     assert expected in done.stderr
 
 
+@pytest.mark.parametrize("daemon_mode", ALL_MODES)   # the predict path behind the proxy too
 def test_fgsm_examples_from_the_predict_socket_and_the_attacked_error_per_split(daemons, digits):
     X, y = digits
     eps = 2.0          # digits' pixels run 0..16
@@ -213,3 +216,22 @@ def test_augmented_and_adversarial_training_leave_held_out_and_predict_rows_alon
         with pytest.raises(LearndError) as err:
             c.set(augment_shift=9)
         assert err.value.code == "bad_setting"
+
+
+@pytest.mark.parametrize("daemon_mode", ["tree"])
+def test_a_follower_answers_the_trainers_fgsm_examples(daemons, digits, tmp_path):
+    X, y = digits
+    d = daemons(args=settings(hidden="[32]", replay_ratio=0))
+    stream(d.ingest, X[:640], y[:640])
+    version = trained(d, 640)["model_version"]
+    follower = FollowerProcess(tmp_path / "follower", d.endpoints["snapshots"]).start()
+    try:
+        follower.wait_for_version(version)
+        with Predictor(d.predict) as p, Predictor(follower.predict) as q:
+            expected = p.adversarial(X[640:700], y[640:700], 1.5)
+            got = q.adversarial(X[640:700], y[640:700], 1.5)
+        assert got.model_version == expected.model_version == version
+        assert np.array_equal(got.x, expected.x)
+        assert follower.stop() == 0
+    finally:
+        follower.kill()
