@@ -217,6 +217,13 @@ class Prediction:
     member: object = None     # a population's answering member id, or "ensemble"; None for one model
 
 
+@dataclass
+class Adversarial:
+    x: np.ndarray             # FGSM examples x + epsilon * sign(dJ/dx), in input units
+    model_version: int
+    member: object = None
+
+
 class Predictor(_RequestReply):
     """predict(X) -> Prediction(y, model_version, member); predict_many for many in flight.
 
@@ -234,6 +241,13 @@ class Predictor(_RequestReply):
             arrays["ids"] = np.asarray(ids, dtype=np.int64)
         reply = self.request({"op": "predict", "output": output}, arrays)
         return Prediction(reply.arrays["y"], reply.header["model_version"], reply.header.get("member"))
+
+    def adversarial(self, X, y, epsilon):
+        """FGSM examples of the rows X (m, n) against their labels y at epsilon (input
+        units), from the served model: Adversarial(x, model_version, member)."""
+        reply = self.request({"op": "predict", "output": "adversarial", "epsilon": float(epsilon)},
+                             {"x": np.asarray(X), "y": np.asarray(y)})
+        return Adversarial(reply.arrays["x"], reply.header["model_version"], reply.header.get("member"))
 
     def predict_many(self, batches, output="label", window=32):
         """Predictions for each X in `batches`, keeping up to `window` requests in flight."""

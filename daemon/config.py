@@ -95,6 +95,13 @@ class Config:
     # Delayed labels: inputs kept by predict requests that carry ids.
     id_store_size: int = 100_000
     id_ttl_s: float = 3600.0
+    # Practice (docs/practice.md).  Transfer: start the model from the trained one in this
+    # checkpoint or model file (its trunk: input size, hidden layers, normalizer), with its
+    # last reinit_layers layers afresh; [model] freeze_layers / unfreeze_after_rows say
+    # what trains.  Evaluation also scores FGSM examples of each split at this epsilon.
+    init_from: str = ""
+    reinit_layers: int = 1
+    adversarial_eval_epsilon: float = 0.0   # input units; 0: off
     # Limits on what a peer may send.
     max_header_bytes: int = 64 * 1024
     max_array_bytes: int = 64 * 1024 * 1024
@@ -173,6 +180,8 @@ class Config:
         host, sep, port = self.metrics.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f"metrics must be HOST:PORT, got {self.metrics!r}")
+        if self.init_from:
+            self._validate_transfer()
         # Without a task (the first batch gives it) check the rest against a task that
         # takes any number of outputs.
         try:
@@ -183,6 +192,32 @@ class Config:
         except EngineError as exc:
             raise ConfigError(f"[model]: {exc}") from None
         return self
+
+    def _validate_transfer(self):
+        """Read the init_from model now, so a bad path or a mismatched [model] fails at
+        start; the trunk's settings (input_dim among them, which the ingest checks
+        against) become the [model] ones."""
+        from learnd.daemon.training.transfer import load_source, trunk_settings
+
+        if self.searching:
+            raise ConfigError("init_from starts one model from a trained one; it cannot seed "
+                              "a population (search_members >= 2)")
+        source = load_source(self.init_from)
+        n_layers = len(source.spec.hidden) + 1
+        if not 0 <= self.reinit_layers <= n_layers:
+            raise ConfigError(f"reinit_layers must be in 0..{n_layers} (the layers of {self.init_from}), "
+                              f"got {self.reinit_layers}")
+        for name, value in trunk_settings(source).items():
+            given = self.model.get(name)
+            if given is not None and (list(given) if isinstance(given, tuple) else given) != value:
+                raise ConfigError(f"[model] {name} = {given!r}, but init_from {self.init_from} has "
+                                  f"{value!r}; a transferred model keeps its trunk")
+            self.model[name] = tuple(value) if isinstance(value, list) else value
+        kept = n_layers - self.reinit_layers
+        fresh = [l for l in self.model.get("freeze_layers", ()) if isinstance(l, int) and l > kept]
+        if fresh:
+            raise ConfigError(f"[model] freeze_layers {fresh} are reinitialized (reinit_layers = "
+                              f"{self.reinit_layers}): frozen, they would stay random")
 
     def _validate_search(self):
         from learnd.engine.population import METRICS, STRATEGIES
@@ -286,7 +321,7 @@ def load(path=None, env=None, flags=None):
                         "curve_server_secret", "curve_clients_dir", "curve_control_clients_dir",
                         "follower_server_key", "follower_client_key",
                         "early_stopping_metric", "early_stopping_action", "progressive_validation",
-                        "search_strategy", "search_metric", "serve", "search_space"):
+                        "search_strategy", "search_metric", "serve", "search_space", "init_from"):
                 value = text   # addresses and paths are strings even when they look numeric
             daemon[name] = value
         else:

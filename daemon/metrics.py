@@ -125,6 +125,10 @@ class Metrics(ServingMetrics):
                                 ["split"], registry=r)
         self.eval_loss = Gauge("learnd_eval_loss", "Loss on the last evaluation, per split.",
                                ["split"], registry=r)
+        self.eval_adversarial_error = Gauge(
+            "learnd_eval_adversarial_error",
+            "Error on FGSM examples of the split's rows at adversarial_eval_epsilon, last evaluation.",
+            ["split"], registry=r)
         self.eval_rows = Gauge("learnd_eval_rows", "Rows in the last evaluation, per split.",
                                ["split"], registry=r)
         self.eval_figures = {

@@ -17,14 +17,24 @@ from .labels import labels_from_outputs, write_targets, write_weights
 from .metrics import evaluate_outputs
 from .network import Network, Snapshot
 from .normalizer import InputNormalizer
+from .kernels.adversarial import fgsm
+from .kernels.optim import zero_ranges
 from .optimizers import OPTIMIZERS
+from .practice import Practice
 from .schedules import SCHEDULES
 from .spec import ModelSpec
 from .targets import TargetScaler
 
 # Settings that can change between steps without rebuilding buffers or losing state.
 LIVE_SETTINGS = ("lr", "l2", "l1", "clip_norm", "bn_beta", "beta1", "beta2", "eps",
-                 "schedule", "decay_rate", "epoch_size", "step_epochs")
+                 "schedule", "decay_rate", "epoch_size", "step_epochs",
+                 "freeze_layers", "unfreeze_after_rows", "augment_shift", "augment_flip",
+                 "augment_mixup_alpha", "augment_noise_std", "adversarial_epsilon",
+                 "adversarial_fraction")
+
+# What from_pretrained keeps of the source: the trunk's shape and numerics.
+_TRUNK_SETTINGS = ("hidden", "activation", "input_dim", "batch_norm", "bn_eps", "dtype",
+                   "normalize_inputs")
 
 
 class Model:
@@ -44,6 +54,14 @@ class Model:
     ``epoch_size`` (samples per epoch) and ``step_epochs`` (staircase step),
     ``dtype`` (float32, float64) and ``seed``.
 
+    Practice (docs/practice.md): ``freeze_layers`` (layer numbers from 1 that do not
+    train) and ``unfreeze_after_rows`` (0: never), see `from_pretrained`;
+    augmentation of training rows only: ``input_shape`` ((H, W) or (H, W, C) of a
+    row) with ``augment_shift`` (pixels) and ``augment_flip``, ``augment_mixup_alpha``
+    and ``augment_noise_std`` (normalized units); adversarial training:
+    ``adversarial_epsilon`` (input units) and ``adversarial_fraction`` (share of rows
+    replaced by their FGSM examples in each step).
+
     Samples are rows: X has shape (m, n_features).
     """
 
@@ -51,7 +69,10 @@ class Model:
                  input_dim=None, normalize_inputs=True, normalize_targets=False, init="glorot", batch_norm=False, bn_beta=0.9,
                  bn_eps=1e-5, keep_prob=1.0, l2=0.0, l1=0.0, clip_norm=None, optimizer="adam",
                  lr=5e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule="constant", decay_rate=0.0,
-                 epoch_size=10_000, step_epochs=1, dtype="float32", seed=0):
+                 epoch_size=10_000, step_epochs=1, dtype="float32", seed=0, freeze_layers=(),
+                 unfreeze_after_rows=0, input_shape=None, augment_shift=0, augment_flip=False,
+                 augment_mixup_alpha=0.0, augment_noise_std=0.0, adversarial_epsilon=0.0,
+                 adversarial_fraction=0.5):
         self.spec = ModelSpec(
             hidden=hidden, activation=activation, task=task, n_outputs=n_outputs,
             input_dim=input_dim, normalize_inputs=normalize_inputs,
@@ -59,7 +80,11 @@ class Model:
             batch_norm=batch_norm, bn_beta=bn_beta, bn_eps=bn_eps, keep_prob=keep_prob, l2=l2,
             l1=l1, clip_norm=clip_norm, optimizer=optimizer, lr=lr, beta1=beta1, beta2=beta2,
             eps=eps, schedule=schedule, decay_rate=decay_rate, epoch_size=epoch_size,
-            step_epochs=step_epochs, dtype=dtype, seed=seed)
+            step_epochs=step_epochs, dtype=dtype, seed=seed, freeze_layers=freeze_layers,
+            unfreeze_after_rows=unfreeze_after_rows, input_shape=input_shape,
+            augment_shift=augment_shift, augment_flip=augment_flip,
+            augment_mixup_alpha=augment_mixup_alpha, augment_noise_std=augment_noise_std,
+            adversarial_epsilon=adversarial_epsilon, adversarial_fraction=adversarial_fraction)
         self.dtype = np.dtype(self.spec.dtype)
         self.rng_state = seed_state(self.spec.seed)
         self._rng_backup = self.rng_state.copy()
@@ -75,10 +100,17 @@ class Model:
                                                        self.spec.step_epochs)
         self._targets = np.empty(0, dtype=self.dtype)
         self._weights = np.empty(0, dtype=self.dtype)
+        self.practice = Practice(self.dtype)
+        self._clean_outputs = np.empty(0, dtype=self.dtype)
+        self._practiced = False
         if self.spec.input_dim is not None:
             self._build(self.spec.input_dim)
 
     def _build(self, input_dim):
+        shape = self.spec.input_shape
+        if shape is not None and math.prod(shape) != input_dim:
+            raise EngineError(f"input_shape {list(shape)} holds {math.prod(shape)} values, "
+                              f"but rows have {input_dim} features")
         self.spec.input_dim = input_dim
         init_rng = np.random.default_rng(self.spec.seed)
         self.network = Network(self.spec, init_rng)
@@ -153,9 +185,20 @@ class Model:
             raise EngineError(f"cannot change {sorted(unknown)} on a live model; "
                               f"live settings are {', '.join(LIVE_SETTINGS)}")
         candidate = ModelSpec.from_dict({**self.spec.to_dict(), **settings})
+        if candidate.input_dim is not None and candidate.input_shape is not None \
+                and math.prod(candidate.input_shape) != candidate.input_dim:
+            raise EngineError(f"input_shape {list(candidate.input_shape)} does not hold "
+                              f"{candidate.input_dim} features")
+        newly_frozen = set(candidate.freeze_layers) - set(self.spec.freeze_layers)
         self.spec = candidate
         if self.network is not None:
             self.network.spec = candidate
+            self.network.set_frozen(candidate.freeze_layers)
+            if newly_frozen:
+                # Moments left from training would keep moving a layer whose gradient
+                # is now zero; cleared, every optimizer's update of it is exactly 0.
+                for moment in self.optimizer.state.values():
+                    zero_ranges(moment, self.network.frozen_ranges)
         self.optimizer.beta1, self.optimizer.beta2, self.optimizer.eps = (
             candidate.beta1, candidate.beta2, candidate.eps)
         self.schedule = SCHEDULES[candidate.schedule](candidate.lr, candidate.decay_rate,
@@ -225,15 +268,25 @@ class Model:
         C-contiguous in the model's dtype, w (m,) float64 weights with mean 1."""
         if self.network is None:
             self._build(X.shape[1])
-        shift, inv_scale = self.normalizer.stage(X, self.collective)
+        # A frozen first layer learned its weights on the normalizer's scaling as it
+        # stands; moving the scaling would change what the frozen trunk computes.
+        scaling_frozen = 1 in self.spec.freeze_layers
+        if scaling_frozen:
+            shift, inv_scale = self.normalizer.shift, self.normalizer.inv_scale
+        else:
+            shift, inv_scale = self.normalizer.stage(X, self.collective)
         # The head is rescaled to the new target statistics only once it has learned
         # something worth keeping: a fresh network's outputs are noise.
         Y = self.targets.stage(Y, preserve=self.samples_seen > 0, collective=self.collective)
         loss, ok, rows = self._step(X, Y, w, shift, inv_scale)
         if ok:
-            self.normalizer.commit()
+            if not scaling_frozen:
+                self.normalizer.commit()
             self.targets.commit()
             self.samples_seen += rows
+            after = self.spec.unfreeze_after_rows
+            if self.spec.freeze_layers and after and self.samples_seen >= after:
+                self.set(freeze_layers=())
         else:
             self.targets.rollback()
         return loss
@@ -266,8 +319,16 @@ class Model:
         net = self.network
         m = X.shape[0]
         self._rng_backup[:] = self.rng_state
+        self._practiced = bool(m) and self.spec.augments
+        if self._practiced:
+            # Progressive validation scores the rows as they came (last_batch_outputs),
+            # not their altered copies, so the clean rows' outputs are kept first.
+            self._predict_into(X, self._clean_output_buffer(m))
+            X, Y = self.practice.prepare(self.spec, net, X, Y, w, shift, inv_scale, self.rng_state)
         if m:
             loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
+            if net.frozen_ranges.size:
+                zero_ranges(net.flat_grads, net.frozen_ranges)
         else:
             loss = math.nan
             net.flat_grads[...] = 0.0
@@ -303,6 +364,10 @@ class Model:
         A buffer valid until the next call that trains or checks gradients."""
         if self.network is None or not getattr(self, "_last_batch_rows", 0):
             raise EngineError("no training step yet")
+        if self._practiced:
+            # With augmentation or adversarial training the step learned from altered
+            # rows; these are the inference-mode outputs of the rows as given, before it.
+            return self._clean_output_buffer(self._last_batch_rows)
         return self.targets.in_target_units(self.network.head_outputs(self._last_batch_rows))
 
     # -- inference ---------------------------------------------------------------------------
@@ -316,13 +381,22 @@ class Model:
             out = np.empty((m, K), dtype=self.dtype)
         elif out.shape != (m, K) or out.dtype != self.dtype or not out.flags.c_contiguous:
             raise EngineError(f"out must be a C-contiguous {self.dtype} array of shape {(m, K)}")
+        return self._predict_into(X, out)
+
+    def _predict_into(self, X, out):
         net = self.network
-        work = net.infer_work.ensure(m)
+        work = net.infer_work.ensure(X.shape[0])
         predict_forward(X, self.normalizer.shift, self.normalizer.inv_scale, net.flat_params,
                         net.flat_stats, net.layout.infer_table, net.layout.head,
                         self.spec.bn_eps, self.targets.out_scale, self.targets.out_shift, work,
                         net.infer_work.cap, out)
         return out
+
+    def _clean_output_buffer(self, m):
+        K = self.spec.n_outputs
+        if self._clean_outputs.size < m * K:
+            self._clean_outputs = np.empty(max(m * K, 2 * self._clean_outputs.size), dtype=self.dtype)
+        return self._clean_outputs[:m * K].reshape(m, K)
 
     def predict(self, X):
         """Class ids (m,) for multiclass, 0/1 labels (m, n_outputs) for binary and
@@ -343,6 +417,110 @@ class Model:
             raise EngineError("the model has not seen data yet; there is nothing to snapshot")
         return Snapshot(self.network, self.normalizer.shift, self.normalizer.inv_scale, version, meta,
                         self.targets.out_scale, self.targets.out_shift)
+
+    # -- adversarial examples -----------------------------------------------------------------
+    def input_gradient(self, X, y, sample_weight=None):
+        """dJ/dX (m, n_features) in input units: the gradient of the inference-mode cost
+        (running statistics, no dropout, no weight penalty) with respect to the raw
+        inputs, through the input normalizer.  Row i's gradient is (w_i / m) dL_i/dx_i."""
+        X, Y, w = self._batch(X, y, sample_weight, training=False)
+        Y = self.targets.standardize(Y)
+        dX = np.empty(X.shape, dtype=self.dtype)
+        self.network.input_loss_and_grad(X, Y, w, self.normalizer.shift, self.normalizer.inv_scale, dX)
+        return dX
+
+    def adversarial(self, X, y, epsilon, sample_weight=None):
+        """FGSM examples X + epsilon * sign(dJ/dX) (m, n_features), epsilon in input units:
+        each feature moved by epsilon in the direction that raises the loss of the labels
+        y most to first order.  A new array in X's float dtype; the model is unchanged."""
+        epsilon = float(epsilon)
+        if not (math.isfinite(epsilon) and epsilon >= 0):
+            raise EngineError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+        X = self._check_X(X, training=False)
+        dX = self.input_gradient(X, y, sample_weight)
+        out = np.empty_like(X)
+        fgsm(X, dX, epsilon, out)
+        return out
+
+    def input_gradient_check(self, X, y, sample_weight=None, eps=1e-7, max_entries=None):
+        """Compare dJ/dX with two-sided differences of the inference-mode J in float64,
+        as gradient_check does for the parameters.  Returns a GradCheckReport with one
+        entry, "x"."""
+        X, Y, w = self._batch(X, y, sample_weight, training=False)
+        net = self.network.copy_as(np.float64)
+        X64 = np.array(X, dtype=np.float64)
+        Y64 = self.targets.standardize(Y).astype(np.float64)
+        w64 = w.astype(np.float64)
+        shift = self.normalizer.shift.astype(np.float64)
+        inv_scale = self.normalizer.inv_scale.astype(np.float64)
+        dX = np.empty_like(X64)
+        net.input_loss_and_grad(X64, Y64, w64, shift, inv_scale, dX)
+        flat = X64.reshape(-1)
+
+        def loss():
+            return net.input_loss_and_grad(X64, Y64, w64, shift, inv_scale, dX, grad=False)
+
+        grad = dX.reshape(-1).copy()
+        return check_gradients(loss, flat, grad, {"x": (0, X64.shape)}, eps=eps,
+                               max_entries=max_entries, seed=self.spec.seed)
+
+    # -- transfer ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model_or_path, task=None, n_outputs=None, reinit_layers=1,
+                        freeze_layers=(), **settings):
+        """A new Model for another task on a trained one's trunk (transfer learning).
+
+        Keeps the source's layers 1..L-reinit_layers (weights, biases, gamma, beta and
+        batch-norm running statistics) and its input normalizer; the last reinit_layers
+        layers start afresh (the head for the new task, by this model's `init` and
+        `seed`).  freeze_layers (numbers from 1) do not train: their parameters stay
+        bit-identical, and with layer 1 frozen so does the input scaling;
+        `unfreeze_after_rows` (a setting) fine-tunes everything after that many rows.
+        Counters, optimizer moments and target statistics start from zero.
+
+        model_or_path: a Model, or the path of a model file (Model.save).
+        task, n_outputs: the new task (default: the source's).  settings: any other
+        Model setting but the trunk's shape and numerics (hidden, activation,
+        input_dim, batch_norm, bn_eps, dtype, normalize_inputs).
+        """
+        source = model_or_path if isinstance(model_or_path, Model) else cls.load(model_or_path)
+        if source.network is None:
+            raise EngineError("the source model has not learned anything yet: nothing to transfer")
+        trunk = sorted(set(settings) & set(_TRUNK_SETTINGS))
+        if trunk:
+            raise EngineError(f"from_pretrained keeps the source's {', '.join(trunk)}; "
+                              "build a new Model to change them")
+        n_layers = len(source.spec.hidden) + 1
+        if isinstance(reinit_layers, bool) or not isinstance(reinit_layers, int) \
+                or not 0 <= reinit_layers <= n_layers:
+            raise EngineError(f"reinit_layers must be an int in 0..{n_layers}, got {reinit_layers!r}")
+        values = source.spec.to_dict()
+        if task is not None:
+            values["task"] = task
+            values["n_outputs"] = n_outputs
+        elif n_outputs is not None:
+            values["n_outputs"] = n_outputs
+        values.update(settings, freeze_layers=list(freeze_layers))
+        model = cls(**values)
+        spec = model.spec
+        if reinit_layers == 0 and (spec.task, spec.n_outputs) != (source.spec.task, source.spec.n_outputs):
+            raise EngineError(f"a new task ({spec.task}, {spec.n_outputs} outputs) needs a new head: "
+                              "reinit_layers must be >= 1")
+        kept = n_layers - reinit_layers
+        fresh = sorted(l for l in spec.freeze_layers if l > kept)
+        if fresh:
+            raise EngineError(f"freeze_layers {fresh} are reinitialized (the last {reinit_layers}): "
+                              "frozen, they would stay random")
+        net, src = model.network, source.network
+        for l in range(1, kept + 1):
+            for name in ("W", "b", "gamma", "beta"):
+                if f"{name}{l}" in net.params:
+                    net.params[f"{name}{l}"][...] = src.params[f"{name}{l}"]
+            for name in ("running_mean", "running_var"):
+                if f"{name}{l}" in net.stats:
+                    net.stats[f"{name}{l}"][...] = src.stats[f"{name}{l}"]
+        model.normalizer.set_state(source.normalizer.get_state())
+        return model
 
     # -- checking ------------------------------------------------------------------------
     def gradient_check(self, X, y, sample_weight=None, eps=1e-7, max_entries=None):
@@ -367,7 +545,8 @@ class Model:
         def loss():
             return net.loss_and_grad(X64, Y64, w64, shift, inv_scale, rng, dropout=False, grad=False)
 
-        return check_gradients(loss, net.flat_params, grad, net.layout.param_slices,
+        # Frozen layers' entries of the gradient are never used; the check covers the rest.
+        return check_gradients(loss, net.flat_params, grad, net.trainable_slices(),
                                eps=eps, max_entries=max_entries, seed=self.spec.seed)
 
     # -- state ---------------------------------------------------------------------------

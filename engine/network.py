@@ -112,6 +112,22 @@ class Workspace:
         return self.buf
 
 
+class InputGradWork:
+    """Scratch of the input gradient beyond the inference workspace: the head's P and
+    dZ (m, K) and one (m, widest hidden layer) buffer, cut from one growable Workspace."""
+
+    def __init__(self, sizes, dtype):
+        self.n_outputs = sizes[-1]
+        self.widest = max(sizes[1:-1], default=0)
+        self.work = Workspace(2 * self.n_outputs + self.widest, dtype)
+
+    def parts(self, m):
+        buf = self.work.ensure(m)
+        k = m * self.n_outputs
+        return (buf[:k].reshape(m, self.n_outputs), buf[k:2 * k].reshape(m, self.n_outputs),
+                buf[2 * k:2 * k + m * self.widest])
+
+
 class Network:
     """Parameters, gradients and running statistics of one network, in flat buffers.
 
@@ -134,7 +150,30 @@ class Network:
         self.stats = lay.views(self.flat_stats, lay.stat_slices)
         self.train_work = Workspace(lay.units_per_row, self.dtype)
         self.infer_work = Workspace(lay.infer_units_per_row, self.dtype)
+        self.input_grad_work = InputGradWork(spec.layer_sizes, self.dtype)
         self._initialize(rng)
+        self.set_frozen(spec.freeze_layers)
+
+    def set_frozen(self, layers):
+        """Freeze the given layers (numbered from 1): `frozen` (L,) uint8 flags them for
+        the running-statistics update, `frozen_ranges` (k, 2) holds each one's
+        [start, stop) in the flat parameter buffer (a layer's W, b or gamma, beta lie
+        together), whose gradient the step zeroes."""
+        table = self.layout.table
+        n_layers = table.shape[0]
+        self.frozen = np.zeros(n_layers, dtype=np.uint8)
+        ranges = []
+        for l in layers:
+            self.frozen[l - 1] = 1
+            stop = int(table[l, K.OFF_W]) if l < n_layers else self.layout.n_params
+            ranges.append((int(table[l - 1, K.OFF_W]), stop))
+        self.frozen_ranges = np.array(ranges, dtype=np.int64).reshape(-1, 2)
+
+    def trainable_slices(self):
+        """param_slices of the layers that are not frozen."""
+        frozen = {l + 1 for l in np.flatnonzero(self.frozen)}
+        return {name: where for name, where in self.layout.param_slices.items()
+                if int(name.lstrip("Wbgametabeta")) not in frozen}
 
     def _initialize(self, rng):
         sizes = self.spec.layer_sizes
@@ -170,6 +209,17 @@ class Network:
             spec.l2 if l2 is None else l2, spec.l1 if l1 is None else l1,
             work, self.train_work.cap, self.feat, rng_state, dropout, grad)
 
+    def input_loss_and_grad(self, X, Y, w, shift, inv_scale, dX, *, grad=True):
+        """Inference-mode J on (X, Y, w) and, when grad, dJ/dX into dX (m, n0) in the
+        network's dtype, through the input normalizer (kernels.network.input_loss_and_grad).
+        Uses the inference workspace and a scratch of its own."""
+        m = X.shape[0]
+        work = self.infer_work.ensure(m)
+        P, dZ, scratch = self.input_grad_work.parts(m)
+        return K.input_loss_and_grad(X, Y, w, shift, inv_scale, self.flat_params, self.flat_stats,
+                                     self.layout.infer_table, self.layout.head, self.spec.bn_eps, work,
+                                     self.infer_work.cap, P, dZ, scratch, dX, grad)
+
     def head_outputs(self, m):
         """(m, n_outputs) view of the head's outputs (softmax rows, sigmoid
         probabilities or values) from the last training pass over m rows."""
@@ -179,7 +229,8 @@ class Network:
         return self.train_work.buf[start:start + m * n].reshape(m, n)
 
     def update_running_stats(self, m):
-        K.update_running_stats(self.flat_stats, self.feat, self.layout.table, m, self.spec.bn_beta)
+        K.update_running_stats(self.flat_stats, self.feat, self.layout.table, m, self.spec.bn_beta,
+                               self.frozen)
 
     def copy_as(self, dtype):
         """A separate Network with this one's values cast to `dtype` (for gradient checks)."""
@@ -245,6 +296,22 @@ class Snapshot:
         K.predict_forward(X, self.shift, self.inv_scale, self.params, self.stats, self.table,
                           self.head, self.bn_eps, self.out_scale, self.out_shift, buf, workspace.cap, out)
         return out
+
+    def input_loss_and_grad_into(self, X, Y, dX, workspace, grad_work):
+        """Inference-mode J on (X, Y) and dJ/dX into dX (m, n0), as Network's; Y in
+        target units (mapped to the units the head learns here).  workspace from
+        new_workspace(), grad_work from new_input_grad_work(); X checked by the caller."""
+        m = X.shape[0]
+        buf = workspace.ensure(m)
+        P, dZ, scratch = grad_work.parts(m)
+        Y = (Y - self.out_shift) / self.out_scale
+        return K.input_loss_and_grad(X, Y, np.empty(0, dtype=self.dtype), self.shift, self.inv_scale, self.params, self.stats,
+                                     self.table, self.head, self.bn_eps, buf, workspace.cap, P, dZ,
+                                     scratch, dX, True)
+
+    def new_input_grad_work(self):
+        sizes = [int(self.table[0, K.N_IN])] + [int(n) for n in self.table[:, K.N_OUT]]
+        return InputGradWork(sizes, self.dtype)
 
     # -- one buffer ------------------------------------------------------------------------
     def to_bytes(self):

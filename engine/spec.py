@@ -54,6 +54,23 @@ class ModelSpec:
     step_epochs: int = 1
     dtype: str = "float32"
     seed: int = 0
+    # Practice (docs/practice.md).  Transfer: layers (numbered from 1) whose parameters,
+    # and batch-norm statistics, do not train; after unfreeze_after_rows training rows
+    # (0: never) every layer trains.
+    freeze_layers: tuple = ()
+    unfreeze_after_rows: int = 0
+    # Augmentation of training rows: the image shape of an input row ((H, W) or
+    # (H, W, C), C order), for shifts of up to augment_shift pixels and left-right
+    # flips; mixup's Beta(alpha, alpha) (0: off); Gaussian noise in normalized units.
+    input_shape: tuple | None = None
+    augment_shift: int = 0
+    augment_flip: bool = False
+    augment_mixup_alpha: float = 0.0
+    augment_noise_std: float = 0.0
+    # Adversarial training: each training row is replaced, with probability
+    # adversarial_fraction, by its FGSM example at adversarial_epsilon (input units).
+    adversarial_epsilon: float = 0.0
+    adversarial_fraction: float = 0.5
     activations: tuple = field(init=False, default=())
     keep_probs: tuple = field(init=False, default=())
 
@@ -115,9 +132,57 @@ class ModelSpec:
         self.step_epochs = _positive_int("step_epochs", self.step_epochs)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise EngineError(f"seed must be a non-negative int, got {self.seed!r}")
+        self._validate_practice()
         self.normalize_inputs = bool(self.normalize_inputs)
         self.normalize_targets = bool(self.normalize_targets)
         self.batch_norm = bool(self.batch_norm)
+
+    def _validate_practice(self):
+        n_layers = len(self.hidden) + 1
+        try:
+            frozen = tuple(sorted({int(l) for l in self.freeze_layers}))
+        except (TypeError, ValueError):
+            raise EngineError(f"freeze_layers must be a list of layer numbers, got {self.freeze_layers!r}") from None
+        if any(isinstance(l, bool) for l in self.freeze_layers) or any(not 1 <= l <= n_layers for l in frozen):
+            raise EngineError(f"freeze_layers must name layers 1..{n_layers} (the output layer is "
+                              f"{n_layers}), got {list(self.freeze_layers)}")
+        self.freeze_layers = frozen
+        if isinstance(self.unfreeze_after_rows, bool) or not isinstance(self.unfreeze_after_rows, int) \
+                or self.unfreeze_after_rows < 0:
+            raise EngineError(f"unfreeze_after_rows must be an int >= 0 (0: never), got {self.unfreeze_after_rows!r}")
+        if self.input_shape is not None:
+            try:
+                shape = tuple(_positive_int("input_shape", v) for v in self.input_shape)
+            except TypeError:
+                raise EngineError(f"input_shape must be [height, width] or [height, width, channels], "
+                                  f"got {self.input_shape!r}") from None
+            if len(shape) not in (2, 3):
+                raise EngineError(f"input_shape must be [height, width] or [height, width, channels], "
+                                  f"got {list(shape)}")
+            size = math.prod(shape)
+            if self.input_dim is not None and size != self.input_dim:
+                raise EngineError(f"input_shape {list(shape)} holds {size} values, but input_dim is {self.input_dim}")
+            self.input_shape = shape
+        if isinstance(self.augment_shift, bool) or not isinstance(self.augment_shift, int) or self.augment_shift < 0:
+            raise EngineError(f"augment_shift must be an int >= 0 (pixels), got {self.augment_shift!r}")
+        if not isinstance(self.augment_flip, bool):
+            raise EngineError(f"augment_flip must be true or false, got {self.augment_flip!r}")
+        if (self.augment_shift or self.augment_flip) and self.input_shape is None:
+            raise EngineError("augment_shift and augment_flip move pixels: they need input_shape "
+                              "([height, width] or [height, width, channels])")
+        if self.input_shape is not None and self.augment_shift >= min(self.input_shape[:2]):
+            raise EngineError(f"augment_shift {self.augment_shift} must be smaller than the image "
+                              f"({self.input_shape[0]} x {self.input_shape[1]})")
+        _non_negative("augment_mixup_alpha", self.augment_mixup_alpha)
+        _non_negative("augment_noise_std", self.augment_noise_std)
+        _non_negative("adversarial_epsilon", self.adversarial_epsilon)
+        _in_range("adversarial_fraction", self.adversarial_fraction, 0.0, 1.0)
+
+    @property
+    def augments(self):
+        """True when training rows are altered before the step (augmentation or FGSM)."""
+        return bool(self.augment_shift or self.augment_flip or self.augment_mixup_alpha
+                    or self.augment_noise_std or (self.adversarial_epsilon and self.adversarial_fraction))
 
     def _per_hidden(self, name, value, kind):
         n = len(self.hidden)

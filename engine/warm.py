@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ensemble import Ensemble
+from .kernels.adversarial import fgsm
 from .kernels.normalize import count_nonfinite
 from .labels import labels_from_outputs
 from .model import Model
@@ -34,3 +35,17 @@ def warm_up(dtype="float32", training=True):
             snap.predict_into(x, out, snap.new_workspace())
             labels_from_outputs(task, out)
     count_nonfinite(x)
+    # Adversarial examples (a predict option) and, when training, the augmentation and
+    # adversarial-training kernels: one head suffices, the kernels take it as a value.
+    y = targets["multiclass"][1]
+    model = Model(hidden=(2,), task="multiclass", n_outputs=3, input_dim=4, dtype=dtype, input_shape=(2, 2),
+                  augment_shift=1, augment_flip=True, augment_mixup_alpha=0.2, augment_noise_std=0.1,
+                  adversarial_epsilon=0.1)
+    x4 = rng.standard_normal((8, 4)).astype(dtype)
+    if training:
+        model.partial_fit(x4, y)
+    snap = model.snapshot()
+    Y = np.eye(3, dtype=dtype)[y]
+    dX = np.empty_like(x4)
+    snap.input_loss_and_grad_into(x4, Y, dX, snap.new_workspace(), snap.new_input_grad_work())
+    fgsm(x4, dX, 0.1, dX)

@@ -8,6 +8,7 @@ its own rows and the shared model_version.  With 0, each request is its own batc
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -17,14 +18,16 @@ import zmq
 
 from learnd.clients import protocol
 from learnd.clients.protocol import ProtocolError
+from learnd.engine import EngineError
+from learnd.engine.kernels.adversarial import fgsm
 from learnd.engine.kernels.normalize import count_nonfinite
-from learnd.engine.labels import labels_from_outputs
+from learnd.engine.labels import labels_from_outputs, write_targets
 
 from learnd.daemon.serving.latency import LatencyWindow
 
 log = logging.getLogger("learnd.predictor")
 
-OUTPUTS = ("label", "proba", "value")
+OUTPUTS = ("label", "proba", "value", "adversarial")
 
 
 @dataclass
@@ -37,6 +40,8 @@ class Request:
     x: np.ndarray         # (m, input_dim), the snapshot's dtype
     ids: np.ndarray | None
     received: float       # perf_counter() when it was read
+    Y: np.ndarray | None = None     # output "adversarial": the labels as targets (m, n_outputs)
+    epsilon: float = 0.0
 
 
 class PredictServer(threading.Thread):
@@ -60,6 +65,7 @@ class PredictServer(threading.Thread):
         self.routing_frames = routing_frames
         self.should_exit = threading.Event()
         self._workspaces = {}     # one per snapshot layout, reused across requests
+        self._grad_work = (None, None)   # (layer table, scratch) of adversarial requests
         self.latencies = LatencyWindow()   # recent latencies, for the satisficing p99
         self._inputs = {}         # per dtype: a growable (rows, input_dim) buffer for batches
         self._requests_ok = metrics.predict_requests.labels("ok")
@@ -133,7 +139,10 @@ class PredictServer(threading.Thread):
         output = header.get("output", "label")
         if output not in OUTPUTS:
             raise ProtocolError("bad_header", f"'output' must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        if "x" not in arrays or len(arrays) > 2 or (len(arrays) == 2 and "ids" not in arrays):
+        if output == "adversarial":
+            if set(arrays) != {"x", "y"}:
+                raise ProtocolError("bad_array", "an adversarial predict message carries x and y (the labels)")
+        elif "x" not in arrays or len(arrays) > 2 or (len(arrays) == 2 and "ids" not in arrays):
             raise ProtocolError("bad_array", "a predict message carries x and optionally ids")
         if snap is None:
             raise ProtocolError("not_ready", "no model yet: the first training batch creates it")
@@ -154,9 +163,39 @@ class PredictServer(threading.Thread):
         if ids is not None:
             if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.shape[0] != x.shape[0]:
                 raise ProtocolError("bad_array", "ids must be a 1-D integer array, one per row of x")
-        return Request(identity, echo or {}, output, x, ids, t0)
+        request = Request(identity, echo or {}, output, x, ids, t0)
+        if output == "adversarial":
+            self._check_attack(header, arrays["y"], snap, request)
+        return request
+
+    @staticmethod
+    def _check_attack(header, y, snap, request):
+        """The labels and epsilon of an adversarial request, into `request`."""
+        epsilon = header.get("epsilon")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (
+                math.isfinite(epsilon) and epsilon >= 0):
+            raise ProtocolError("bad_header", f"output 'adversarial' needs 'epsilon', a finite number >= 0 "
+                                              f"in input units, got {epsilon!r}")
+        if not hasattr(snap, "input_loss_and_grad_into"):
+            raise ProtocolError("unsupported", "adversarial examples come from one model; "
+                                               "an ensemble serves here")
+        m = request.x.shape[0]
+        Y = np.empty((m, snap.n_outputs), dtype=snap.dtype)
+        try:
+            write_targets(snap.task, snap.n_outputs, y, m, Y)
+        except EngineError as exc:
+            raise ProtocolError("bad_label", str(exc)) from None
+        request.Y = Y
+        request.epsilon = float(epsilon)
 
     def _answer(self, requests, snap):
+        attacks = [r for r in requests if r.output == "adversarial"]
+        if attacks:
+            for r in attacks:
+                self._answer_adversarial(r, snap)
+            requests = [r for r in requests if r.output != "adversarial"]
+            if not requests:
+                return
         try:
             P = self._predict(snap, [r.x for r in requests])
         except Exception as exc:  # a bug must not stop serving: answer, count and log it
@@ -179,6 +218,32 @@ class PredictServer(threading.Thread):
             # Only answered requests are the satisficing metric's latency: a refusal
             # (not_ready, a bad shape) is quick and says nothing of serving a model.
             self.latencies.record(self._send(r.identity, reply, {"y": y}, r.received))
+
+    def _answer_adversarial(self, r, snap):
+        """FGSM examples x + epsilon * sign(dJ/dx) of the request's rows against its
+        labels, from this snapshot's model (inference mode), in input units."""
+        key = (type(snap).__name__, snap.units_per_row)
+        try:
+            ws = self._workspaces.get(key)
+            if ws is None:
+                ws = self._workspaces[key] = snap.new_workspace()
+            layout, gw = self._grad_work
+            if layout != snap.table.tobytes():
+                gw = snap.new_input_grad_work()
+                self._grad_work = (snap.table.tobytes(), gw)
+            dX = np.empty_like(r.x)
+            snap.input_loss_and_grad_into(r.x, r.Y, dX, ws, gw)
+            x_adv = np.empty_like(r.x)
+            fgsm(r.x, dX, r.epsilon, x_adv)
+        except Exception as exc:  # a bug must not stop serving: answer, count and log it
+            log.exception("adversarial request failed")
+            self._fail(r.identity, r.echo, "internal", f"{type(exc).__name__}: {exc}", r.received)
+            return
+        member = {"member": snap.meta["member"]} if "member" in snap.meta else {}
+        self._requests_ok.inc()
+        self.metrics.predict_rows.inc(r.x.shape[0])
+        reply = protocol.ok(**r.echo, model_version=snap.version, output=r.output, epsilon=r.epsilon, **member)
+        self._send(r.identity, reply, {"x": x_adv}, r.received)
 
     def _predict(self, snap, xs):
         """Head outputs (rows of every x, in order, n_outputs) from one kernel call."""

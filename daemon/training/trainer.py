@@ -38,6 +38,7 @@ from learnd.daemon.training.evaluation import RecentWindow, Reservoir
 from learnd.daemon.training.history import EvalHistory
 from learnd.daemon.training.progressive import ProgressiveScore
 from learnd.daemon.training.rebatch import Rebatcher
+from learnd.daemon.training.transfer import load_source, transferred
 
 log = logging.getLogger("learnd.trainer")
 
@@ -53,7 +54,8 @@ LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay
                         "checkpoint_interval_s", "eval_interval_s", "eval_interval_samples",
                         "bayes_error", "diagnosis_tolerance", "early_stopping_patience",
                         "early_stopping_min_delta", "early_stopping_min_dev_rows", "early_stopping_action",
-                        "predict_p99_bound_ms", "serve", "ensemble_k", "search_interval")
+                        "predict_p99_bound_ms", "serve", "ensemble_k", "search_interval",
+                        "adversarial_eval_epsilon")
 # Settings a population is made with: they are in its checkpoint and cannot change under it.
 FIXED_SEARCH_SETTINGS = ("search_members", "search_space", "search_strategy", "search_metric", "search_seed",
                          "search_min_rows")
@@ -196,6 +198,10 @@ class Trainer(threading.Thread):
             self._refresh_board()
             log.info("population created: %d members, strategy %s, champion %r", self.config.search_members,
                      self.config.search_strategy, self.model)
+        elif self.config.init_from:
+            self.model = transferred(load_source(self.config.init_from), kwargs, self.config.reinit_layers)
+            log.info("model created from %s (last %d layers afresh, frozen %s): %r", self.config.init_from,
+                     self.config.reinit_layers, list(self.model.spec.freeze_layers), self.model)
         else:
             self.model = Model(**kwargs)
             log.info("model created: %r", self.model)
@@ -392,6 +398,11 @@ class Trainer(threading.Thread):
             return
         spec = self.model.spec.to_dict()
         live = {k: v for k, v in self.config.model.items() if k in LIVE_SETTINGS and spec.get(k) != v}
+        after = self.model.spec.unfreeze_after_rows
+        if after and self.model.samples_seen >= after:
+            # The configured freeze has run its course (unfreeze_after_rows): a restart
+            # must not freeze the fine-tuned trunk again.
+            live.pop("freeze_layers", None)
         if live:
             self.model.set(**live)
             log.info("configured settings applied to the resumed model: %s", live)
@@ -698,6 +709,8 @@ class Trainer(threading.Thread):
             weighted = not np.all(w == 1.0)
             figures = self._evaluate_served(x, Y, w if weighted else None)
             figures["rows"] = int(x.shape[0])
+            if self.config.adversarial_eval_epsilon > 0:
+                figures.update(self._evaluate_attacked(x, Y, w if weighted else None))
             results[split] = figures
             self._set_eval_metrics(split, figures)
         self.last_eval = results
@@ -720,6 +733,19 @@ class Trainer(threading.Thread):
             record["search"] = self._search(sources["dev"], now)
         self.history.append(record)
         return results
+
+    def _evaluate_attacked(self, x, Y, w):
+        """Figures on FGSM examples of the split's rows at adversarial_eval_epsilon (input
+        units), made from the model that answers (a population's champion; an ensemble
+        is scored on its champion's examples): adversarial_error (classification) and
+        adversarial_loss."""
+        eps = self.config.adversarial_eval_epsilon
+        attacked = self.model.adversarial(x, Y, eps, sample_weight=w)
+        figures = self._evaluate_served(attacked, Y, w)
+        out = {"adversarial_loss": figures["loss"], "adversarial_epsilon": eps}
+        if "error" in figures:
+            out["adversarial_error"] = figures["error"]
+        return out
 
     def _evaluate_served(self, x, Y, w):
         """Inference figures of what predict answers from: the model, or a population's
@@ -768,6 +794,8 @@ class Trainer(threading.Thread):
         met = self.metrics
         if "error" in figures:
             met.eval_error.labels(split).set(figures["error"])
+        if "adversarial_error" in figures:
+            met.eval_adversarial_error.labels(split).set(figures["adversarial_error"])
         met.eval_loss.labels(split).set(figures["loss"])
         met.eval_rows.labels(split).set(figures["rows"])
         for name, gauge in met.eval_figures.items():
@@ -980,7 +1008,8 @@ class Trainer(threading.Thread):
                            "in every rank's configuration and restart the job")
         model_part = {k: v for k, v in settings.items() if k in LIVE_SETTINGS}
         daemon_part = {k: v for k, v in settings.items() if k in LIVE_DAEMON_SETTINGS}
-        candidate = replace(self.config, **daemon_part).validate() if daemon_part else self.config
+        # init_from was read when the daemon started; a live change does not read it again.
+        candidate = replace(self.config, init_from="", **daemon_part).validate() if daemon_part else self.config
         if model_part and self.population is not None:
             searched = set(model_part) & set(self.population.space.dims)
             if searched:
@@ -995,7 +1024,7 @@ class Trainer(threading.Thread):
             elif self.model is not None:
                 self.model.set(**model_part)
             else:
-                replace(self.config, model={**self.config.model, **model_part}).validate()
+                replace(self.config, init_from="", model={**self.config.model, **model_part}).validate()
             self.config.model.update(model_part)
         for k, v in daemon_part.items():
             setattr(self.config, k, getattr(candidate, k))

@@ -7,9 +7,10 @@ holding `cap` rows: a slot of layer l with n units starts at `slot * cap` and is
 viewed as (m, n) for a batch of m <= cap rows. Per-feature batch-norm scratch lives
 in `feat`, and the running statistics in `stats`.
 """
+import numpy as np
 from numba import njit
 
-from .activations import activation_forward
+from .activations import activation_backward, activation_forward
 from .batchnorm import batchnorm_forward_eval, batchnorm_update_running
 from .dense import dense_backward, dense_forward
 from .hidden import hidden_backward, hidden_forward_train
@@ -143,10 +144,79 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def update_running_stats(stats, feat, layers, m, bn_beta):
-    """Fold the last training batch's statistics into every batch-norm layer's EWMA."""
+def input_loss_and_grad(X, Y, w, shift, inv_scale, params, stats, layers, head, bn_eps,
+                        work, cap, P, dZ, scratch, dX, compute_grad):
+    """Inference-mode J on (X, Y, w) and, when compute_grad, dJ/dX into dX: the
+    gradient with respect to the raw inputs, through the input normalizer.
+
+    Inference mode (running statistics, no dropout) makes each row's gradient depend
+    on that row alone, as the attacked prediction does.  The weights' penalty does
+    not depend on X and is left out of J.
+    X: (m, n0) raw inputs  Y: (m, K) targets in the units the head learns  w: (m,)
+    weights over their mean, or (0,).  `layers` is an inference table (predict_forward's):
+    each hidden layer's Z slot of `work` (`cap` rows) ends up holding its activation A,
+    which the backward pass overwrites with dZ.  P, dZ: (m, K) scratch for the head.
+    scratch: at least m * (widest hidden layer) values.  dX: (m, n0).
+    Backward of A0 = (X - shift) * inv_scale:  dX = (dZ1 W1) * inv_scale.
+    """
+    m = X.shape[0]
+    L = layers.shape[0]
+    A_prev = _rows(work, SLOT_INPUT, cap, m, layers[0, N_IN])
+    normalize_into(X, shift, inv_scale, A_prev)
+    for l in range(L):
+        n_in = layers[l, N_IN]
+        n_out = layers[l, N_OUT]
+        Z = _rows(work, layers[l, SLOT_Z], cap, m, n_out)
+        dense_forward(A_prev, _matrix(params, layers[l, OFF_W], n_out, n_in),
+                      _seg(params, layers[l, OFF_B], n_out), Z)
+        if l == L - 1:
+            break
+        if layers[l, OFF_GAMMA] >= 0:
+            batchnorm_forward_eval(Z, _seg(params, layers[l, OFF_GAMMA], n_out),
+                                   _seg(params, layers[l, OFF_BETA], n_out),
+                                   _seg(stats, layers[l, OFF_RMEAN], n_out),
+                                   _seg(stats, layers[l, OFF_RVAR], n_out), bn_eps, Z)
+        activation_forward(Z, Z, layers[l, ACT])
+        A_prev = Z
+    loss = head_loss(head, _rows(work, layers[L - 1, SLOT_Z], cap, m, layers[L - 1, N_OUT]), Y, w, P, dZ)
+    if not compute_grad:
+        return loss
+    G = dZ
+    for l in range(L - 1, -1, -1):
+        n_in = layers[l, N_IN]
+        W = _matrix(params, layers[l, OFF_W], layers[l, N_OUT], n_in)
+        if l == 0:
+            np.dot(G, W, dX)
+            break
+        p = l - 1
+        dA = scratch[:m * n_in].reshape((m, n_in))
+        np.dot(G, W, dA)
+        # Layer p's slot holds A = g(Y), Y = gamma (Z - running_mean) / sqrt(running_var + eps)
+        # + beta (or Y = Z); dZ = dA g'(A) [* gamma / sqrt(running_var + eps)] replaces A.
+        A = _rows(work, layers[p, SLOT_Z], cap, m, n_in)
+        activation_backward(dA, A, A, layers[p, ACT])
+        if layers[p, OFF_GAMMA] >= 0:
+            gamma = _seg(params, layers[p, OFF_GAMMA], n_in)
+            rvar = _seg(stats, layers[p, OFF_RVAR], n_in)
+            for j in range(n_in):
+                scale = gamma[j] / np.sqrt(rvar[j] + bn_eps)
+                for i in range(m):
+                    A[i, j] *= scale
+        G = A
+    n0 = layers[0, N_IN]
+    for i in range(m):
+        for j in range(n0):
+            dX[i, j] *= inv_scale[j]
+    return loss
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def update_running_stats(stats, feat, layers, m, bn_beta, frozen):
+    """Fold the last training batch's statistics into every batch-norm layer's EWMA,
+    except the frozen layers' (frozen: (L,) uint8, 1 where a layer is frozen), whose
+    statistics stay those the layer was trained with."""
     for l in range(layers.shape[0]):
-        if layers[l, OFF_GAMMA] < 0:
+        if layers[l, OFF_GAMMA] < 0 or frozen[l]:
             continue
         n = layers[l, N_OUT]
         f = layers[l, OFF_FEAT]

@@ -59,3 +59,15 @@ def adam_step(theta, g, v, s, g_scale, lr_over_c1, beta1, one_minus_beta1, beta2
         v[i] = beta1 * v[i] + one_minus_beta1 * gi
         s[i] = beta2 * s[i] + one_minus_beta2 * gi * gi
         theta[i] -= lr_over_c1 * v[i] / (np.sqrt(s[i] * inv_c2) + eps)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def zero_ranges(flat, ranges):
+    """flat[start:stop] = 0 for each row (start, stop) of ranges (k, 2) int64.
+
+    Frozen layers' gradients (and optimizer moments when a layer freezes) are zeroed:
+    every optimizer then moves those parameters by exactly 0, so they stay bit-identical.
+    """
+    for r in range(ranges.shape[0]):
+        for i in range(ranges[r, 0], ranges[r, 1]):
+            flat[i] = 0.0

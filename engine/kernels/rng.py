@@ -48,3 +48,48 @@ def seed_state(seed):
     if not words.any():
         words[0] = 1
     return words
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def next_below(state, n):
+    """An int uniform on [0, n) (n >= 1), by multiplying a 53-bit uniform: the bias is
+    below n / 2^53, nothing for the row counts and pixel shifts it draws."""
+    return np.int64(next_uniform(state) * n)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def next_normal(state):
+    """A standard normal by Box-Muller (one of the pair; the other is dropped so that
+    the state alone says where the stream stands)."""
+    u1 = 1.0 - next_uniform(state)         # (0, 1]: log never sees 0
+    u2 = next_uniform(state)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def next_gamma(state, shape):
+    """Gamma(shape, 1) by Marsaglia and Tsang's squeeze (shape >= 1), boosted by
+    U^(1/shape) for shape < 1."""
+    boost = 1.0
+    if shape < 1.0:
+        boost = (1.0 - next_uniform(state)) ** (1.0 / shape)
+        shape += 1.0
+    d = shape - 1.0 / 3.0
+    c = 1.0 / np.sqrt(9.0 * d)
+    while True:
+        x = next_normal(state)
+        v = 1.0 + c * x
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        u = 1.0 - next_uniform(state)
+        if np.log(u) < 0.5 * x * x + d - d * v + d * np.log(v):
+            return d * v * boost
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def next_beta(state, a, b):
+    """Beta(a, b) as G_a / (G_a + G_b) of two gamma draws."""
+    x = next_gamma(state, a)
+    y = next_gamma(state, b)
+    return x / (x + y)

@@ -202,3 +202,32 @@ def params64(model):
 
 def stats64(model):
     return {k: v.astype(np.float64) for k, v in model.network.stats.items()}
+
+
+def input_gradient(net, P, S, X, Y, w=None, shift=None, inv_scale=None):
+    """Inference-mode J (running statistics S, no dropout, no penalty) and dJ/dX in
+    input units, by the chain rule through every layer and the input normalizer."""
+    X = np.asarray(X, dtype=np.float64)
+    shift = np.zeros(X.shape[1]) if shift is None else np.asarray(shift, dtype=np.float64)
+    inv_scale = np.ones(X.shape[1]) if inv_scale is None else np.asarray(inv_scale, dtype=np.float64)
+    A = (X - shift) * inv_scale
+    pre, bn_scale = {}, {}
+    for l in range(1, net.L + 1):
+        Z = A @ P[f"W{l}"].T
+        if f"b{l}" in P:
+            Z = Z + P[f"b{l}"]
+        if l == net.L:
+            break
+        if net.is_bn(l):
+            bn_scale[l] = P[f"gamma{l}"] / np.sqrt(S[f"running_var{l}"] + net.bn_eps)
+            Z = (Z - S[f"running_mean{l}"]) * bn_scale[l] + P[f"beta{l}"]
+        pre[l] = Z
+        A = act_forward(net.activations[l - 1], Z)
+    J, dZ = weighted_mean_loss(net.task, Z, Y, w)
+    for l in range(net.L, 0, -1):
+        if l < net.L:
+            dZ = dZ * act_derivative(net.activations[l - 1], pre[l])
+            if net.is_bn(l):
+                dZ = dZ * bn_scale[l]
+        dZ = dZ @ P[f"W{l}"]
+    return J, dZ * inv_scale

@@ -42,3 +42,13 @@ def test_partial_fit_and_predict_allocate_no_arrays(m):
     snap = model.snapshot()
     ws = snap.new_workspace()
     assert _peak_growth(lambda: snap.predict_into(X, out, ws)) < LIMIT
+
+
+def test_augmented_and_adversarial_steps_allocate_no_arrays():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((256, 64)).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+    model = Model(hidden=(32,), task="multiclass", n_outputs=10, input_shape=(8, 8), augment_shift=1,
+                  augment_flip=True, augment_mixup_alpha=0.2, augment_noise_std=0.1,
+                  adversarial_epsilon=0.1, adversarial_fraction=0.5)
+    assert _peak_growth(lambda: model.partial_fit(X, y)) < LIMIT
