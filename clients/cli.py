@@ -285,6 +285,19 @@ def cmd_search(args):
     return EXIT_OK
 
 
+def cmd_errors(args):
+    """Error analysis of the held-out splits: confusion, errors by tag, likely mislabeled rows."""
+    from .errors_view import format_errors
+
+    with _control(args) as c:
+        analysis = c.status().get("error_analysis") or {}
+    if args.json:
+        print(json.dumps(analysis, indent=2))
+        return EXIT_OK
+    print(format_errors(analysis, args.split, args.suspects))
+    return EXIT_OK
+
+
 def format_leaderboard(members):
     """The leaderboard as a text table (the champion marked with *)."""
     names = sorted({k for row in members for k in row["draw"]})
@@ -504,6 +517,11 @@ def build_parser():
     status.add_argument("--json", action="store_true")
     search = client("search", "the population's leaderboard (search_members >= 2)", cmd_search, ("control",))
     search.add_argument("--json", action="store_true")
+    errors = client("errors", "error analysis of held-out rows: confusion, errors by tag, likely "
+                              "mislabeled rows", cmd_errors, ("control",))
+    errors.add_argument("--split", choices=("dev", "test", "train_dev"), help="one split (default: every one held)")
+    errors.add_argument("--suspects", action="store_true", help="the rows whose given label is least likely")
+    errors.add_argument("--json", action="store_true")
     setp = client("set", "change live settings (lr, l2, batch_size, ...)", cmd_set, ("control",))
     setp.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     client("checkpoint", "write a checkpoint now", cmd_checkpoint, ("control",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .drift import ADWIN
 from .ensemble import Ensemble
 from .kernels.normalize import count_nonfinite
 from .labels import labels_from_outputs
@@ -14,7 +15,8 @@ from .model import Model
 def warm_up(dtype="float32", training=True):
     """Run every kernel for `dtype` once on a tiny model of each task, with and without
     batch norm: inference of one model and of an ensemble, the input check and the label
-    mapping; with `training`, a step (dropout included) and the training-mode outputs."""
+    mapping; with `training`, a step (dropout included), the training-mode outputs and
+    the drift detector the trainer runs on its progressive error."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3)).astype(dtype)
     targets = {"multiclass": (3, rng.integers(0, 3, 8)), "binary": (1, rng.integers(0, 2, 8)),
@@ -34,3 +36,5 @@ def warm_up(dtype="float32", training=True):
             snap.predict_into(x, out, snap.new_workspace())
             labels_from_outputs(task, out)
     count_nonfinite(x)
+    if training:
+        ADWIN(clock=1, grace_period=1).update(np.tile([0.0, 1.0], 32))

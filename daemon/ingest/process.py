@@ -57,7 +57,7 @@ class IngestProcess(ChildProcess):
                                   cfg.test_fraction), cfg.train_dev_fraction)
         dtype = cfg.model.get("dtype", "float32")
         self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, cfg.model,
-                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value)
+                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value, cfg.max_tags)
         self.accepted = state.dedupe
         self.budget = IngestBudget.from_config(cfg)
         self.backlog = Backlog()

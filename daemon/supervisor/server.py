@@ -165,7 +165,7 @@ class Server:
         splitter = SplitAssigner((1.0 - cfg.dev_fraction - cfg.test_fraction, cfg.dev_fraction,
                                   cfg.test_fraction), cfg.train_dev_fraction)
         self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, cfg.model,
-                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value)
+                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value, cfg.max_tags)
         self.accepted = self.trainer.dedupe.copy()
         if self.wal is not None:
             # Numbers must keep rising past what the checkpoint consumed, even if the log
