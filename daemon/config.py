@@ -29,7 +29,7 @@ EARLY_STOPPING_ACTIONS = ("none", "serve_best", "freeze")
 EARLY_STOPPING_METRICS = ("auto", "error", "loss")
 PROGRESSIVE_MODES = ("step", "inference", "off")
 DRIFT_DETECTORS = ("adwin", "off")
-DRIFT_ACTIONS = ("none", "reset_optimizer", "boost_lr")
+DRIFT_ACTIONS = ("none", "reset_optimizer", "boost_lr", "new_challengers")
 SERVE_MODES = ("champion", "ensemble")
 
 
@@ -81,7 +81,7 @@ class Config:
     # Drift: a detector on the progressive (test-then-train) error stream.
     drift_detector: str = "adwin"   # adwin | off
     drift_delta: float = 0.002      # ADWIN's confidence: smaller, fewer false alarms and later detections
-    on_drift: str = "none"          # none | reset_optimizer | boost_lr (and new challengers in a population)
+    on_drift: str = "none"          # none | reset_optimizer | boost_lr | new_challengers (a population's)
     drift_boost: float = 10.0       # boost_lr: the learning rate is multiplied by this, then decays back
     drift_boost_rows: int = 5000    # rows over which a boosted learning rate returns to its value
     # Early stopping on the dev split (patience counted in evaluations; 0: off).
@@ -174,6 +174,9 @@ class Config:
                               f"got {self.drift_detector!r}")
         if self.on_drift not in DRIFT_ACTIONS:
             raise ConfigError(f"on_drift must be one of {', '.join(DRIFT_ACTIONS)}, got {self.on_drift!r}")
+        if self.on_drift == "new_challengers" and not self.searching:
+            raise ConfigError("on_drift = new_challengers replaces a population's worst members: it needs "
+                              "search_members >= 2")
         if not 0 < self.drift_delta < 1:
             raise ConfigError(f"drift_delta must be in (0, 1), got {self.drift_delta}")
         if self.drift_boost < 1:

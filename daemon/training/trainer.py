@@ -539,10 +539,17 @@ class Trainer(threading.Thread):
                 model.reset_optimizer()
         elif action == "boost_lr":
             self.drift.start_boost(self._drift_models(), self.samples_trained)
+        elif action == "new_challengers" and self.population is not None:
+            for d in self.population.renew(reason="drift"):
+                log.info("search: drift: member %s replaces %s", d["member"], d["replaced"])
+                self.metrics.search_decisions.labels(d["kind"]).inc()
+            self._refresh_board()
 
     def _drift_models(self):
-        """{key: Model} that a drift action applies to: the model, or every member."""
+        """{key: Model} that a drift action applies to: the model, or every member (their
+        steps in flight finished first)."""
         if self.population is not None:
+            self.population.sync()
             return {mb.id: mb.model for mb in self.population.members}
         return {0: self.model}
 

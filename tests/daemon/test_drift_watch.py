@@ -89,3 +89,9 @@ def test_the_detector_resumes_from_its_state(seed):
 def test_bad_drift_settings_are_refused(kv):
     with pytest.raises(ConfigError):
         Config(**kv).validate()
+
+
+def test_new_challengers_need_a_population():
+    with pytest.raises(ConfigError):
+        Config(on_drift="new_challengers").validate()
+    Config(on_drift="new_challengers", search_members=4).validate()

@@ -44,3 +44,21 @@ def test_a_concept_change_is_found_and_acted_on(daemons, stream):
         with pytest.raises(LearndError) as err:
             c.set(on_drift="panic")
         assert err.value.code == "bad_setting"
+
+
+def test_a_population_meets_a_drift_with_new_challengers(daemons, stream):
+    X, y = stream
+    d = daemons(args=["--set", "search_members=4", "--set", "on_drift=new_challengers",
+                      "--set", "search_min_rows=256", "--set", "search_interval=1000000"])
+    with Producer(d.ingest, producer_id="sea", window=16, timeout=60) as prod:
+        for i in range(0, ROWS, BATCH):
+            prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
+    assert prod.rejected == []
+    status = d.settled()
+    drift = status["drift"]
+    assert drift["detections"] >= 1 and drift["last"]["action"] == "new_challengers"
+    renewed = [dec for dec in status["search"]["recent_decisions"] if dec.get("reason") == "drift"]
+    assert renewed and all(dec["kind"] == "replace" for dec in renewed)
+    assert status["search"]["champion"] not in {dec["replaced"] for dec in renewed}
+    members = {row["member"] for row in status["members"]}
+    assert {dec["member"] for dec in renewed[-1:]} <= members
