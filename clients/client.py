@@ -228,11 +228,20 @@ class Predictor(_RequestReply):
         super().__init__(address, timeout, retries, context, curve_server_key=curve_server_key,
                          curve_client_cert=curve_client_cert)
 
-    def predict(self, X, output="label", ids=None):
+    def predict(self, X, output="label", ids=None, tags=None, tag_names=None):
+        """Predictions for X.  ids: keep the inputs for labels sent later under those ids;
+        tags (with tag_names, as Producer.send's) are kept with them, for error analysis."""
+        if (tags is None) != (tag_names is None):
+            raise ValueError("tags and tag_names go together")
         arrays = {"x": np.asarray(X)}
+        header = {"op": "predict", "output": output}
         if ids is not None:
             arrays["ids"] = np.asarray(ids, dtype=np.int64)
-        reply = self.request({"op": "predict", "output": output}, arrays)
+        if tags is not None:
+            tags = np.asarray(tags)
+            arrays["tags"] = tags.astype(np.int32) if tags.ndim == 1 else tags
+            header["tag_names"] = list(tag_names)
+        reply = self.request(header, arrays)
         return Prediction(reply.arrays["y"], reply.header["model_version"], reply.header.get("member"))
 
     def predict_many(self, batches, output="label", window=32):

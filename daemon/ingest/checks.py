@@ -72,6 +72,12 @@ class IngestChecker:
         if ids is not None:
             row_ids(ids, x.shape[0])
         tags, names = self._tags(arrays, header, x.shape[0])
+        if "x" not in arrays and tags is None:      # the tags the predict requests kept with the ids
+            tags, names = self.id_store.tags(ids)
+            if len(names) > self.max_tags:            # the logged message must pass the same checks
+                raise ProtocolError("too_large", f"the rows of these ids were tagged with {len(names)} tag "
+                                                 f"names together, more than max_tags = {self.max_tags}: "
+                                                 "send their labels in smaller messages")
         with np.errstate(over="ignore"):   # an overflow is refused just below
             x = np.array(x, dtype=self.dtype)  # a copy: the message frames are released
         checks.check_converted("x", x)

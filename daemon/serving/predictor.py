@@ -20,6 +20,7 @@ from learnd.clients.protocol import ProtocolError
 from learnd.engine.kernels.normalize import count_nonfinite
 from learnd.engine.labels import labels_from_outputs
 
+from learnd.daemon.ingest.tags import check_tags
 from learnd.daemon.serving.latency import LatencyWindow
 
 log = logging.getLogger("learnd.predictor")
@@ -37,6 +38,7 @@ class Request:
     x: np.ndarray         # (m, input_dim), the snapshot's dtype
     ids: np.ndarray | None
     received: float       # perf_counter() when it was read
+    tags: tuple | None = None    # (multi-hot (m, T) bool, T names), kept with ids for the labels
 
 
 class PredictServer(threading.Thread):
@@ -45,7 +47,7 @@ class PredictServer(threading.Thread):
     POLL_MS = 100
 
     def __init__(self, socket, trainer, metrics, limits, id_store, batch_window_us=0.0,
-                 max_batch_rows=1024, spin_us=0.0, routing_frames=1):
+                 max_batch_rows=1024, spin_us=0.0, routing_frames=1, max_tags=0):
         """routing_frames: frames before a request's own (the client's identity; behind
         the supervisor's proxy, the proxy's too), sent back in front of its reply."""
         super().__init__(name="learnd-predict", daemon=True)
@@ -54,6 +56,7 @@ class PredictServer(threading.Thread):
         self.metrics = metrics
         self.limits = limits
         self.id_store = id_store
+        self.max_tags = max_tags
         self.batch_window_s = batch_window_us / 1e6
         self.max_batch_rows = max(1, max_batch_rows)
         self.spin_s = spin_us / 1e6
@@ -133,8 +136,11 @@ class PredictServer(threading.Thread):
         output = header.get("output", "label")
         if output not in OUTPUTS:
             raise ProtocolError("bad_header", f"'output' must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        if "x" not in arrays or len(arrays) > 2 or (len(arrays) == 2 and "ids" not in arrays):
-            raise ProtocolError("bad_array", "a predict message carries x and optionally ids")
+        if "x" not in arrays or set(arrays) - {"x", "ids", "tags"}:
+            raise ProtocolError("bad_array", "a predict message carries x and optionally ids (and tags with them)")
+        if "tags" in arrays and "ids" not in arrays:
+            raise ProtocolError("bad_array", "a predict message's tags are kept with its ids for the labels "
+                                             "that come later: send ids with them")
         if snap is None:
             raise ProtocolError("not_ready", "no model yet: the first training batch creates it")
         x = arrays["x"]
@@ -154,7 +160,8 @@ class PredictServer(threading.Thread):
         if ids is not None:
             if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.shape[0] != x.shape[0]:
                 raise ProtocolError("bad_array", "ids must be a 1-D integer array, one per row of x")
-        return Request(identity, echo or {}, output, x, ids, t0)
+        tags = None if "tags" not in arrays else check_tags(arrays["tags"], header, x.shape[0], self.max_tags)
+        return Request(identity, echo or {}, output, x, ids, t0, tags)
 
     def _answer(self, requests, snap):
         try:
@@ -170,7 +177,7 @@ class PredictServer(threading.Thread):
         for r in requests:
             m = r.x.shape[0]
             if r.ids is not None:
-                self.id_store.put(r.ids, r.x)
+                self.id_store.put(r.ids, r.x, r.tags)
             y = _outputs(snap.task, P[start:start + m], r.output)
             start += m
             self._requests_ok.inc()

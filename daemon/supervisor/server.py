@@ -128,7 +128,7 @@ class Server:
         self.bound["metrics"] = f"http://{cfg.metrics_host}:{self.http.server_address[1]}/metrics"
         self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store,
                                        cfg.predict_batch_window_us, cfg.predict_batch_max_rows,
-                                       cfg.predict_spin_us)
+                                       cfg.predict_spin_us, max_tags=cfg.max_tags)
         self.trainer.start()
         self.predictor.start()
         self.handshakes.start()

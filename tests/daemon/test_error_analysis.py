@@ -174,3 +174,17 @@ def test_a_reservoir_keeps_tags_and_ids_through_its_state():
     order_back = np.argsort(back.keys[:back.filled])
     for a, b in zip(r.annotations(), back.annotations()):
         assert np.array_equal(a[order], b[order_back])
+
+
+def test_the_id_store_keeps_each_rows_tags_until_its_label_comes():
+    from learnd.daemon.ingest.idstore import IdStore
+
+    store = IdStore(100, 60.0)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    store.put(np.array([1, 2]), x[:2], (np.array([[1, 0], [1, 1]], bool), ("a", "b")))
+    store.put(np.array([3, 4]), x[2:], (np.array([[0, 1], [0, 0]], bool), ("c", "a")))
+    store.put(np.array([5]), x[:1])                              # no tags
+    hot, names = store.tags(np.array([4, 3, 2, 1]))
+    assert names == ("a", "b")                                   # "c" is on no row
+    assert hot.tolist() == [[False, False], [True, False], [True, True], [True, False]]
+    assert store.tags(np.array([5])) == (None, ())

@@ -96,6 +96,10 @@ def barrage():
         ("predict", raw({"op": "predict", "id": 4}), "bad_array"),
         ("predict", [b"", b"\x92\x01"], "bad_header"),
         ("predict", raw({"op": "predict"}, {"x": np.zeros((1000, 64))}), "too_large"),
+        ("predict", raw({"op": "predict", "tag_names": ["a"]}, {"x": X_OK, "tags": np.zeros(4, np.int32)}),
+         "bad_array"),                                                          # tags without ids
+        ("predict", raw({"op": "predict", "tag_names": ["a"]}, {"x": X_OK, "ids": np.arange(4),
+                                                              "tags": np.array([0, 1, 0, 0], np.int32)}), "bad_tag"),
         # control socket
         ("control", raw({"op": "reboot"}), "unknown_op"),
         ("control", raw({"op": "set", "settings": {"lr": -3}}), "bad_setting"),

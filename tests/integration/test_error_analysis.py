@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from learnd.clients.client import Control, Producer
+from learnd.clients.client import Control, LearndError, Predictor, Producer
 from learnd.engine.datasets import load
 
 BATCH = 64
@@ -100,3 +100,37 @@ def test_errors_by_tag_confusion_and_suspects_on_a_real_daemon(daemons, digits, 
     first = dev_a["suspects"]["listed"][0]
     assert f"{dev_a['suspects']['count']} of {len(dev)} rows are likely mislabeled" in r.stdout
     assert str(first["id"]) in r.stdout
+
+
+def test_tags_sent_with_a_predict_request_come_with_its_delayed_labels(daemons, digits):
+    X, y = digits
+    d = daemons()
+    with Producer(d.ingest, producer_id="p", timeout=30) as prod:
+        for i in range(0, 640, BATCH):
+            prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
+    d.settled()
+    rows = np.arange(640, 840)
+    ids = 7000 + rows
+    codes = np.where(y[rows] < 5, 0, 1).astype(np.int32)
+    codes[::10] = -1                                        # untagged rows
+    with Predictor(d.predict) as p:
+        for i in range(0, 200, 50):
+            p.predict(X[rows[i:i + 50]], ids=ids[i:i + 50], tags=codes[i:i + 50], tag_names=["low", "high"])
+        with pytest.raises(LearndError) as err:             # tags are kept with ids: none, no tags
+            p.predict(X[:2], tags=[0, 1], tag_names=["low", "high"])
+        assert err.value.code == "bad_array"
+        with pytest.raises(LearndError) as err:
+            p.predict(X[:2], ids=[1, 2], tags=[0, 2], tag_names=["low", "high"])
+        assert err.value.code == "bad_tag"
+    # the labels come later, by id alone, for the dev split
+    with Producer(d.ingest, producer_id="labels", timeout=30) as prod:
+        for i in range(0, 200, 40):
+            prod.send(None, y[rows[i:i + 40]], ids=ids[i:i + 40], split="dev")
+    assert prod.rejected == []
+    with Control(d.control) as c:
+        d.wait_until(lambda: (c.status()["error_analysis"]["splits"].get("dev") or {}).get("rows") == 200,
+                     what="the dev error analysis")
+        a = c.status()["error_analysis"]["splits"]["dev"]
+    table = {t["tag"]: t for t in a["tags"]}
+    assert table["low"]["rows"] == int((codes == 0).sum()) and table["high"]["rows"] == int((codes == 1).sum())
+    assert a["suspects"]["rows_with_ids"] == 200
