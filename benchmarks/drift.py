@@ -18,7 +18,7 @@ Streams, each with its true change rows:
 A detection is a hit when it is the first within `--horizon` rows after a change;
 every other detection is a false alarm.  Delays are in rows after the change.
 
-    python benchmarks/drift.py [--rows 100000] [--json FILE]
+    python benchmarks/drift.py [--rows 100000] [--streams sea_drift,rules,flat] [--seed 0] [--json FILE]
 """
 from __future__ import annotations
 
@@ -127,11 +127,13 @@ def main():
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--horizon", type=int, default=10_000, help="rows after a change a hit may come")
     parser.add_argument("--replay-ratio", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the made streams' draws and the models' seed")
+    parser.add_argument("--streams", default="sea_drift,rules,flat", help="comma-separated, of sea_drift, rules, flat")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
-    streams = {"sea_drift": sea(args.rows), "rules": rules(args.rows, args.seed),
-               "flat": rules(args.rows, args.seed, switch=False)}
+    makers = {"sea_drift": lambda: sea(args.rows), "rules": lambda: rules(args.rows, args.seed),
+              "flat": lambda: rules(args.rows, args.seed, switch=False)}
+    streams = {name: makers[name]() for name in args.streams.split(",")}
     results = {}
     for name, (X, y, changes) in streams.items():
         results[name] = {"changes": changes}

@@ -331,6 +331,13 @@ def _evaluation_rows(status):
                 f"{e['evaluations_since_best']} evaluations since" if e["best_version"] is not None
                 else "no best dev figure yet")
         rows.append(("early stopping", f"{state}: {best} (patience {e['patience']}, action {e['action']})"))
+    dr = status.get("drift")
+    if dr and dr["detector"] != "off":
+        last = dr["last"]
+        seen = (f"last at row {last['row']} of the progressive error ({last['samples_trained']} rows trained), "
+                f"action {last['action']}" if last else "none yet")
+        rows.append(("drift", f"{dr['detector']}: {dr['detections']} drifts in {dr['rows_watched']} rows, {seen}; "
+                              f"on_drift {dr['on_drift']}"))
     sat = status.get("satisficing")
     if sat:
         bound = f"{_fmt(sat['bound_seconds'] * 1e3)} ms"

@@ -44,6 +44,13 @@ def test_a_concept_change_is_found_and_acted_on(daemons, stream):
         with pytest.raises(LearndError) as err:
             c.set(on_drift="panic")
         assert err.value.code == "bad_setting"
+    # The detector, its counts and the last drift survive a restart (they are in the checkpoint).
+    assert d.stop() == 0
+    d2 = daemons(name="again", state_dir=d.state_dir)
+    with Control(d2.control) as c:
+        again = c.status()["drift"]
+    assert again["detections"] == 1 and again["last"] == drift["last"]
+    assert again["rows_watched"] == ROWS and again["window_rows"] == drift["window_rows"]
 
 
 def test_a_population_meets_a_drift_with_new_challengers(daemons, stream):
