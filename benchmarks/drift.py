@@ -18,7 +18,8 @@ Streams, each with its true change rows:
 A detection is a hit when it is the first within `--horizon` rows after a change;
 every other detection is a false alarm.  Delays are in rows after the change.
 
-    python benchmarks/drift.py [--rows 100000] [--streams sea_drift,rules,flat] [--seed 0] [--json FILE]
+    python benchmarks/drift.py [--rows 100000] [--streams sea_drift,rules,flat] [--actions none,...]
+                               [--seed 0] [--json FILE]
 """
 from __future__ import annotations
 
@@ -62,7 +63,10 @@ def rules(rows, seed, switch=True):
 
 
 def run(X, y, action, replay_ratio, seed):
-    """The trainer's loop over the stream; (row errors (n,), our detections, River's)."""
+    """The trainer's loop over the stream; (row errors (n,), our detections, River's, offset).
+
+    The first batch is not scored (there is no model before it): the error stream starts
+    at stream row `offset`, and detections are given as stream rows (counted from 1)."""
     from river.drift import ADWIN as RiverADWIN
 
     cfg = Config(on_drift=action).validate()
@@ -72,18 +76,20 @@ def run(X, y, action, replay_ratio, seed):
     replay = Replay(model, rows=cfg.replay_rows, ratio=replay_ratio, batch_size=BATCH, seed=seed,
                     recency=cfg.replay_recency)
     errors, ours, theirs = [], [], []
-    seen = 0
+    seen = offset = 0
     for i in range(0, X.shape[0] - 1, BATCH):
         xb, Yb = X[i:i + BATCH], y[i:i + BATCH, None].astype(np.float32)
-        if model.network is not None:
+        if model.network is None:
+            offset = i + xb.shape[0]
+        else:
             e = row_errors("binary", model.predict_proba(xb), Yb)
             errors.append(e)
             found = watch.observe(e)
-            ours += found
+            ours += [offset + p for p in found]
             for k, v in enumerate(e):           # River's detector takes one value at a time
                 river.update(float(v))
                 if river.drift_detected:
-                    theirs.append(seen + k + 1)
+                    theirs.append(offset + seen + k + 1)
             seen += e.shape[0]
             models = {0: model}
             if found and action == "reset_optimizer":
@@ -96,7 +102,7 @@ def run(X, y, action, replay_ratio, seed):
         replay.add(xb, Yb)
         for _ in range(replay_ratio):
             replay.step()
-    return np.concatenate(errors), ours, theirs, X.shape[0] - seen
+    return np.concatenate(errors), ours, theirs, offset
 
 
 def detection_figures(detections, changes, rows, horizon):
@@ -129,6 +135,7 @@ def main():
     parser.add_argument("--replay-ratio", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="the made streams' draws and the models' seed")
     parser.add_argument("--streams", default="sea_drift,rules,flat", help="comma-separated, of sea_drift, rules, flat")
+    parser.add_argument("--actions", default=",".join(ACTIONS), help="comma-separated on_drift actions")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
     makers = {"sea_drift": lambda: sea(args.rows), "rules": lambda: rules(args.rows, args.seed),
@@ -137,7 +144,7 @@ def main():
     results = {}
     for name, (X, y, changes) in streams.items():
         results[name] = {"changes": changes}
-        for action in ACTIONS:
+        for action in args.actions.split(","):
             errors, ours, theirs, offset = run(X, y, action, args.replay_ratio, args.seed)
             n = errors.shape[0]
             r = {"accuracy": accuracy_figures(errors, offset, changes)}

@@ -526,8 +526,10 @@ class Trainer(threading.Thread):
             self._on_drift(found)
 
     def _on_drift(self, positions):
-        """The detector found a change in the progressive error: count, report, act."""
-        action = self.config.on_drift
+        """The detector found a change in the progressive error: count, report, act.
+        A rank of a data-parallel group only reports: each rank watches its own stream, and
+        an action on one rank's model would part it from the others'."""
+        action = self.config.on_drift if self.group is None else "none"
         self.metrics.drift_detected.inc(len(positions))
         window_error = self.progressive.figures().get("window_error")
         self.drift.record(positions[-1], self.samples_trained, self.model_steps, window_error, action)
