@@ -285,6 +285,19 @@ def cmd_search(args):
     return EXIT_OK
 
 
+def cmd_errors(args):
+    """Error analysis of the held-out splits: confusion, errors by tag, likely mislabeled rows."""
+    from .errors_view import format_errors
+
+    with _control(args) as c:
+        analysis = c.status().get("error_analysis") or {}
+    if args.json:
+        print(json.dumps(analysis, indent=2))
+        return EXIT_OK
+    print(format_errors(analysis, args.split, args.suspects))
+    return EXIT_OK
+
+
 def format_leaderboard(members):
     """The leaderboard as a text table (the champion marked with *)."""
     names = sorted({k for row in members for k in row["draw"]})
@@ -318,6 +331,13 @@ def _evaluation_rows(status):
                 f"{e['evaluations_since_best']} evaluations since" if e["best_version"] is not None
                 else "no best dev figure yet")
         rows.append(("early stopping", f"{state}: {best} (patience {e['patience']}, action {e['action']})"))
+    dr = status.get("drift")
+    if dr and dr["detector"] != "off":
+        last = dr["last"]
+        seen = (f"last at row {last['row']} of the progressive error ({last['samples_trained']} rows trained), "
+                f"action {last['action']}" if last else "none yet")
+        rows.append(("drift", f"{dr['detector']}: {dr['detections']} drifts in {dr['rows_watched']} rows, {seen}; "
+                              f"on_drift {dr['on_drift']}"))
     sat = status.get("satisficing")
     if sat:
         bound = f"{_fmt(sat['bound_seconds'] * 1e3)} ms"
@@ -504,6 +524,11 @@ def build_parser():
     status.add_argument("--json", action="store_true")
     search = client("search", "the population's leaderboard (search_members >= 2)", cmd_search, ("control",))
     search.add_argument("--json", action="store_true")
+    errors = client("errors", "error analysis of held-out rows: confusion, errors by tag, likely "
+                              "mislabeled rows", cmd_errors, ("control",))
+    errors.add_argument("--split", choices=("dev", "test", "train_dev"), help="one split (default: every one held)")
+    errors.add_argument("--suspects", action="store_true", help="the rows whose given label is least likely")
+    errors.add_argument("--json", action="store_true")
     setp = client("set", "change live settings (lr, l2, batch_size, ...)", cmd_set, ("control",))
     setp.add_argument("settings", nargs="+", metavar="KEY=VALUE")
     client("checkpoint", "write a checkpoint now", cmd_checkpoint, ("control",))

@@ -235,11 +235,20 @@ class Predictor(_RequestReply):
         super().__init__(address, timeout, retries, context, curve_server_key=curve_server_key,
                          curve_client_cert=curve_client_cert)
 
-    def predict(self, X, output="label", ids=None):
+    def predict(self, X, output="label", ids=None, tags=None, tag_names=None):
+        """Predictions for X.  ids: keep the inputs for labels sent later under those ids;
+        tags (with tag_names, as Producer.send's) are kept with them, for error analysis."""
+        if (tags is None) != (tag_names is None):
+            raise ValueError("tags and tag_names go together")
         arrays = {"x": np.asarray(X)}
+        header = {"op": "predict", "output": output}
         if ids is not None:
             arrays["ids"] = np.asarray(ids, dtype=np.int64)
-        reply = self.request({"op": "predict", "output": output}, arrays)
+        if tags is not None:
+            tags = np.asarray(tags)
+            arrays["tags"] = tags.astype(np.int32) if tags.ndim == 1 else tags
+            header["tag_names"] = list(tag_names)
+        reply = self.request(header, arrays)
         return Prediction(reply.arrays["y"], reply.header["model_version"], reply.header.get("member"))
 
     def adversarial(self, X, y, epsilon):
@@ -345,11 +354,14 @@ class Producer(_Connection):
         self.duplicates = 0
         self.rejected: list[Rejected] = []
 
-    def send(self, X, y=None, w=None, ids=None, split="auto", **header):
+    def send(self, X, y=None, w=None, ids=None, split="auto", tags=None, tag_names=None, **header):
         """Queue one batch (blocks while `window` batches await their acks); returns its seq.
 
         split: "auto" (the daemon divides the rows by their hash), "train", "train_dev",
-        "dev" or "test" (every row goes there)."""
+        "dev" or "test" (every row goes there).  tags: int codes (m,) into tag_names
+        (-1: no tag) or multi-hot (m, len(tag_names)), for error analysis by tag."""
+        if (tags is None) != (tag_names is None):
+            raise ValueError("tags and tag_names go together")
         if split not in protocol.TRAIN_SPLITS:
             raise ValueError(f"split must be one of {', '.join(protocol.TRAIN_SPLITS)}, got {split!r}")
         while len(self._pending) >= self.window:
@@ -363,6 +375,10 @@ class Producer(_Connection):
             arrays["w"] = np.asarray(w)
         if ids is not None:
             arrays["ids"] = np.asarray(ids, dtype=np.int64)
+        if tags is not None:
+            tags = np.asarray(tags)
+            arrays["tags"] = tags.astype(np.int32) if tags.ndim == 1 else tags
+            header["tag_names"] = list(tag_names)
         seq = self.next_seq
         self.next_seq += 1
         frames = protocol.encode({"op": "train", "producer": self.producer_id, "seq": seq,

@@ -20,7 +20,7 @@ DTYPES = {s: np.dtype(s) for s in
 DTYPES.update({"<i1": np.dtype("i1"), "<u1": np.dtype("u1"), "<b1": np.dtype("?"),
                "|b": np.dtype("?")})
 # `snapshot` (uint8) travels only on the snapshots socket: a model version for followers.
-ARRAY_NAMES = ("x", "y", "w", "ids", "snapshot")
+ARRAY_NAMES = ("x", "y", "w", "ids", "tags", "snapshot")
 # The `split` a train message may name (docs/protocol.md section 4): "auto" lets the
 # daemon divide rows by their hash, the others send every row of the message there.
 TRAIN_SPLITS = ("auto", "train", "train_dev", "dev", "test")
@@ -66,6 +66,7 @@ ERROR_CODES = {
     "non_finite": "an input holds NaN or Inf",
     "out_of_range": "an input or regression target is beyond the configured max_abs_value",
     "bad_label": "a label is not valid for the task (out of range, not 0/1, ...)",
+    "bad_tag": "a tag code is not -1 or an index of the header's tag_names, or a multi-hot tag is not 0/1",
     "too_large": "the message, header or an array is over a configured limit",
     "busy": "the daemon has too many control operations waiting; retry later",
     "not_ready": "there is no model yet: the first training batch fixes its size and task",

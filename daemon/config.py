@@ -28,6 +28,8 @@ from learnd.daemon.errors import ConfigError
 EARLY_STOPPING_ACTIONS = ("none", "serve_best", "freeze")
 EARLY_STOPPING_METRICS = ("auto", "error", "loss")
 PROGRESSIVE_MODES = ("step", "inference", "off")
+DRIFT_DETECTORS = ("adwin", "off")
+DRIFT_ACTIONS = ("none", "reset_optimizer", "boost_lr", "new_challengers")
 SERVE_MODES = ("champion", "ensemble")
 
 
@@ -73,6 +75,15 @@ class Config:
     diagnosis_tolerance: float = 0.02   # a gap below this is no problem
     progressive_window: int = 10_000    # rows the test-then-train figures average over
     progressive_validation: str = "step"    # step (free, training mode) | inference (exact) | off
+    # Error analysis (docs/error_analysis.md): tags per row, confusion, likely mislabeled rows.
+    max_tags: int = 32              # distinct tag names the daemon keeps; more are counted as "(other)"
+    max_suspects: int = 50          # likely mislabeled rows listed per split in status
+    # Drift: a detector on the progressive (test-then-train) error stream.
+    drift_detector: str = "adwin"   # adwin | off
+    drift_delta: float = 0.002      # ADWIN's confidence: smaller, fewer false alarms and later detections
+    on_drift: str = "none"          # none | reset_optimizer | boost_lr | new_challengers (a population's)
+    drift_boost: float = 10.0       # boost_lr: the learning rate is multiplied by this, then decays back
+    drift_boost_rows: int = 5000    # rows over which a boosted learning rate returns to its value
     # Early stopping on the dev split (patience counted in evaluations; 0: off).
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
@@ -165,6 +176,18 @@ class Config:
         if self.progressive_validation not in PROGRESSIVE_MODES:
             raise ConfigError(f"progressive_validation must be one of {', '.join(PROGRESSIVE_MODES)}, "
                               f"got {self.progressive_validation!r}")
+        if self.drift_detector not in DRIFT_DETECTORS:
+            raise ConfigError(f"drift_detector must be one of {', '.join(DRIFT_DETECTORS)}, "
+                              f"got {self.drift_detector!r}")
+        if self.on_drift not in DRIFT_ACTIONS:
+            raise ConfigError(f"on_drift must be one of {', '.join(DRIFT_ACTIONS)}, got {self.on_drift!r}")
+        if self.on_drift == "new_challengers" and not self.searching:
+            raise ConfigError("on_drift = new_challengers replaces a population's worst members: it needs "
+                              "search_members >= 2")
+        if not 0 < self.drift_delta < 1:
+            raise ConfigError(f"drift_delta must be in (0, 1), got {self.drift_delta}")
+        if self.drift_boost < 1:
+            raise ConfigError(f"drift_boost must be >= 1, got {self.drift_boost}")
         self._validate_search()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")

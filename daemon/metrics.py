@@ -134,6 +134,19 @@ class Metrics(ServingMetrics):
         self.eval_figures = {
             name: Gauge(f"learnd_eval_{name}", doc + " Per split, last evaluation.", ["split"], registry=r)
             for name, doc in EVAL_FIGURES.items()}
+        # Error analysis: tag labels are bounded by max_tags (+1 for "(other)"), splits by SPLITS.
+        self.eval_error_by_tag = Gauge("learnd_eval_error_by_tag",
+                                       "Error on the rows of a held-out split that carry a tag, last evaluation.",
+                                       ["split", "tag"], registry=r)
+        self.eval_tag_rows = Gauge("learnd_eval_tag_rows",
+                                   "Rows of a held-out split that carry a tag, last evaluation.",
+                                   ["split", "tag"], registry=r)
+        self.eval_suspects = Gauge("learnd_eval_suspect_rows",
+                                   "Held-out rows whose given label the model finds least likely "
+                                   "(confident learning), last evaluation.", ["split"], registry=r)
+        self.drift_detected = Counter("learnd_drift_detected_total",
+                                      "Changes the drift detector found in the progressive error stream.",
+                                      registry=r)
         self.diagnosis_gap = Gauge("learnd_diagnosis_gap",
                                    "Bias/variance gaps between the splits' errors (docs/metrics.md).",
                                    ["gap"], registry=r)

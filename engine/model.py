@@ -178,6 +178,10 @@ class Model:
         """Set α0 by hand; the schedule goes on from the new base."""
         self.set(lr=lr)
 
+    def reset_optimizer(self):
+        """Start the optimizer afresh (moments and step count), keeping the weights."""
+        self.optimizer.reset()
+
     def set(self, **settings):
         """Change settings that are safe between steps (LIVE_SETTINGS); others raise."""
         unknown = set(settings) - set(LIVE_SETTINGS)

@@ -50,6 +50,14 @@ class Optimizer(ABC):
     def _apply(self, theta, g, lr, g_scale):
         """The update itself, by the subclass's kernel."""
 
+    def reset(self):
+        """Forget the moments and the step count: the next step is taken as a first one
+        (bias correction included).  After a change in the stream, averages of the old
+        stream's gradients only steer the steps wrong.  Buffers are zeroed in place."""
+        self.t = 0
+        for buf in self.state.values():
+            buf.fill(0)
+
     def get_state(self):
         return {"t": self.t, "moments": {k: v.copy() for k, v in self.state.items()}}
 

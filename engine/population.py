@@ -575,6 +575,19 @@ class Population:
             made.append(self._copy(donor, mb))
         return made
 
+    def renew(self, reason="drift"):
+        """New challengers: the worst quarter of the members (at least one, never the
+        champion) is replaced by fresh draws from the whole search space, not the region
+        the search narrowed to: after a change in the stream that region may be the wrong
+        one.  Returns the decisions made (logged like the strategy's)."""
+        self.sync()
+        ranked = self.ranking() or list(self._members)
+        ranked += [mb for mb in self._members if mb not in ranked]      # the unjudged count as worst
+        others = [mb for mb in ranked if mb is not self.champion]
+        made = [self._replace(mb, self.space, reason=reason) for mb in others[-max(1, len(ranked) // 4):]]
+        self._changes += 1
+        return made
+
     def _replace(self, old, space, reason, **extra):
         figure = self._member_figure(old)          # before its ring is cleared for the new one
         new = self._new_member(old.slot, origin="draw", space=space)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .drift import ADWIN
 from .ensemble import Ensemble
 from .kernels.adversarial import fgsm
 from .kernels.normalize import count_nonfinite
@@ -15,7 +16,8 @@ from .model import Model
 def warm_up(dtype="float32", training=True):
     """Run every kernel for `dtype` once on a tiny model of each task, with and without
     batch norm: inference of one model and of an ensemble, the input check and the label
-    mapping; with `training`, a step (dropout included) and the training-mode outputs."""
+    mapping; with `training`, a step (dropout included), the training-mode outputs and
+    the drift detector the trainer runs on its progressive error."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 3)).astype(dtype)
     targets = {"multiclass": (3, rng.integers(0, 3, 8)), "binary": (1, rng.integers(0, 2, 8)),
@@ -49,3 +51,5 @@ def warm_up(dtype="float32", training=True):
     dX = np.empty_like(x4)
     snap.input_loss_and_grad_into(x4, Y, dX, snap.new_workspace(), snap.new_input_grad_work())
     fgsm(x4, dX, 0.1, dX)
+    if training:
+        ADWIN(clock=1, grace_period=1).update(np.tile([0.0, 1.0], 32))

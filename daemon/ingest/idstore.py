@@ -1,4 +1,5 @@
-"""Inputs kept under row ids by predict requests, for labels that arrive later."""
+"""Inputs kept under row ids by predict requests, for labels that arrive later, with the
+rows' tags when the request carried some (error analysis, ingest.tags)."""
 from __future__ import annotations
 
 import threading
@@ -18,15 +19,17 @@ class IdStore:
         self.size = size
         self.ttl_s = ttl_s
         self.clock = clock
-        self._rows: OrderedDict[int, tuple[float, np.ndarray]] = OrderedDict()
+        self._rows: OrderedDict[int, tuple] = OrderedDict()     # id -> (time, x row, tag names)
         self._lock = threading.Lock()
 
-    def put(self, ids, x):
+    def put(self, ids, x, tags=None):
+        """Keep rows x (m, d) under ids (m,); tags: (multi-hot (m, T) bool, T names) or None."""
         now = self.clock()
+        names = [()] * len(ids) if tags is None else _row_names(*tags)
         with self._lock:
-            for i, row in zip(ids.tolist(), x):
+            for i, row, row_tags in zip(ids.tolist(), x, names):
                 self._rows.pop(i, None)
-                self._rows[i] = (now, row.copy())
+                self._rows[i] = (now, row.copy(), row_tags)
             while len(self._rows) > self.size:
                 self._rows.popitem(last=False)
 
@@ -44,6 +47,20 @@ class IdStore:
             rows = [self._rows[i][1] for i in ids.tolist()]
         return np.stack(rows), [], []
 
+    def tags(self, ids):
+        """(multi-hot (m, U) bool, U names) of the tags stored with ids (all of them
+        stored), or (None, ()) when none of them has a tag."""
+        with self._lock:
+            per_row = [self._rows[i][2] for i in ids.tolist()]
+        names = sorted({n for row in per_row for n in row})
+        if not names:
+            return None, ()
+        column = {n: k for k, n in enumerate(names)}
+        hot = np.zeros((len(per_row), len(names)), dtype=bool)
+        for r, row in enumerate(per_row):
+            hot[r, [column[n] for n in row]] = True
+        return hot, tuple(names)
+
     def discard(self, ids):
         """Forget ids whose label has come (each row trains once)."""
         with self._lock:
@@ -52,3 +69,8 @@ class IdStore:
 
     def __len__(self):
         return len(self._rows)
+
+
+def _row_names(hot, names):
+    """Each row's tag names, as a tuple (an id store keeps rows one by one)."""
+    return [tuple(names[j] for j in np.flatnonzero(row)) for row in hot]

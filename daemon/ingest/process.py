@@ -57,7 +57,7 @@ class IngestProcess(ChildProcess):
                                   cfg.test_fraction), cfg.train_dev_fraction)
         dtype = cfg.model.get("dtype", "float32")
         self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, cfg.model,
-                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value)
+                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value, cfg.max_tags)
         self.accepted = state.dedupe
         self.budget = IngestBudget.from_config(cfg)
         self.backlog = Backlog()
@@ -163,7 +163,11 @@ class IngestProcess(ChildProcess):
             header = msgpack.unpackb(frames[0], raw=False)
             ids = np.frombuffer(frames[1], dtype="<i8")
             x = np.frombuffer(frames[2], dtype=header["dtype"]).reshape(header["shape"])
-            self.id_store.put(ids, x)
+            tags = None
+            if "tag_names" in header:      # checked by the predict worker
+                names = tuple(header["tag_names"])
+                tags = (np.frombuffer(frames[3], dtype=np.uint8).reshape(len(ids), len(names)).astype(bool), names)
+            self.id_store.put(ids, x, tags)
 
     def status_part(self):
         return {"durable_lsn": self.positions.durable, "pending_acks": len(self.stage.pending),

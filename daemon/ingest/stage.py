@@ -66,8 +66,12 @@ class IngestStage:
             self._send(identity, reply)
             return
         if "x" not in message.arrays:   # log the resolved inputs: the id store is not durable
-            logged = protocol.encode(message.header, {"x": item.x, "y": message.arrays["y"],
-                                                      **({"w": message.arrays["w"]} if "w" in message.arrays else {})})
+            kept = {k: message.arrays[k] for k in ("y", "w", "ids") if k in message.arrays}
+            header = dict(message.header)
+            if item.tags is not None:         # sent, or kept with the ids by their predict request
+                kept["tags"] = item.tags.astype(np.uint8)
+                header["tag_names"] = list(item.tag_names)
+            logged = protocol.encode(header, {"x": item.x, **kept})
         else:
             logged = frames[1:]
         # With the rows' split codes: the trainer trusts the checked, checksummed record.

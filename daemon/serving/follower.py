@@ -58,7 +58,7 @@ class NoIdStore:
     def __init__(self):
         self.dropped = 0
 
-    def put(self, ids, x):
+    def put(self, ids, x, tags=None):
         if self.dropped == 0:
             log.warning("predict requests with ids reach a follower: their inputs are not kept for "
                         "delayed labels (send those to the trainer's predict socket)")
@@ -132,7 +132,7 @@ class Follower:
         self.metrics.add_live_collector(self._live_values)
         self.predictor = PredictServer(predict, self.subscription, self.metrics, self.limits, NoIdStore(),
                                        cfg.predict_batch_window_us, cfg.predict_batch_max_rows,
-                                       cfg.predict_spin_us)
+                                       cfg.predict_spin_us, max_tags=cfg.max_tags)
         self.predictor.start()
         self.handshakes.start()
         serve_in_thread(self.http)

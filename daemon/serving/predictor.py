@@ -23,6 +23,7 @@ from learnd.engine.kernels.adversarial import fgsm
 from learnd.engine.kernels.normalize import count_nonfinite
 from learnd.engine.labels import labels_from_outputs, write_targets
 
+from learnd.daemon.ingest.tags import check_tags
 from learnd.daemon.serving.latency import LatencyWindow
 
 log = logging.getLogger("learnd.predictor")
@@ -42,6 +43,7 @@ class Request:
     received: float       # perf_counter() when it was read
     Y: np.ndarray | None = None     # output "adversarial": the labels as targets (m, n_outputs)
     epsilon: float = 0.0
+    tags: tuple | None = None    # (multi-hot (m, T) bool, T names), kept with ids for the labels
 
 
 class PredictServer(threading.Thread):
@@ -50,7 +52,7 @@ class PredictServer(threading.Thread):
     POLL_MS = 100
 
     def __init__(self, socket, trainer, metrics, limits, id_store, batch_window_us=0.0,
-                 max_batch_rows=1024, spin_us=0.0, routing_frames=1):
+                 max_batch_rows=1024, spin_us=0.0, routing_frames=1, max_tags=0):
         """routing_frames: frames before a request's own (the client's identity; behind
         the supervisor's proxy, the proxy's too), sent back in front of its reply."""
         super().__init__(name="learnd-predict", daemon=True)
@@ -59,6 +61,7 @@ class PredictServer(threading.Thread):
         self.metrics = metrics
         self.limits = limits
         self.id_store = id_store
+        self.max_tags = max_tags
         self.batch_window_s = batch_window_us / 1e6
         self.max_batch_rows = max(1, max_batch_rows)
         self.spin_s = spin_us / 1e6
@@ -142,8 +145,11 @@ class PredictServer(threading.Thread):
         if output == "adversarial":
             if set(arrays) != {"x", "y"}:
                 raise ProtocolError("bad_array", "an adversarial predict message carries x and y (the labels)")
-        elif "x" not in arrays or len(arrays) > 2 or (len(arrays) == 2 and "ids" not in arrays):
-            raise ProtocolError("bad_array", "a predict message carries x and optionally ids")
+        elif "x" not in arrays or set(arrays) - {"x", "ids", "tags"}:
+            raise ProtocolError("bad_array", "a predict message carries x and optionally ids (and tags with them)")
+        if "tags" in arrays and "ids" not in arrays:
+            raise ProtocolError("bad_array", "a predict message's tags are kept with its ids for the labels "
+                                             "that come later: send ids with them")
         if snap is None:
             raise ProtocolError("not_ready", "no model yet: the first training batch creates it")
         x = arrays["x"]
@@ -163,7 +169,8 @@ class PredictServer(threading.Thread):
         if ids is not None:
             if ids.ndim != 1 or ids.dtype.kind not in "iu" or ids.shape[0] != x.shape[0]:
                 raise ProtocolError("bad_array", "ids must be a 1-D integer array, one per row of x")
-        request = Request(identity, echo or {}, output, x, ids, t0)
+        tags = None if "tags" not in arrays else check_tags(arrays["tags"], header, x.shape[0], self.max_tags)
+        request = Request(identity, echo or {}, output, x, ids, t0, tags=tags)
         if output == "adversarial":
             self._check_attack(header, arrays["y"], snap, request)
         return request
@@ -209,7 +216,7 @@ class PredictServer(threading.Thread):
         for r in requests:
             m = r.x.shape[0]
             if r.ids is not None:
-                self.id_store.put(r.ids, r.x)
+                self.id_store.put(r.ids, r.x, r.tags)
             y = _outputs(snap.task, P[start:start + m], r.output)
             start += m
             self._requests_ok.inc()

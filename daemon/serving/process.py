@@ -44,11 +44,16 @@ class ForwardedIds:
     def __init__(self, socket):
         self.socket = socket
 
-    def put(self, ids, x):
+    def put(self, ids, x, tags=None):
         x = np.ascontiguousarray(x)
-        header = msgpack.packb({"dtype": x.dtype.str, "shape": list(x.shape)})
+        meta = {"dtype": x.dtype.str, "shape": list(x.shape)}
+        frames = [np.ascontiguousarray(ids, dtype="<i8"), x]
+        if tags is not None:                 # (multi-hot (m, T) bool, names): a frame of 0/1 bytes
+            meta["tag_names"] = list(tags[1])
+            frames.append(np.ascontiguousarray(tags[0], dtype=np.uint8))
+        header = msgpack.packb(meta)
         try:
-            self.socket.send_multipart([header, np.ascontiguousarray(ids, dtype="<i8"), x],
+            self.socket.send_multipart([header, *frames],
                                        flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             log.warning("ingest is not taking stored inputs; %d ids not kept", len(ids))
@@ -73,7 +78,7 @@ class PredictProcess(ChildProcess):
         self.predictor = PredictServer(sock, SharedSnapshot(self.reader), self.metrics, self.limits,
                                        ForwardedIds(forward), cfg.predict_batch_window_us,
                                        cfg.predict_batch_max_rows, cfg.predict_spin_us,
-                                       routing_frames=routing_frames)
+                                       routing_frames=routing_frames, max_tags=cfg.max_tags)
         self.metrics.add_live_collector(self._live_values)
         self.poller = zmq.Poller()
         self.poller.register(self.ctl, zmq.POLLIN)

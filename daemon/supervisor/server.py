@@ -122,7 +122,7 @@ class Server:
         self.http, self.bound["metrics"] = bind_metrics(cfg, self.metrics.registry, self.healthy, self.ready)
         self.predictor = PredictServer(predict, self.trainer, self.metrics, self.limits, self.id_store,
                                        cfg.predict_batch_window_us, cfg.predict_batch_max_rows,
-                                       cfg.predict_spin_us)
+                                       cfg.predict_spin_us, max_tags=cfg.max_tags)
         self.trainer.start()
         self.predictor.start()
         self.handshakes.start()
@@ -159,7 +159,7 @@ class Server:
         splitter = SplitAssigner((1.0 - cfg.dev_fraction - cfg.test_fraction, cfg.dev_fraction,
                                   cfg.test_fraction), cfg.train_dev_fraction)
         self.checker = IngestChecker(self.schema, dtype, self.id_store, self.limits, cfg.model,
-                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value)
+                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value, cfg.max_tags)
         self.accepted = self.trainer.dedupe.copy()
         if self.wal is not None:
             # Numbers must keep rising past what the checkpoint consumed, even if the log

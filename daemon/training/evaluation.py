@@ -1,6 +1,8 @@
 """The rows each evaluated split is scored on: bounded reservoirs of held-out rows, and
 a window of the most recent training rows.  Each keeps inputs x (size, input_dim),
-targets Y (size, n_outputs) and sample weights w (size,), 1 where none were sent.
+targets Y (size, n_outputs) and sample weights w (size,), 1 where none were sent; a
+reservoir also keeps each row's tags (size, n_tags) bool and id (size,) int64, with
+has_id (size,) bool, for error analysis (training.error_analysis).
 
 Every figure is over distinct rows: a row sent again (a replay's second pass) is the
 same evidence as the first time, and counting it twice would shrink the standard error
@@ -25,25 +27,34 @@ class Reservoir:
     distinct rows.
     """
 
-    def __init__(self, size, input_dim, n_outputs, dtype, seed=None):
+    def __init__(self, size, input_dim, n_outputs, dtype, seed=None, n_tags=0):
         self.size = size
         self.x = np.empty((size, input_dim), dtype=dtype)
         self.Y = np.empty((size, n_outputs), dtype=dtype)
         self.w = np.ones(size)
+        self.tags = np.zeros((size, n_tags), dtype=bool)
+        self.ids = np.zeros(size, dtype=np.int64)
+        self.has_id = np.zeros(size, dtype=bool)
         self.keys = np.empty(size, dtype=np.uint64)
         self.filled = 0
         self.offered = 0                 # rows offered, resent ones included
 
-    def offer(self, x, Y, w=None):
+    def offer(self, x, Y, w=None, tags=None, ids=None):
+        """Offer rows: x (m, input_dim), Y (m, n_outputs), w (m,), tags (m, n_tags) bool
+        (None: untagged), ids (m,) int64 (None: sent without ids)."""
         m = x.shape[0]
         w = np.ones(m) if w is None else w
+        tags = np.zeros((m, self.tags.shape[1]), dtype=bool) if tags is None else tags
+        has_id = np.full(m, ids is not None)
+        ids = np.zeros(m, dtype=np.int64) if ids is None else ids
+        a = (x, Y, w, tags, ids, has_id)
         self.offered += m
         # The last copy of each row in this batch stands for it.
         keys, last = np.unique(row_keys(x)[::-1], return_index=True)
         rows = m - 1 - last
         f = self.filled
         _, held, again = np.intersect1d(self.keys[:f], keys, assume_unique=True, return_indices=True)
-        self._put(held, rows[again], x, Y, w)
+        self._put(held, rows[again], a)
         fresh = np.ones(keys.shape[0], dtype=bool)
         fresh[again] = False
         keys, rows = keys[fresh], rows[fresh]
@@ -54,20 +65,28 @@ class Reservoir:
             slots = np.concatenate([np.arange(f, self.size), np.flatnonzero(self.keys[:f] > cut)])
         else:
             slots = np.arange(f, f + keys.shape[0])
-        self._put(slots, rows, x, Y, w)
+        self._put(slots, rows, a)
         self.keys[slots] = keys
         self.filled = min(self.size, f + keys.shape[0])
 
-    def _put(self, slots, rows, x, Y, w):
-        self.x[slots], self.Y[slots], self.w[slots] = x[rows], Y[rows], w[rows]
+    def _put(self, slots, rows, arrays):
+        """Rows `rows` of (x, Y, w, tags, ids, has_id) into `slots`."""
+        for held, new in zip((self.x, self.Y, self.w, self.tags, self.ids, self.has_id), arrays):
+            held[slots] = new[rows]
 
     def rows(self):
         """(x, Y, w) views of the rows held."""
         return self.x[:self.filled], self.Y[:self.filled], self.w[:self.filled]
 
+    def annotations(self):
+        """(tags, ids, has_id) views of the rows held, in the order of rows()."""
+        return self.tags[:self.filled], self.ids[:self.filled], self.has_id[:self.filled]
+
     def to_state(self):
         x, Y, w = self.rows()
-        return {"x": pack_array(x), "Y": pack_array(Y), "w": pack_array(w), "offered": self.offered}
+        tags, ids, has_id = self.annotations()
+        return {"x": pack_array(x), "Y": pack_array(Y), "w": pack_array(w), "offered": self.offered,
+                "tags": pack_array(tags), "ids": pack_array(ids), "has_id": pack_array(has_id)}
 
     def load_state(self, state):
         """Take a saved reservoir.  Keys are computed again from the rows.  One saved
@@ -75,12 +94,22 @@ class Reservoir:
         its rows are offered again (one copy each is kept), and new rows with smaller
         keys replace them as they come."""
         x, Y = unpack_array(state["x"]), unpack_array(state["Y"])
-        w = unpack_array(state["w"]) if "w" in state else np.ones(x.shape[0])
-        n = min(x.shape[0], self.size)
+        m = x.shape[0]
+        w = unpack_array(state["w"]) if "w" in state else np.ones(m)
+        # Saved before rows had tags and ids, or with another max_tags: untagged, or the
+        # columns both widths have.
+        tags = np.zeros((m, self.tags.shape[1]), dtype=bool)
+        if "tags" in state:
+            saved = unpack_array(state["tags"])
+            k = min(saved.shape[1], tags.shape[1])
+            tags[:, :k] = saved[:, :k]
+        ids = unpack_array(state["ids"]) if "ids" in state else np.zeros(m, dtype=np.int64)
+        has_id = unpack_array(state["has_id"]) if "has_id" in state else np.zeros(m, dtype=bool)
+        n = min(m, self.size)
         keys, first = np.unique(row_keys(x[:n]), return_index=True)
         self.filled = keys.shape[0]
         self.keys[:self.filled] = keys
-        self._put(np.arange(self.filled), first, x, Y, w)
+        self._put(np.arange(self.filled), first, (x, Y, w, tags, ids, has_id))
         self.offered = int(state["offered"])
 
 

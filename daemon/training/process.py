@@ -73,7 +73,7 @@ class TrainerProcess(ChildProcess):
         # Logged records always carry their inputs (ingest resolved delayed labels before
         # logging them), so this checker's id store stays empty.
         self.checker = IngestChecker(self.schema, dtype, IdStore(1, 1.0), self.limits, cfg.model,
-                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value)
+                                     splitter, self.metrics.delayed_labels, cfg.max_abs_value, cfg.max_tags)
         self.reader = LogReader(directory, self.trainer.last_lsn)
         self.feed_bytes = min(FEED_BYTES, IngestBudget.from_config(cfg).limit // FEED_SHARE)
         # What the log held past the checkpoint when this process started is the replay

@@ -33,12 +33,15 @@ from learnd.daemon.ingest import splits
 from learnd.daemon.ingest.dedupe import Dedupe
 from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
 from learnd.daemon.training.diagnosis import GAPS, diagnose, why_no_figure
+from learnd.daemon.training.drift import DriftWatch, row_errors
 from learnd.daemon.training.early_stopping import EarlyStopping
+from learnd.daemon.training.error_analysis import analyse
 from learnd.daemon.training.evaluation import RecentWindow, Reservoir
 from learnd.daemon.training.history import EvalHistory
 from learnd.daemon.training.progressive import ProgressiveScore
 from learnd.daemon.training.rebatch import Rebatcher
 from learnd.daemon.training.transfer import load_source, transferred
+from learnd.daemon.training.tags import TagVocabulary
 
 log = logging.getLogger("learnd.trainer")
 
@@ -55,7 +58,8 @@ LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay
                         "bayes_error", "diagnosis_tolerance", "early_stopping_patience",
                         "early_stopping_min_delta", "early_stopping_min_dev_rows", "early_stopping_action",
                         "predict_p99_bound_ms", "serve", "ensemble_k", "search_interval",
-                        "adversarial_eval_epsilon")
+                        "adversarial_eval_epsilon", "max_suspects", "drift_delta", "on_drift", "drift_boost",
+                        "drift_boost_rows")
 # Settings a population is made with: they are in its checkpoint and cannot change under it.
 FIXED_SEARCH_SETTINGS = ("search_members", "search_space", "search_strategy", "search_metric", "search_seed",
                          "search_min_rows")
@@ -77,23 +81,26 @@ class TrainItem:
     Y: np.ndarray       # (m, n_outputs) float targets
     w: np.ndarray | None
     codes: np.ndarray   # (m,) int8: the split of each row (daemon.splits codes)
+    tags: np.ndarray | None = None    # (m, T) bool multi-hot over tag_names (ingest.tags), or None
+    tag_names: tuple = ()
+    ids: np.ndarray | None = None     # (m,) int64 row ids as sent, or None
 
     @property
     def nbytes(self):
         """The bytes this message holds in memory: what ingest's bound counts."""
         return (self.x.nbytes + self.Y.nbytes + self.codes.nbytes
-                + (0 if self.w is None else self.w.nbytes))
+                + sum(0 if a is None else a.nbytes for a in (self.w, self.tags, self.ids)))
 
     def parts(self):
-        """(split name, x, Y, w) for each split that has rows in this message."""
+        """(split name, x, Y, w, tags, ids) for each split that has rows in this message."""
         counts = np.bincount(self.codes, minlength=len(splits.NAMES))
         for code, name in enumerate(splits.NAMES):
             if counts[code] == len(self.codes):       # all rows in one split: no copies
-                yield name, self.x, self.Y, self.w
+                yield name, self.x, self.Y, self.w, self.tags, self.ids
                 return
             if counts[code]:
                 mask = self.codes == code
-                yield name, self.x[mask], self.Y[mask], None if self.w is None else self.w[mask]
+                yield name, *(None if a is None else a[mask] for a in (self.x, self.Y, self.w, self.tags, self.ids))
 
 
 EXIT_CONFIG = 2     # the command line's exit code for a configuration that cannot be used
@@ -145,6 +152,9 @@ class Trainer(threading.Thread):
         self.recent = None
         self.progressive = None
         self.last_eval = {}
+        self.tag_vocab = TagVocabulary(config.max_tags)
+        self.error_analysis = {}          # held-out split -> training.error_analysis.analyse()
+        self.drift = DriftWatch(config)
         self.rows_sent = dict.fromkeys(TRAIN_SPLITS, 0)   # rows consumed, by the split their message named
         self.early = EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta)
         self.best_state = None            # engine state of the best dev model (early stopping)
@@ -239,7 +249,8 @@ class Trainer(threading.Thread):
                                  batch_size=self.config.batch_size, seed=self.model.spec.seed,
                                  recency=self.config.replay_recency or None)
         size = self.config.reservoir_size
-        self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype) for split in HELD_OUT}
+        self.reservoirs = {split: Reservoir(size, s.input_dim, s.n_outputs, dtype, n_tags=self.tag_vocab.width)
+                           for split in HELD_OUT}
         self.recent = RecentWindow(size, s.input_dim, s.n_outputs, dtype)
         self.progressive = ProgressiveScore(s.task, self.config.progressive_window)
 
@@ -313,7 +324,9 @@ class Trainer(threading.Thread):
                                 for k, v in self.replay.get_state().items()}
         daemon["evaluations"] = self.evaluations
         daemon["reservoirs"] = {k: r.to_state() for k, r in self.reservoirs.items()}
+        daemon["tags"] = self.tag_vocab.to_state()
         daemon["progressive"] = self.progressive.to_state()
+        daemon["drift"] = self.drift.to_state()
         daemon["early_stopping"] = {**self.early.to_state(), "frozen": self.frozen,
                                     "serving_best": self.serving_best}
         payload = {"model": state_to_bytes(self.model.get_state()), "daemon": daemon}
@@ -335,6 +348,8 @@ class Trainer(threading.Thread):
         self.dedupe = Dedupe.from_state(d["dedupe"], self.config.dedupe_window)
         self.rows_sent.update(d.get("rows_sent", {}))
         self.evaluations = d.get("evaluations", 0)
+        if "tags" in d:
+            self.tag_vocab.load_state(d["tags"])
         # A state dir holds one model or one population: a configuration that asks for the
         # other cannot resume it, and must not quietly start afresh beside its log.
         if payload.get("population") is not None:
@@ -365,6 +380,8 @@ class Trainer(threading.Thread):
                     r.load_state(d["reservoirs"][k])
             if "progressive" in d:
                 self.progressive.load_state(d["progressive"])
+            if "drift" in d:
+                self.drift.load_state(d["drift"])
             self.publish(time.monotonic())
         if "early_stopping" in d:
             es = d["early_stopping"]
@@ -478,11 +495,12 @@ class Trainer(threading.Thread):
         """Move an accepted message's rows into the model's buffers (no step yet)."""
         if self.model is None:
             self._create_model()
-        for split, x, Y, w in item.parts():
+        for split, x, Y, w, tags, ids in item.parts():
             if split == "train":
                 self.rebatcher.append(x, Y, w, now)
             else:
-                self.reservoirs[split].offer(x, Y, w)
+                wide = None if tags is None else self.tag_vocab.widen(tags, item.tag_names)
+                self.reservoirs[split].offer(x, Y, w, wide, ids)
         self.dedupe.add(item.producer, item.seq)
         self.rows_sent[item.split] += len(item.codes)
         self.last_lsn = max(self.last_lsn, item.lsn)
@@ -508,7 +526,45 @@ class Trainer(threading.Thread):
         if self._scores is None or self._scores.shape[0] < m:
             self._scores = np.empty((max(m, self.config.batch_size), K), dtype=self.model.dtype)
         P = self.model.predict_proba(x, out=self._scores[:m])
+        self._progressive(P, Y)
+
+    def _progressive(self, P, Y):
+        """Score a batch before its step (P: (m, K) outputs of the model as it was) and
+        watch the row errors for drift."""
         self.progressive.add(P, Y)
+        found = self.drift.observe(row_errors(self.schema.task, P, Y))
+        if found:
+            self._on_drift(found)
+
+    def _on_drift(self, positions):
+        """The detector found a change in the progressive error: count, report, act.
+        A rank of a data-parallel group only reports: each rank watches its own stream, and
+        an action on one rank's model would part it from the others'."""
+        action = self.config.on_drift if self.group is None else "none"
+        self.metrics.drift_detected.inc(len(positions))
+        window_error = self.progressive.figures().get("window_error")
+        self.drift.record(positions[-1], self.samples_trained, self.model_steps, window_error, action)
+        log.warning("drift: the progressive error changed at row %d of the stream (%d rows trained, "
+                    "windowed error %.4g); action: %s", positions[-1], self.samples_trained,
+                    window_error if window_error is not None else float("nan"), action)
+        if action == "reset_optimizer":
+            for model in self._drift_models().values():
+                model.reset_optimizer()
+        elif action == "boost_lr":
+            self.drift.start_boost(self._drift_models(), self.samples_trained)
+        elif action == "new_challengers" and self.population is not None:
+            for d in self.population.renew(reason="drift"):
+                log.info("search: drift: member %s replaces %s", d["member"], d["replaced"])
+                self.metrics.search_decisions.labels(d["kind"]).inc()
+            self._refresh_board()
+
+    def _drift_models(self):
+        """{key: Model} that a drift action applies to: the model, or every member (their
+        steps in flight finished first)."""
+        if self.population is not None:
+            self.population.sync()
+            return {mb.id: mb.model for mb in self.population.members}
+        return {0: self.model}
 
     def _step(self, x, Y, w):
         if x is None:
@@ -543,13 +599,15 @@ class Trainer(threading.Thread):
             log.warning("step skipped: loss or gradient not finite (%d so far)", self.nonfinite_steps)
             return
         if mode == "step":
-            self.progressive.add(self.model.last_batch_outputs(), Y)
+            self._progressive(self.model.last_batch_outputs(), Y)
         m = x.shape[0]
         self.samples_trained += m
         self.batches_trained += 1
         self.loss_steps += 1
         self.loss_ewma = LOSS_EWMA_BETA * self.loss_ewma + (1 - LOSS_EWMA_BETA) * loss
         self.recent.offer(x, Y, w)
+        if self.drift.boost is not None:
+            self.drift.apply_boost(self._drift_models(), self.samples_trained)
         if self.replay is not None:          # a population's members remember the rows themselves
             self.replay.add(x, Y, w)
         self._replay_credit = min(self._replay_credit + self.config.replay_ratio, self._replay_credit_cap())
@@ -714,6 +772,7 @@ class Trainer(threading.Thread):
             results[split] = figures
             self._set_eval_metrics(split, figures)
         self.last_eval = results
+        self._analyse_errors()
         self._last_eval_time = now
         self._last_eval_samples = self.samples_trained
         self.diagnosis = self._diagnose(results)
@@ -746,6 +805,34 @@ class Trainer(threading.Thread):
         if "error" in figures:
             out["adversarial_error"] = figures["error"]
         return out
+
+    def _analyse_errors(self):
+        """Error analysis of each held-out split with rows (classification only): the
+        confusion matrix, errors by tag and likely mislabeled rows, for status and metrics."""
+        names = self.tag_vocab.column_names()
+        analysis = {}
+        for split, r in self.reservoirs.items():
+            x, Y, _ = r.rows()
+            if x.shape[0] == 0:
+                continue
+            tags, ids, has_id = r.annotations()
+            result = analyse(self.schema.task, self._served_proba(x), Y, tags, names, ids, has_id,
+                             self.config.max_suspects)
+            if result is None:           # a task without classes: nothing to analyse
+                break
+            analysis[split] = result
+            met = self.metrics
+            met.eval_suspects.labels(split).set(result["suspects"]["count"])
+            for row in result["tags"]:
+                met.eval_error_by_tag.labels(split, row["tag"]).set(row["error"])
+                met.eval_tag_rows.labels(split, row["tag"]).set(row["rows"])
+        self.error_analysis = analysis
+
+    def _served_proba(self, x):
+        """(m, n_outputs) probabilities of what predict answers from (as _evaluate_served)."""
+        if self.population is not None and self.population.settings["serve"] == "ensemble":
+            return self.population.predict_proba(x)
+        return self.model.predict_proba(x)
 
     def _evaluate_served(self, x, Y, w):
         """Inference figures of what predict answers from: the model, or a population's
@@ -896,6 +983,8 @@ class Trainer(threading.Thread):
             "n_outputs": s.n_outputs,
             "last_checkpoint": self.last_checkpoint_path,
             **self.evaluation_status(),
+            "error_analysis": {"tag_names": list(self.tag_vocab.names), "splits": self.error_analysis},
+            "drift": self.drift.status(),
             **self.search_status(),
             **self.group_status(),
         }
@@ -1026,6 +1115,8 @@ class Trainer(threading.Thread):
             else:
                 replace(self.config, init_from="", model={**self.config.model, **model_part}).validate()
             self.config.model.update(model_part)
+            if "lr" in model_part:
+                self.drift.cancel_boost()
         for k, v in daemon_part.items():
             setattr(self.config, k, getattr(candidate, k))
         if self.replay is not None:

@@ -50,8 +50,20 @@ def test_every_command(daemons, data_files):
     assert r.returncode == 0 and "samples_trained" in r.stdout and "multiclass" in r.stdout
     assert re.search(r"^replay +\d+ steps on recent rows \(ratio 16, recency 256 rows; \d+ of 4096 rows kept",
                      r.stdout, re.M), r.stdout
+    assert re.search(r"^drift +adwin: \d+ drifts in \d+ rows, ", r.stdout, re.M), r.stdout
     status = json.loads(learnd("status", "--json", ctl).stdout)
     assert status["task"] == "multiclass" and status["input_dim"] == 64
+    # the test rows are held out: their error analysis (no tags were sent)
+    distinct = len(np.unique(Xte.astype(np.float32), axis=0))     # a split holds each distinct row once
+    with Control(d.control) as c:
+        d.wait_until(lambda: (c.status()["error_analysis"]["splits"].get("test") or {}).get("rows") == distinct,
+                     what="an error analysis of every test row")
+    r = learnd("errors", ctl)
+    assert r.returncode == 0 and re.search(rf"^test: error [\d.]+% \(\d+ of {distinct} rows misclassified\)",
+                                           r.stdout, re.M), r.stdout
+    assert "no tagged rows" in r.stdout
+    analysis = json.loads(learnd("errors", "--json", ctl).stdout)
+    assert sum(map(sum, analysis["splits"]["test"]["confusion"])) == distinct
 
     r = learnd("predict", str(tmp / "test.csv"), "--label", "digit", pre)
     assert r.returncode == 0, r.stderr

@@ -83,3 +83,11 @@ def test_operations_doc_reads_every_panel():
     doc = files.OPERATIONS_DOC.read_text()
     for p in files.dashboard_panels():
         assert f"**{p['title']}**" in doc, p["title"]
+
+
+def test_every_drift_is_marked_on_the_dashboard():
+    (drift,) = [a for a in files.dashboard()["annotations"]["list"] if a["name"] == "Drift"]
+    assert drift["enable"] and drift["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert "learnd_drift_detected_total" in drift["expr"] and "$instance" in drift["expr"]
+    files.as_prometheus_query(drift["expr"])
+    assert "Drift" in files.OPERATIONS_DOC.read_text()

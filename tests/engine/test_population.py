@@ -428,3 +428,21 @@ def test_skipped_steps_are_counted_across_members(digits):
     assert per_member[0] == 0 and min(per_member[1:]) > 0, per_member
     assert pop.nonfinite_steps() == sum(per_member)
     pop.close()
+
+
+def test_renew_replaces_the_worst_quarter_from_the_whole_space_and_keeps_the_champion(digits):
+    X, y = digits
+    pop = Population(members=8, search_space=LR_SPACE, interval=10 ** 6, min_rows=64, seed=5, **SMALL)
+    _feed(pop, X[:640], y[:640])
+    champion = pop.champion
+    assert len(pop.ranking()) == 8                                   # every member judged
+    worst = [mb.id for mb in pop.ranking() if mb is not champion][-2:]
+    made = pop.renew()
+    assert [d["replaced"] for d in made] == worst and all(d["reason"] == "drift" for d in made)
+    assert pop.champion is champion and champion in pop.members
+    assert {d["member"] for d in made} <= {mb.id for mb in pop.members}
+    assert all(d["space"] == pop.space.to_dict() for d in made)      # not a narrowed space
+    for d in made:
+        (mb,) = [m for m in pop.members if m.id == d["member"]]
+        assert mb.model.samples_seen == 0
+    pop.close()

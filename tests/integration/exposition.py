@@ -19,7 +19,9 @@ def drive_to_full_exposition(daemon, X, y):
     with Producer(daemon.ingest, producer_id="exposition", window=8, timeout=20) as prod:
         for k, split in enumerate(("dev", "test") + ("auto",) * 8 + ("train",) * 3):
             i = (k * BATCH) % (len(X) - BATCH)
-            prod.send(X[i:i + BATCH], y[i:i + BATCH], split=split)
+            # Tagged rows: the error-by-tag series exist once a held-out split carries tags.
+            prod.send(X[i:i + BATCH], y[i:i + BATCH], split=split,
+                      tags=np.arange(BATCH, dtype=np.int32) % 2, tag_names=["even_row", "odd_row"])
         bad = np.array(X[:BATCH], copy=True)
         bad[0, 0] = np.nan
         prod.send(bad, y[:BATCH], split="train")

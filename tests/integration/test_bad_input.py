@@ -76,6 +76,18 @@ def barrage():
         ("ingest", raw(train(), {"x": np.zeros((1000, 64)), "y": np.zeros(1000, np.int64)}), "too_large"),
         ("ingest", [b"", msgpack.packb({"v": 1, "op": "train", "pad": "x" * 70_000})], "too_large"),
         ("ingest", raw(train(), {"ids": np.array([123456789]), "y": Y_OK[:1]}), "unknown_id"),
+        # tags (error analysis): wrong dtype, shape, length, code, too many names
+        ("ingest", raw(train(tag_names=["a", "b"]), {"x": X_OK, "y": Y_OK, "tags": np.zeros(4)}), "bad_array"),
+        ("ingest", raw(train(tag_names=["a", "b"]), {"x": X_OK, "y": Y_OK, "tags": np.zeros(3, np.int32)}),
+         "shape_mismatch"),
+        ("ingest", raw(train(tag_names=["a", "b"]), {"x": X_OK, "y": Y_OK, "tags": np.zeros((4, 3), np.uint8)}),
+         "shape_mismatch"),
+        ("ingest", raw(train(tag_names=["a", "b"]), {"x": X_OK, "y": Y_OK, "tags": np.array([0, 1, 2, 0], np.int32)}),
+         "bad_tag"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK, "tags": np.zeros(4, np.int32)}), "bad_header"),
+        ("ingest", raw(train(tag_names=[f"t{i}" for i in range(33)]), {"x": X_OK, "y": Y_OK,
+                                                                     "tags": np.zeros(4, np.int32)}), "too_large"),
+        ("ingest", raw(train(), {"x": X_OK, "y": Y_OK, "ids": np.arange(3)}), "shape_mismatch"),
         # predict socket
         ("predict", raw({"op": "train"}), "unknown_op"),
         ("predict", raw({"op": "predict", "id": 1}, {"x": X_OK[:, :5]}), "shape_mismatch"),
@@ -84,6 +96,10 @@ def barrage():
         ("predict", raw({"op": "predict", "id": 4}), "bad_array"),
         ("predict", [b"", b"\x92\x01"], "bad_header"),
         ("predict", raw({"op": "predict"}, {"x": np.zeros((1000, 64))}), "too_large"),
+        ("predict", raw({"op": "predict", "tag_names": ["a"]}, {"x": X_OK, "tags": np.zeros(4, np.int32)}),
+         "bad_array"),                                                          # tags without ids
+        ("predict", raw({"op": "predict", "tag_names": ["a"]}, {"x": X_OK, "ids": np.arange(4),
+                                                              "tags": np.array([0, 1, 0, 0], np.int32)}), "bad_tag"),
         # control socket
         ("control", raw({"op": "reboot"}), "unknown_op"),
         ("control", raw({"op": "set", "settings": {"lr": -3}}), "bad_setting"),
