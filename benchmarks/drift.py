@@ -39,7 +39,7 @@ ACTIONS = ("none", "reset_optimizer", "boost_lr")
 
 def sea(rows):
     X, y, _ = load("sea_drift")
-    with np.load(HERE / "sea_drift.npz") as z:
+    with np.load(HERE / "sea_drift.npz", allow_pickle=False) as z:
         concept = z["concept"]
     # The transition between concepts is a sigmoid 200 rows wide, so rows of both mix
     # there: a change is the first row of the new concept.

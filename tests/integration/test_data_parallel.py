@@ -311,3 +311,29 @@ def test_a_rank_that_cannot_start_ends_the_whole_job(tmp_path):
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert f"127.0.0.1:{base + 10}" in done.stderr
+
+
+def test_a_rank_reports_a_drift_and_takes_no_action_that_would_part_the_ranks(groups, seed):
+    """on_drift = boost_lr on a group: the rank whose stream changes counts the drift, and
+    neither rank's learning rate moves, so the ranks keep one model."""
+    rng = np.random.default_rng(seed)
+    rows, change = 24_000, 16_000
+    X = rng.uniform(0, 10, (rows, 3))
+    y = np.where(np.arange(rows) < change, X[:, 0] + X[:, 1] > 10, X[:, 1] + X[:, 2] > 10).astype(np.int64)
+    g = groups(args=[*model_args(input_dim=3, task="binary", n_outputs=1), "--set", "on_drift=boost_lr",
+                     "--set", "batch_size=64", "--set", "batch_linger_ms=20"])
+    with Producer(g.endpoints[0]["ingest"], producer_id="a", timeout=60) as pa:
+        for i in range(0, rows, 500):
+            pa.send(X[i:i + 500], y[i:i + 500], split="train")
+    g.wait_until(lambda: g.status(0)["samples_trained"] == rows, timeout=240, what="every row trained")
+    drift = g.status(0)["drift"]
+    assert drift["detections"] >= 1 and drift["last"]["action"] == "none" and drift["boost"] is None
+    assert change < drift["last"]["row"] <= change + 2000, drift["last"]
+    assert g.metric(0, "learnd_drift_detected_total") == drift["detections"]
+    for r in range(2):
+        assert g.status(r)["learning_rate"] == MODEL["lr"]
+    steps = g.status(0)["model_version"]
+    g.wait_steps(steps)
+    answers = [g.proba(r, X[:50]) for r in range(2)]
+    np.testing.assert_array_equal(answers[0].y, answers[1].y)
+    assert g.stop() == 0
