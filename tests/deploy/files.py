@@ -102,6 +102,11 @@ def documented_metrics():
     return dict(rows)
 
 
+def follower_only_metrics():
+    """Names docs/metrics.md marks "(followers only)": a follower exposes them, a daemon does not."""
+    return set(re.findall(r"^\| `(learnd_[a-z0-9_]+)`.*\(followers only\)", METRICS_DOC.read_text(), flags=re.M))
+
+
 def base_name(name, documented):
     """A histogram's _bucket, _sum or _count series named by its histogram."""
     for suffix in ("_bucket", "_sum", "_count"):
