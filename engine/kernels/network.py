@@ -144,6 +144,39 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def inference_logits(X, shift, inv_scale, params, stats, layers, bn_eps, work, cap):
+    """The inference forward pass up to the head: running statistics, no dropout.
+
+    X: (m, n0) raw inputs, normalized into the input slot of `work` (`cap` >= m rows of
+    every Z slot); each layer computes in place in its Z slot, so a hidden layer's slot
+    ends up holding its activation A.  Returns the last layer's Z, (m, K), a view of work.
+    """
+    m = X.shape[0]
+    L = layers.shape[0]
+    A_prev = _rows(work, SLOT_INPUT, cap, m, layers[0, N_IN])
+    normalize_into(X, shift, inv_scale, A_prev)
+    for l in range(L - 1):
+        n_in = layers[l, N_IN]
+        n_out = layers[l, N_OUT]
+        Z = _rows(work, layers[l, SLOT_Z], cap, m, n_out)
+        dense_forward(A_prev, _matrix(params, layers[l, OFF_W], n_out, n_in),
+                      _seg(params, layers[l, OFF_B], n_out), Z)
+        if layers[l, OFF_GAMMA] >= 0:
+            batchnorm_forward_eval(Z, _seg(params, layers[l, OFF_GAMMA], n_out),
+                                   _seg(params, layers[l, OFF_BETA], n_out),
+                                   _seg(stats, layers[l, OFF_RMEAN], n_out),
+                                   _seg(stats, layers[l, OFF_RVAR], n_out), bn_eps, Z)
+        activation_forward(Z, Z, layers[l, ACT])
+        A_prev = Z
+    n_in = layers[L - 1, N_IN]
+    n_out = layers[L - 1, N_OUT]
+    Z = _rows(work, layers[L - 1, SLOT_Z], cap, m, n_out)
+    dense_forward(A_prev, _matrix(params, layers[L - 1, OFF_W], n_out, n_in),
+                  _seg(params, layers[L - 1, OFF_B], n_out), Z)
+    return Z
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def input_loss_and_grad(X, Y, w, shift, inv_scale, params, stats, layers, head, bn_eps,
                         work, cap, P, dZ, scratch, dX, compute_grad):
     """Inference-mode J on (X, Y, w) and, when compute_grad, dJ/dX into dX: the
@@ -161,24 +194,8 @@ def input_loss_and_grad(X, Y, w, shift, inv_scale, params, stats, layers, head, 
     """
     m = X.shape[0]
     L = layers.shape[0]
-    A_prev = _rows(work, SLOT_INPUT, cap, m, layers[0, N_IN])
-    normalize_into(X, shift, inv_scale, A_prev)
-    for l in range(L):
-        n_in = layers[l, N_IN]
-        n_out = layers[l, N_OUT]
-        Z = _rows(work, layers[l, SLOT_Z], cap, m, n_out)
-        dense_forward(A_prev, _matrix(params, layers[l, OFF_W], n_out, n_in),
-                      _seg(params, layers[l, OFF_B], n_out), Z)
-        if l == L - 1:
-            break
-        if layers[l, OFF_GAMMA] >= 0:
-            batchnorm_forward_eval(Z, _seg(params, layers[l, OFF_GAMMA], n_out),
-                                   _seg(params, layers[l, OFF_BETA], n_out),
-                                   _seg(stats, layers[l, OFF_RMEAN], n_out),
-                                   _seg(stats, layers[l, OFF_RVAR], n_out), bn_eps, Z)
-        activation_forward(Z, Z, layers[l, ACT])
-        A_prev = Z
-    loss = head_loss(head, _rows(work, layers[L - 1, SLOT_Z], cap, m, layers[L - 1, N_OUT]), Y, w, P, dZ)
+    loss = head_loss(head, inference_logits(X, shift, inv_scale, params, stats, layers, bn_eps, work, cap),
+                     Y, w, P, dZ)
     if not compute_grad:
         return loss
     G = dZ
@@ -234,29 +251,10 @@ def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, ou
     X: (m, n0) raw inputs.  work holds at least `cap` >= m rows of every Z slot;
     each layer computes in place in its Z slot.
     """
-    m = X.shape[0]
-    L = layers.shape[0]
-    A_prev = _rows(work, SLOT_INPUT, cap, m, layers[0, N_IN])
-    normalize_into(X, shift, inv_scale, A_prev)
-    for l in range(L):
-        n_in = layers[l, N_IN]
-        n_out = layers[l, N_OUT]
-        Z = _rows(work, layers[l, SLOT_Z], cap, m, n_out)
-        dense_forward(A_prev, _matrix(params, layers[l, OFF_W], n_out, n_in),
-                      _seg(params, layers[l, OFF_B], n_out), Z)
-        if l == L - 1:
-            head_output(head, Z, P)
-            for i in range(m):
-                for c in range(P.shape[1]):
-                    P[i, c] = P[i, c] * out_scale[c] + out_shift[c]
-            break
-        if layers[l, OFF_GAMMA] >= 0:
-            batchnorm_forward_eval(Z, _seg(params, layers[l, OFF_GAMMA], n_out),
-                                   _seg(params, layers[l, OFF_BETA], n_out),
-                                   _seg(stats, layers[l, OFF_RMEAN], n_out),
-                                   _seg(stats, layers[l, OFF_RVAR], n_out), bn_eps, Z)
-        activation_forward(Z, Z, layers[l, ACT])
-        A_prev = Z
+    head_output(head, inference_logits(X, shift, inv_scale, params, stats, layers, bn_eps, work, cap), P)
+    for i in range(X.shape[0]):
+        for c in range(P.shape[1]):
+            P[i, c] = P[i, c] * out_scale[c] + out_shift[c]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

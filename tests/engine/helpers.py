@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from learnd.engine import Model
 from learnd.engine.kernels import network as KN
 
 TASKS = ("binary", "multiclass", "multilabel", "regression")
@@ -32,6 +33,20 @@ def batch(task, m, n, rng, n_outputs=None, scale=1.0, offset=0.0):
     """(X, y): X (m, n) normal * scale + offset, and labels for the task."""
     X = rng.normal(size=(m, n)) * scale + offset
     return X, labels(task, m, rng, n_outputs)
+
+
+def moved_model(activation="tanh", task="multiclass", batch_norm=True, rng=None, steps=3, rows=6,
+                seed=11, **kw):
+    """Input 5, hidden (4, 3), float64, moved `steps` sgd steps on `rows`-row batches off
+    its initial point, so gamma, beta, the biases, the running statistics and the
+    normalizer are no longer at their starting values.  kw overrides the settings."""
+    settings = dict(hidden=(4, 3), activation=activation, task=task, n_outputs=N_OUTPUTS[task],
+                    batch_norm=batch_norm, dtype="float64", optimizer="sgd", lr=0.1, seed=seed)
+    settings.update(kw)
+    model = Model(**settings)
+    for _ in range(steps):
+        model.partial_fit(*batch(task, rows, 5, rng, scale=2.0, offset=1.0))
+    return model
 
 
 def targets(task, y, K):

@@ -7,21 +7,15 @@ from numpy.testing import assert_allclose
 from learnd.engine import EngineError, Model
 
 from . import reference as ref
-from .helpers import ACTIVATIONS, N_OUTPUTS, TASKS, assert_same_state, batch, full_state, targets
+from .helpers import (ACTIVATIONS, N_OUTPUTS, TASKS, assert_same_state, batch, full_state, moved_model,
+                      targets)
 
 RIGHT = 1e-7
 
 
-def trained(activation="tanh", task="multiclass", batch_norm=True, rng=None, steps=4, **kw):
-    """Input 5, hidden (4, 3), float64, moved a few steps so the running statistics,
-    the normalizer and the biases are no longer at their starting values."""
-    settings = dict(hidden=(4, 3), activation=activation, task=task, n_outputs=N_OUTPUTS[task],
-                    batch_norm=batch_norm, dtype="float64", optimizer="sgd", lr=0.1, seed=3)
-    settings.update(kw)
-    model = Model(**settings)
-    for _ in range(steps):
-        model.partial_fit(*batch(task, 8, 5, rng, scale=2.0, offset=1.0))
-    return model
+def trained(activation="tanh", task="multiclass", batch_norm=True, rng=None, **kw):
+    """helpers.moved_model: four sgd steps on 8-row batches."""
+    return moved_model(activation, task, batch_norm, rng, steps=4, rows=8, seed=3, **kw)
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])

@@ -3,27 +3,19 @@ activation x head x batch norm x penalty, and the report names a planted wrong g
 import numpy as np
 import pytest
 
-from learnd.engine import GradCheckReport, Model
+from learnd.engine import GradCheckReport
 from learnd.engine.network import Network
 
 from . import reference as ref
-from .helpers import (ACTIVATIONS, N_OUTPUTS, TASKS, assert_same_state, batch, full_state,
-                      targets)
+from .helpers import ACTIVATIONS, TASKS, assert_same_state, batch, full_state, moved_model, targets
 
 RIGHT = 1e-7
 BUG = 1e-3
 
 
-def small_model(activation="tanh", task="multiclass", batch_norm=True, rng=None, steps=3, **kw):
-    """Input 5, hidden (4, 3), float64, moved a few sgd steps off its initial point so
-    gamma, beta, the biases and the normalizer are no longer trivial."""
-    settings = dict(hidden=(4, 3), activation=activation, task=task, n_outputs=N_OUTPUTS[task],
-                    batch_norm=batch_norm, dtype="float64", optimizer="sgd", lr=0.1, seed=11)
-    settings.update(kw)
-    model = Model(**settings)
-    for _ in range(steps):
-        model.partial_fit(*batch(task, 6, 5, rng, scale=2.0, offset=1.0))
-    return model
+def small_model(activation="tanh", task="multiclass", batch_norm=True, rng=None, **kw):
+    """helpers.moved_model: three sgd steps on 6-row batches."""
+    return moved_model(activation, task, batch_norm, rng, steps=3, rows=6, seed=11, **kw)
 
 
 @pytest.mark.parametrize("penalty", [{"l2": 0.1}, {"l1": 0.05}], ids=["l2", "l1"])

@@ -23,14 +23,19 @@ def stream(seed):
     return X, y
 
 
-def test_a_concept_change_is_found_and_acted_on(daemons, stream):
-    X, y = stream
-    d = daemons(args=["--set", "on_drift=boost_lr", "--set", "drift_boost_rows=2000"])
-    with Producer(d.ingest, producer_id="sea", window=16, timeout=30) as prod:
+def _train_on(daemon, X, y, timeout):
+    """Send the stream once in BATCH-row train batches; the status once all is trained."""
+    with Producer(daemon.ingest, producer_id="sea", window=16, timeout=timeout) as prod:
         for i in range(0, ROWS, BATCH):
             prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
     assert prod.rejected == []
-    status = d.settled()
+    return daemon.settled()
+
+
+def test_a_concept_change_is_found_and_acted_on(daemons, stream):
+    X, y = stream
+    d = daemons(args=["--set", "on_drift=boost_lr", "--set", "drift_boost_rows=2000"])
+    status = _train_on(d, X, y, timeout=30)
     drift = status["drift"]
     print("drift:", {k: drift[k] for k in ("detections", "falls", "rows_watched", "last")})
     assert drift["detector"] == "adwin" and drift["rows_watched"] == ROWS
@@ -57,11 +62,7 @@ def test_a_population_meets_a_drift_with_new_challengers(daemons, stream):
     X, y = stream
     d = daemons(args=["--set", "search_members=4", "--set", "on_drift=new_challengers",
                       "--set", "search_min_rows=256", "--set", "search_interval=1000000"])
-    with Producer(d.ingest, producer_id="sea", window=16, timeout=60) as prod:
-        for i in range(0, ROWS, BATCH):
-            prod.send(X[i:i + BATCH], y[i:i + BATCH], split="train")
-    assert prod.rejected == []
-    status = d.settled()
+    status = _train_on(d, X, y, timeout=60)
     drift = status["drift"]
     assert drift["detections"] >= 1 and drift["last"]["action"] == "new_challengers"
     renewed = [dec for dec in status["search"]["recent_decisions"] if dec.get("reason") == "drift"]
