@@ -4,19 +4,19 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EngineError
-from .kernels.network import ensemble_forward
+from .kernels.serving import ensemble_forward
 from .network import Snapshot, Workspace, pack_buffer, unpack_buffer
 
-_ARRAYS = ("params", "stats", "tables", "param_offsets", "stat_offsets", "table_offsets", "shifts",
-           "inv_scales", "out_scales", "out_shifts", "bn_eps")
+_ARRAYS = ("folded", "folded_offsets", "served", "table_offsets", "out_scales", "out_shifts")
 
 
 class Ensemble:
     """An immutable average of k Snapshots (members of one population, so one task,
     input size and dtype; their layer sizes may differ).
 
-    Their arrays are laid end to end so that `ensemble_forward` walks all k members in
-    one call: the mean of their softmax rows / sigmoid probabilities / values.
+    Their serving weights (Snapshot.folded, laid out by Snapshot.served) are laid end to
+    end so that `ensemble_forward` walks all k members in one call: the mean of their
+    softmax rows / sigmoid probabilities / values.
     """
 
     def __init__(self, snapshots, version=0, meta=None):
@@ -31,18 +31,12 @@ class Ensemble:
         self.task, self.n_outputs, self.input_dim = first.task, first.n_outputs, first.input_dim
         self.dtype, self.head = first.dtype, first.head
         self.k = len(snapshots)
-        self.params = np.concatenate([s.params for s in snapshots])
-        self.stats = np.concatenate([s.stats for s in snapshots]) if any(s.stats.size for s in snapshots) \
-            else np.zeros(1, dtype=first.dtype)
-        self.tables = np.ascontiguousarray(np.concatenate([s.table for s in snapshots]))
-        self.param_offsets = np.cumsum([0] + [s.params.size for s in snapshots]).astype(np.int64)
-        self.stat_offsets = np.cumsum([0] + [s.stats.size for s in snapshots]).astype(np.int64)
-        self.table_offsets = np.cumsum([0] + [s.table.shape[0] for s in snapshots]).astype(np.int64)
-        self.shifts = np.ascontiguousarray(np.stack([s.shift for s in snapshots]))
-        self.inv_scales = np.ascontiguousarray(np.stack([s.inv_scale for s in snapshots]))
+        self.folded = np.concatenate([s.folded for s in snapshots])
+        self.folded_offsets = np.cumsum([0] + [s.folded.size for s in snapshots]).astype(np.int64)
+        self.served = np.ascontiguousarray(np.concatenate([s.served for s in snapshots]))
+        self.table_offsets = np.cumsum([0] + [s.served.shape[0] for s in snapshots]).astype(np.int64)
         self.out_scales = np.ascontiguousarray(np.stack([s.out_scale for s in snapshots]))
         self.out_shifts = np.ascontiguousarray(np.stack([s.out_shift for s in snapshots]))
-        self.bn_eps = np.array([s.bn_eps for s in snapshots], dtype=np.float64)
         self.units_per_row = max(s.units_per_row for s in snapshots)
 
     # -- one buffer (shared memory, followers) --------------------------------------------
@@ -71,8 +65,8 @@ class Ensemble:
         """Mean head outputs for X (m, n0) into out (m, K); X checked by the caller."""
         m = X.shape[0]
         buf = workspace.ensure(m)
-        ensemble_forward(X, self.shifts, self.inv_scales, self.params, self.param_offsets, self.stats,
-                         self.stat_offsets, self.tables, self.table_offsets, self.head, self.bn_eps,
+        X = np.ascontiguousarray(X, dtype=self.dtype)    # each first layer multiplies X itself
+        ensemble_forward(X, self.folded, self.folded_offsets, self.served, self.table_offsets, self.head,
                          self.out_scales, self.out_shifts, buf, workspace.cap, workspace.member_out[:m], out)
         return out
 

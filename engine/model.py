@@ -9,7 +9,7 @@ from . import state as state_io
 from .collective import GroupStep
 from .errors import EngineError
 from .gradcheck import check_gradients
-from .kernels.network import predict_forward
+from .kernels.serving import fold_for_serving, served_forward, serving_layout
 from .kernels.normalize import count_nonfinite
 from .kernels.optim import global_norm
 from .kernels.rng import seed_state
@@ -103,6 +103,13 @@ class Model:
         self.practice = Practice(self.dtype)
         self._clean_outputs = np.empty(0, dtype=self.dtype)
         self._practiced = False
+        # Predictions come from serving weights (kernels.serving: batch norm and the
+        # normalizer folded into W and b), folded again on the first prediction after
+        # anything moves the parameters, the running statistics or the normalizer: an
+        # optimizer step (_param_generation), the normalizer's or the head's target
+        # rescale (their own generation counters).
+        self._param_generation = 0
+        self._fold_key = None
         if self.spec.input_dim is not None:
             self._build(self.spec.input_dim)
 
@@ -121,6 +128,9 @@ class Model:
             enabled=self.spec.normalize_targets and self.spec.task == "regression")
         if self.collective is not None:
             self._group = GroupStep(self.collective, self.network)
+        self._serving_table, n_folded = serving_layout(self.network.layout.infer_table)
+        self._folded = np.empty(n_folded, dtype=self.dtype)
+        self._fold_key = None
 
     # -- data parallel -------------------------------------------------------------------
     def join(self, collective):
@@ -358,6 +368,7 @@ class Model:
         self.optimizer.step(net.flat_params, net.flat_grads, self.learning_rate, g_scale)
         if net.flat_stats.size:   # only batch-norm layers keep running statistics
             net.update_running_stats(rows)
+        self._param_generation += 1
         return float(loss), True, rows
 
     def last_batch_outputs(self):
@@ -389,12 +400,27 @@ class Model:
 
     def _predict_into(self, X, out):
         net = self.network
+        if self._fold_key != self._current_fold_key():
+            self.refold()
         work = net.infer_work.ensure(X.shape[0])
-        predict_forward(X, self.normalizer.shift, self.normalizer.inv_scale, net.flat_params,
-                        net.flat_stats, net.layout.infer_table, net.layout.head,
-                        self.spec.bn_eps, self.targets.out_scale, self.targets.out_shift, work,
-                        net.infer_work.cap, out)
+        # The first layer multiplies X itself: BLAS wants it in the weights' dtype
+        # (a no-op for checked inputs; FGSM's float64 rows are cast here).
+        X = np.ascontiguousarray(X, dtype=self.dtype)
+        served_forward(X, self._folded, self._serving_table, net.layout.head, self.targets.out_scale,
+                       self.targets.out_shift, work, net.infer_work.cap, out)
         return out
+
+    def refold(self):
+        """Fold the parameters, running statistics and normalizer into the serving
+        weights now.  Training marks them stale itself; call this after writing into
+        `network.params`, `network.stats` or the normalizer directly."""
+        net = self.network
+        fold_for_serving(net.flat_params, net.flat_stats, net.layout.infer_table, self.normalizer.shift,
+                         self.normalizer.inv_scale, self.spec.bn_eps, self._folded, self._serving_table)
+        self._fold_key = self._current_fold_key()
+
+    def _current_fold_key(self):
+        return self._param_generation, self.normalizer.generation, self.targets.generation
 
     def _clean_output_buffer(self, m):
         K = self.spec.n_outputs

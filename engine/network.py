@@ -9,6 +9,7 @@ import struct
 import numpy as np
 
 from .kernels import network as K
+from .kernels.serving import fold_for_serving, served_forward, serving_layout
 from .kernels.activations import ACTIVATIONS
 from .kernels.losses import HEADS
 from .spec import ModelSpec
@@ -243,10 +244,11 @@ class Network:
 
 
 SNAPSHOT_MAGIC = b"LEARNDSN"
-SNAPSHOT_FORMAT = 2      # 2: out_scale and out_shift (standardized regression targets)
+SNAPSHOT_FORMAT = 3      # 2: out_scale and out_shift (standardized regression targets); 3: served, folded
 _SNAPSHOT_HEAD = struct.Struct("<8sII")     # magic, format, meta length
 _ALIGN = 64                                  # every array starts on a cache line
-_SNAPSHOT_ARRAYS = ("table", "params", "stats", "shift", "inv_scale", "out_scale", "out_shift")
+_SNAPSHOT_ARRAYS = ("table", "params", "stats", "shift", "inv_scale", "out_scale", "out_shift", "served",
+                    "folded")
 
 
 class Snapshot:
@@ -254,6 +256,11 @@ class Snapshot:
     the input normalizer's shift and scale, the map of outputs to target units
     (engine.targets), the layer table.  Self-contained, so it can
     be published to other threads, serialized, or sent to a replica.
+
+    It also holds the serving weights, folded once when it is made: batch norm and the
+    input normalizer folded into each layer's W and b (kernels.serving; `folded`, laid
+    out by `served`).  Predictions come from those; the input gradient (adversarial
+    examples) from the trained parameters and statistics, as Network's.
 
     `to_bytes()` lays it out as one buffer (a header, a JSON description, then each
     array on a 64-byte boundary) and `Snapshot.from_buffer(buf)` reads one back without
@@ -283,9 +290,12 @@ class Snapshot:
         K_out = network.spec.n_outputs
         self.out_scale = np.array(np.ones(K_out) if out_scale is None else out_scale, dtype=network.dtype)
         self.out_shift = np.array(np.zeros(K_out) if out_shift is None else out_shift, dtype=network.dtype)
-        for a in (self.table, self.params, self.stats, self.shift, self.inv_scale, self.out_scale,
-                  self.out_shift):
-            a.flags.writeable = False
+        self.served, n_folded = serving_layout(self.table)
+        self.folded = np.empty(n_folded, dtype=network.dtype)
+        fold_for_serving(self.params, self.stats, self.table, self.shift, self.inv_scale, self.bn_eps,
+                         self.folded, self.served)
+        for name in _SNAPSHOT_ARRAYS:
+            getattr(self, name).flags.writeable = False
 
     def new_workspace(self):
         return Workspace(self.units_per_row, self.dtype)
@@ -293,8 +303,9 @@ class Snapshot:
     def predict_into(self, X, out, workspace):
         """Head outputs for X (m, n0) into out (m, K); X must be checked by the caller."""
         buf = workspace.ensure(X.shape[0])
-        K.predict_forward(X, self.shift, self.inv_scale, self.params, self.stats, self.table,
-                          self.head, self.bn_eps, self.out_scale, self.out_shift, buf, workspace.cap, out)
+        X = np.ascontiguousarray(X, dtype=self.dtype)    # the first layer multiplies X itself
+        served_forward(X, self.folded, self.served, self.head, self.out_scale, self.out_shift, buf,
+                       workspace.cap, out)
         return out
 
     def input_loss_and_grad_into(self, X, Y, dX, workspace, grad_work):

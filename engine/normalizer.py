@@ -25,6 +25,7 @@ class InputNormalizer:
         self.m2 = np.zeros(n_features)
         self.shift = np.zeros(n_features, dtype=dtype)
         self.inv_scale = np.ones(n_features, dtype=dtype)
+        self.generation = 0      # grows whenever shift or inv_scale change (serving weights refold)
         # Staging buffers, swapped with the live ones on commit.
         self._count = 0.0
         self._mean = np.zeros(n_features)
@@ -74,6 +75,7 @@ class InputNormalizer:
         self.m2, self._m2 = self._m2, self.m2
         self.shift, self._shift = self._shift, self.shift
         self.inv_scale, self._inv_scale = self._inv_scale, self.inv_scale
+        self.generation += 1
 
     def get_state(self):
         return {"count": self.count, "mean": self.mean.copy(), "m2": self.m2.copy()}
@@ -83,3 +85,4 @@ class InputNormalizer:
         self.mean[...] = state["mean"]
         self.m2[...] = state["m2"]
         normalizer_scale(self.count, self.mean, self.m2, self.shift, self.inv_scale)
+        self.generation += 1

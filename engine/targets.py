@@ -38,6 +38,7 @@ class TargetScaler:
         self.W, self.b = W, b
         self.out_scale = np.ones(n_outputs, dtype=dtype)
         self.out_shift = np.zeros(n_outputs, dtype=dtype)
+        self.generation = 0      # grows whenever the head's W and b are rescaled or restored
         self._saved_W = np.empty_like(W)
         self._saved_b = np.empty_like(b)
         self._scaled = np.empty((0, n_outputs), dtype=dtype)
@@ -77,6 +78,7 @@ class TargetScaler:
             np.multiply(self.out_scale, inv_scale, out=self._ratio)
             self.W *= self._ratio[:, None].astype(self.W.dtype)
             self.b[...] = (self.b * self._ratio + (self.out_shift - shift) * inv_scale).astype(self.b.dtype)
+            self.generation += 1
         return self._standardized(Y, shift, inv_scale)
 
     def commit(self):
@@ -90,6 +92,7 @@ class TargetScaler:
         if self.enabled:
             self.W[...] = self._saved_W
             self.b[...] = self._saved_b
+            self.generation += 1
 
     def standardize(self, Y):
         """Y (m, K) standardized with the committed statistics (rows already learned)."""
@@ -112,6 +115,7 @@ class TargetScaler:
     def _refresh(self):
         self.out_scale[...] = 1.0 / self.stats.inv_scale
         self.out_shift[...] = self.stats.shift
+        self.generation += 1
 
     # -- state -----------------------------------------------------------------------
     def get_state(self):

@@ -4,7 +4,6 @@ Every kernel reads the batch X (m, n0) and writes a separate Out, so the caller'
 (and the held-out and predict rows that never come here) stay as they were.  Random
 draws come from the model's explicit xoshiro state (rng), which checkpoints carry.
 """
-import numpy as np
 from numba import njit
 
 from .rng import next_below, next_beta, next_normal, next_uniform

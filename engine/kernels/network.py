@@ -255,34 +255,3 @@ def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, ou
     for i in range(X.shape[0]):
         for c in range(P.shape[1]):
             P[i, c] = P[i, c] * out_scale[c] + out_shift[c]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def ensemble_forward(X, shifts, inv_scales, params, param_offsets, stats, stat_offsets, tables,
-                     table_offsets, head, bn_eps, out_scales, out_shifts, work, cap, P_member, P):
-    """The mean of k networks' head outputs for X (m, n0) into P (m, K), in one call.
-
-    The k members are laid end to end: member j's parameters are
-    params[param_offsets[j]:param_offsets[j + 1]] (likewise stats), its layer table
-    tables[table_offsets[j]:table_offsets[j + 1]], its input normalizer shifts[j],
-    inv_scales[j] (k, n0), its map to target units out_scales[j], out_shifts[j] (k, K).
-    Each member runs predict_forward into P_member (m, K), with
-    `work` holding `cap` rows of the widest member's units.
-    """
-    k = shifts.shape[0]
-    m, K = P.shape
-    for i in range(m):
-        for c in range(K):
-            P[i, c] = 0.0
-    for j in range(k):
-        predict_forward(X, shifts[j], inv_scales[j], params[param_offsets[j]:param_offsets[j + 1]],
-                        stats[stat_offsets[j]:stat_offsets[j + 1]],
-                        tables[table_offsets[j]:table_offsets[j + 1]], head, bn_eps[j], out_scales[j],
-                        out_shifts[j], work, cap, P_member)
-        for i in range(m):
-            for c in range(K):
-                P[i, c] += P_member[i, c]
-    scale = 1.0 / k
-    for i in range(m):
-        for c in range(K):
-            P[i, c] *= scale
