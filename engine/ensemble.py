@@ -7,7 +7,7 @@ from .errors import EngineError
 from .kernels.serving import ensemble_forward
 from .network import Snapshot, Workspace, pack_buffer, unpack_buffer
 
-_ARRAYS = ("folded", "folded_offsets", "served", "table_offsets", "out_scales", "out_shifts")
+_ARRAYS = ("shifts", "folded", "folded_offsets", "served", "table_offsets", "out_scales", "out_shifts")
 
 
 class Ensemble:
@@ -35,6 +35,7 @@ class Ensemble:
         self.folded_offsets = np.cumsum([0] + [s.folded.size for s in snapshots]).astype(np.int64)
         self.served = np.ascontiguousarray(np.concatenate([s.served for s in snapshots]))
         self.table_offsets = np.cumsum([0] + [s.served.shape[0] for s in snapshots]).astype(np.int64)
+        self.shifts = np.ascontiguousarray(np.stack([s.shift for s in snapshots]))
         self.out_scales = np.ascontiguousarray(np.stack([s.out_scale for s in snapshots]))
         self.out_shifts = np.ascontiguousarray(np.stack([s.out_shift for s in snapshots]))
         self.units_per_row = max(s.units_per_row for s in snapshots)
@@ -65,8 +66,7 @@ class Ensemble:
         """Mean head outputs for X (m, n0) into out (m, K); X checked by the caller."""
         m = X.shape[0]
         buf = workspace.ensure(m)
-        X = np.ascontiguousarray(X, dtype=self.dtype)    # each first layer multiplies X itself
-        ensemble_forward(X, self.folded, self.folded_offsets, self.served, self.table_offsets, self.head,
+        ensemble_forward(X, self.shifts, self.folded, self.folded_offsets, self.served, self.table_offsets, self.head,
                          self.out_scales, self.out_shifts, buf, workspace.cap, workspace.member_out[:m], out)
         return out
 

@@ -403,10 +403,7 @@ class Model:
         if self._fold_key != self._current_fold_key():
             self.refold()
         work = net.infer_work.ensure(X.shape[0])
-        # The first layer multiplies X itself: BLAS wants it in the weights' dtype
-        # (a no-op for checked inputs; FGSM's float64 rows are cast here).
-        X = np.ascontiguousarray(X, dtype=self.dtype)
-        served_forward(X, self._folded, self._serving_table, net.layout.head, self.targets.out_scale,
+        served_forward(X, self.normalizer.shift, self._folded, self._serving_table, net.layout.head, self.targets.out_scale,
                        self.targets.out_shift, work, net.infer_work.cap, out)
         return out
 
@@ -415,8 +412,8 @@ class Model:
         weights now.  Training marks them stale itself; call this after writing into
         `network.params`, `network.stats` or the normalizer directly."""
         net = self.network
-        fold_for_serving(net.flat_params, net.flat_stats, net.layout.infer_table, self.normalizer.shift,
-                         self.normalizer.inv_scale, self.spec.bn_eps, self._folded, self._serving_table)
+        fold_for_serving(net.flat_params, net.flat_stats, net.layout.infer_table, self.normalizer.inv_scale,
+                         self.spec.bn_eps, self._folded, self._serving_table)
         self._fold_key = self._current_fold_key()
 
     def _current_fold_key(self):

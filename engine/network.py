@@ -258,7 +258,7 @@ class Snapshot:
     be published to other threads, serialized, or sent to a replica.
 
     It also holds the serving weights, folded once when it is made: batch norm and the
-    input normalizer folded into each layer's W and b (kernels.serving; `folded`, laid
+    input normalizer's scale folded into each layer's W and b (kernels.serving; `folded`, laid
     out by `served`).  Predictions come from those; the input gradient (adversarial
     examples) from the trained parameters and statistics, as Network's.
 
@@ -292,8 +292,8 @@ class Snapshot:
         self.out_shift = np.array(np.zeros(K_out) if out_shift is None else out_shift, dtype=network.dtype)
         self.served, n_folded = serving_layout(self.table)
         self.folded = np.empty(n_folded, dtype=network.dtype)
-        fold_for_serving(self.params, self.stats, self.table, self.shift, self.inv_scale, self.bn_eps,
-                         self.folded, self.served)
+        fold_for_serving(self.params, self.stats, self.table, self.inv_scale, self.bn_eps, self.folded,
+                         self.served)
         for name in _SNAPSHOT_ARRAYS:
             getattr(self, name).flags.writeable = False
 
@@ -303,8 +303,7 @@ class Snapshot:
     def predict_into(self, X, out, workspace):
         """Head outputs for X (m, n0) into out (m, K); X must be checked by the caller."""
         buf = workspace.ensure(X.shape[0])
-        X = np.ascontiguousarray(X, dtype=self.dtype)    # the first layer multiplies X itself
-        served_forward(X, self.folded, self.served, self.head, self.out_scale, self.out_shift, buf,
+        served_forward(X, self.shift, self.folded, self.served, self.head, self.out_scale, self.out_shift, buf,
                        workspace.cap, out)
         return out
 

@@ -14,7 +14,7 @@ from .activations import activation_backward, activation_forward
 from .batchnorm import batchnorm_forward_eval, batchnorm_update_running
 from .dense import dense_backward, dense_forward
 from .hidden import hidden_backward, hidden_forward_train
-from .losses import head_loss, head_output
+from .losses import head_loss
 from .normalize import normalize_into
 from .regularization import add_weight_penalty_and_grad, weight_penalty
 
@@ -186,7 +186,7 @@ def input_loss_and_grad(X, Y, w, shift, inv_scale, params, stats, layers, head, 
     on that row alone, as the attacked prediction does.  The weights' penalty does
     not depend on X and is left out of J.
     X: (m, n0) raw inputs  Y: (m, K) targets in the units the head learns  w: (m,)
-    weights over their mean, or (0,).  `layers` is an inference table (predict_forward's):
+    weights over their mean, or (0,).  `layers` is an inference table (Layout.infer_table):
     each hidden layer's Z slot of `work` (`cap` rows) ends up holding its activation A,
     which the backward pass overwrites with dZ.  P, dZ: (m, K) scratch for the head.
     scratch: at least m * (widest hidden layer) values.  dX: (m, n0).
@@ -239,19 +239,3 @@ def update_running_stats(stats, feat, layers, m, bn_beta, frozen):
         f = layers[l, OFF_FEAT]
         batchnorm_update_running(_seg(stats, layers[l, OFF_RMEAN], n), _seg(stats, layers[l, OFF_RVAR], n),
                                  feat[f:f + n], feat[f + n:f + 2 * n], m, bn_beta)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def predict_forward(X, shift, inv_scale, params, stats, layers, head, bn_eps, out_scale, out_shift,
-                    work, cap, P):
-    """Inference: running statistics, no dropout, the head's output into P (m, K),
-    mapped to target units as P * out_scale + out_shift (K,) (ones and zeros but for
-    standardized regression targets, engine.targets).
-
-    X: (m, n0) raw inputs.  work holds at least `cap` >= m rows of every Z slot;
-    each layer computes in place in its Z slot.
-    """
-    head_output(head, inference_logits(X, shift, inv_scale, params, stats, layers, bn_eps, work, cap), P)
-    for i in range(X.shape[0]):
-        for c in range(P.shape[1]):
-            P[i, c] = P[i, c] * out_scale[c] + out_shift[c]

@@ -1,16 +1,20 @@
-"""Serving weights: batch norm and the input normalizer folded into each layer's W and b.
+"""Serving weights: batch norm and the input normalizer's scale folded into each
+layer's W and b.
 
 At inference batch norm is an affine map per unit, Y = s (Z - running_mean) + beta with
 s = gamma / sqrt(running_var + eps), and the input normalizer is an affine map per
-feature, A0 = (X - shift) * inv_scale.  Both fold into the dense layer next to them:
+feature, A0 = (X - shift) * inv_scale.  Both scales fold into the dense layer next to them:
 
-    layer 1:  W1' = W1 * inv_scale (columns),  b1 adds -W1' shift
+    layer 1:  W1' = W1 * inv_scale (columns)
     a batch-norm layer:  W' = s * W (rows),  b' = s (b - running_mean) + beta
 
-so serving is dense -> bias + activation per layer, one pass over each layer's outputs
-and none over the inputs.  The folded values are computed in float64 and stored in the
-model's dtype; predictions differ from the unfolded pass by rounding only
-(tests/engine/test_serving.py bounds it).
+so serving is: X - shift into the input slot, then dense -> bias + activation per layer,
+one pass over each layer's outputs and no square root per element.  The shift is not
+folded into layer 1's bias: W1' x - W1' shift cancels in float32 when the inputs lie far
+from zero (inputs around 1e4 with a spread of 1 lost three digits that way), while
+subtracting it first keeps the unfolded pass's precision.  The folded values are
+computed in float64 and stored in the model's dtype; predictions differ from the
+unfolded pass by rounding only (tests/engine/test_serving.py bounds it).
 
 The folded weights live in one flat buffer `folded` laid out by an int64 table with
 the columns of kernels.network (N_IN, N_OUT, OFF_W, OFF_B, ACT, SLOT_Z): every layer
@@ -21,7 +25,8 @@ from numba import njit
 
 from .activations import LEAKY_RELU, LEAKY_SLOPE, LINEAR, RELU, SIGMOID, TANH, sigmoid
 from .losses import head_output
-from .network import ACT, N_IN, N_OUT, OFF_B, OFF_BETA, OFF_GAMMA, OFF_RMEAN, OFF_RVAR, OFF_W, SLOT_Z
+from .network import (ACT, N_IN, N_OUT, OFF_B, OFF_BETA, OFF_GAMMA, OFF_RMEAN, OFF_RVAR, OFF_W, SLOT_INPUT,
+                      SLOT_Z)
 
 N_SERVE_COLUMNS = 6     # N_IN, N_OUT, OFF_W, OFF_B, ACT, SLOT_Z: the first columns used
 
@@ -44,30 +49,16 @@ def serving_layout(infer_table):
     return table, off
 
 
-@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _fold_first_row(w, scale, shift, inv_scale, out):
-    """out = w * scale * inv_scale (n0,); returns out . shift, summed in float64 with
-    the additions reordered so that the sum vectorizes (the fold runs after every
-    optimizer step that a prediction follows: it must cost about one pass over W)."""
-    row_shift = 0.0
-    for k in range(w.shape[0]):
-        v = np.float64(w[k]) * scale * np.float64(inv_scale[k])
-        out[k] = v
-        row_shift += v * np.float64(shift[k])
-    return row_shift
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
-def fold_for_serving(params, stats, layers, shift, inv_scale, bn_eps, folded, served):
+def fold_for_serving(params, stats, layers, inv_scale, bn_eps, folded, served):
     """Fill `folded` (laid out by `served`, serving_layout's table) from the trained
     parameters `params`, running statistics `stats` (laid out by the inference table
-    `layers`) and the input normalizer (shift, inv_scale: (n0,))."""
+    `layers`) and the input normalizer's inv_scale (n0,)."""
     for l in range(layers.shape[0]):
         n_in = layers[l, N_IN]
         n_out = layers[l, N_OUT]
         w = layers[l, OFF_W]
         fw = served[l, OFF_W]
-        fb = served[l, OFF_B]
         bn = layers[l, OFF_GAMMA] >= 0
         for j in range(n_out):
             bias = 0.0
@@ -77,18 +68,17 @@ def fold_for_serving(params, stats, layers, shift, inv_scale, bn_eps, folded, se
             if bn:
                 scale = np.float64(params[layers[l, OFF_GAMMA] + j]) / \
                     np.sqrt(np.float64(stats[layers[l, OFF_RVAR] + j]) + bn_eps)
+                bias = scale * (bias - np.float64(stats[layers[l, OFF_RMEAN] + j])) + \
+                    np.float64(params[layers[l, OFF_BETA] + j])
             src = params[w + j * n_in:w + (j + 1) * n_in]
             dst = folded[fw + j * n_in:fw + (j + 1) * n_in]
-            row_shift = 0.0     # W' row . shift, folded out of layer 1's bias
             if l == 0:
-                row_shift = _fold_first_row(src, scale, shift, inv_scale, dst)
+                for k in range(n_in):
+                    dst[k] = np.float64(src[k]) * scale * np.float64(inv_scale[k])
             else:
                 for k in range(n_in):
                     dst[k] = np.float64(src[k]) * scale
-            if bn:
-                bias = scale * (bias - np.float64(stats[layers[l, OFF_RMEAN] + j])) + \
-                    np.float64(params[layers[l, OFF_BETA] + j])
-            folded[fb + j] = bias - row_shift
+            folded[served[l, OFF_B] + j] = bias
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -122,14 +112,19 @@ def bias_activation(Z, b, kind):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def served_forward(X, folded, served, head, out_scale, out_shift, work, cap, P):
+def served_forward(X, shift, folded, served, head, out_scale, out_shift, work, cap, P):
     """Inference from folded weights: P (m, K) = the head's output of X (m, n0) raw
-    inputs, mapped to target units as P * out_scale + out_shift (K,).  work holds at
-    least `cap` >= m rows of every Z slot of the inference layout; each layer computes
-    in its Z slot; the first reads X itself (no normalized copy)."""
+    inputs (any float dtype), mapped to target units as P * out_scale + out_shift (K,).
+    shift: (n0,) the normalizer's.  work holds at least `cap` >= m rows of every slot
+    of the inference layout: X - shift goes into the input slot, each layer computes in
+    its Z slot."""
     m = X.shape[0]
     L = served.shape[0]
-    A_prev = X
+    n0 = served[0, N_IN]
+    A_prev = work[SLOT_INPUT * cap:SLOT_INPUT * cap + m * n0].reshape((m, n0))
+    for i in range(m):
+        for k in range(n0):
+            A_prev[i, k] = X[i, k] - shift[k]
     for l in range(L):
         n_in = served[l, N_IN]
         n_out = served[l, N_OUT]
@@ -150,14 +145,14 @@ def served_forward(X, folded, served, head, out_scale, out_shift, work, cap, P):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ensemble_forward(X, folded, folded_offsets, served, table_offsets, head, out_scales, out_shifts,
-                     work, cap, P_member, P):
+def ensemble_forward(X, shifts, folded, folded_offsets, served, table_offsets, head, out_scales,
+                     out_shifts, work, cap, P_member, P):
     """The mean of k networks' head outputs for X (m, n0) into P (m, K), in one call.
 
     The k members are laid end to end: member j's serving weights are
     folded[folded_offsets[j]:folded_offsets[j + 1]], laid out by its table
-    served[table_offsets[j]:table_offsets[j + 1]]; its map to target units is
-    out_scales[j], out_shifts[j] (k, K).  Each member runs served_forward into
+    served[table_offsets[j]:table_offsets[j + 1]]; its normalizer's shift is shifts[j]
+    (k, n0), its map to target units out_scales[j], out_shifts[j] (k, K).  Each member runs served_forward into
     P_member (m, K), with `work` holding `cap` rows of the widest member's units.
     """
     k = out_scales.shape[0]
@@ -166,7 +161,7 @@ def ensemble_forward(X, folded, folded_offsets, served, table_offsets, head, out
         for c in range(K):
             P[i, c] = 0.0
     for j in range(k):
-        served_forward(X, folded[folded_offsets[j]:folded_offsets[j + 1]],
+        served_forward(X, shifts[j], folded[folded_offsets[j]:folded_offsets[j + 1]],
                        served[table_offsets[j]:table_offsets[j + 1]], head, out_scales[j], out_shifts[j],
                        work, cap, P_member)
         for i in range(m):
