@@ -66,8 +66,9 @@ class Ensemble:
         """Mean head outputs for X (m, n0) into out (m, K); X checked by the caller."""
         m = X.shape[0]
         buf = workspace.ensure(m)
-        ensemble_forward(X, self.shifts, self.folded, self.folded_offsets, self.served, self.table_offsets, self.head,
-                         self.out_scales, self.out_shifts, buf, workspace.cap, workspace.member_out[:m], out)
+        ensemble_forward(X, self.shifts, self.folded, self.folded_offsets, self.served, self.table_offsets,
+                         self.head, self.out_scales, self.out_shifts, buf, workspace.cap,
+                         workspace.member_out[:m], out)
         return out
 
 

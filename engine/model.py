@@ -104,7 +104,7 @@ class Model:
         self._clean_outputs = np.empty(0, dtype=self.dtype)
         self._practiced = False
         # Predictions come from serving weights (kernels.serving: batch norm and the
-        # normalizer folded into W and b), folded again on the first prediction after
+        # normalizer's scale folded into W and b), folded again on the first prediction after
         # anything moves the parameters, the running statistics or the normalizer: an
         # optimizer step (_param_generation), the normalizer's or the head's target
         # rescale (their own generation counters).
@@ -403,13 +403,13 @@ class Model:
         if self._fold_key != self._current_fold_key():
             self.refold()
         work = net.infer_work.ensure(X.shape[0])
-        served_forward(X, self.normalizer.shift, self._folded, self._serving_table, net.layout.head, self.targets.out_scale,
-                       self.targets.out_shift, work, net.infer_work.cap, out)
+        served_forward(X, self.normalizer.shift, self._folded, self._serving_table, net.layout.head,
+                       self.targets.out_scale, self.targets.out_shift, work, net.infer_work.cap, out)
         return out
 
     def refold(self):
-        """Fold the parameters, running statistics and normalizer into the serving
-        weights now.  Training marks them stale itself; call this after writing into
+        """Fold the parameters, running statistics and normalizer's scale into the
+        serving weights now.  Training marks them stale itself; call this after writing into
         `network.params`, `network.stats` or the normalizer directly."""
         net = self.network
         fold_for_serving(net.flat_params, net.flat_stats, net.layout.infer_table, self.normalizer.inv_scale,

@@ -258,9 +258,9 @@ class Snapshot:
     be published to other threads, serialized, or sent to a replica.
 
     It also holds the serving weights, folded once when it is made: batch norm and the
-    input normalizer's scale folded into each layer's W and b (kernels.serving; `folded`, laid
-    out by `served`).  Predictions come from those; the input gradient (adversarial
-    examples) from the trained parameters and statistics, as Network's.
+    input normalizer's scale folded into each layer's W and b (kernels.serving;
+    `folded`, laid out by `served`).  Predictions come from those; the input gradient
+    (adversarial examples) from the trained parameters and statistics, as Network's.
 
     `to_bytes()` lays it out as one buffer (a header, a JSON description, then each
     array on a 64-byte boundary) and `Snapshot.from_buffer(buf)` reads one back without
@@ -303,8 +303,8 @@ class Snapshot:
     def predict_into(self, X, out, workspace):
         """Head outputs for X (m, n0) into out (m, K); X must be checked by the caller."""
         buf = workspace.ensure(X.shape[0])
-        served_forward(X, self.shift, self.folded, self.served, self.head, self.out_scale, self.out_shift, buf,
-                       workspace.cap, out)
+        served_forward(X, self.shift, self.folded, self.served, self.head, self.out_scale, self.out_shift,
+                       buf, workspace.cap, out)
         return out
 
     def input_loss_and_grad_into(self, X, Y, dX, workspace, grad_work):

@@ -152,8 +152,9 @@ def ensemble_forward(X, shifts, folded, folded_offsets, served, table_offsets, h
     The k members are laid end to end: member j's serving weights are
     folded[folded_offsets[j]:folded_offsets[j + 1]], laid out by its table
     served[table_offsets[j]:table_offsets[j + 1]]; its normalizer's shift is shifts[j]
-    (k, n0), its map to target units out_scales[j], out_shifts[j] (k, K).  Each member runs served_forward into
-    P_member (m, K), with `work` holding `cap` rows of the widest member's units.
+    (k, n0), its map to target units out_scales[j], out_shifts[j] (k, K).  Each member
+    runs served_forward into P_member (m, K), with `work` holding `cap` rows of the
+    widest member's units.
     """
     k = out_scales.shape[0]
     m, K = P.shape

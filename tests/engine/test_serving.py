@@ -121,7 +121,8 @@ def test_training_and_direct_writes_refold(rng):
 
 
 def test_the_buffer_carries_the_folded_weights_and_the_ensemble_averages_them(rng):
-    models = [moved_model("tanh", "multiclass", bn, rng, steps=3, seed=s) for s, bn in ((1, True), (2, False))]
+    models = [moved_model("tanh", "multiclass", bn, rng, steps=3, seed=s)
+              for s, bn in ((1, True), (2, False))]
     X, _ = batch("multiclass", 6, 5, rng)
     snaps = [m.snapshot() for m in models]
     for model, snap in zip(models, snaps):
@@ -132,4 +133,5 @@ def test_the_buffer_carries_the_folded_weights_and_the_ensemble_averages_them(rn
     ens = Ensemble(snaps)
     out = np.empty((6, 3))
     ens.predict_into(X, out, ens.new_workspace())
-    assert_allclose(out, (models[0].predict_proba(X) + models[1].predict_proba(X)) / 2, rtol=1e-14, atol=1e-15)
+    mean = (models[0].predict_proba(X) + models[1].predict_proba(X)) / 2
+    assert_allclose(out, mean, rtol=1e-14, atol=1e-15)
