@@ -91,7 +91,9 @@ def test_replay_ratio_is_live_and_0_stops_replay(daemons):
             for k in range(4):
                 prod.send(Xtr[BATCH * k:BATCH * (k + 1)], ytr[BATCH * k:BATCH * (k + 1)], split="train")
         d.wait_until(lambda: c.status()["batches_trained"] == 4, what="4 batches")
-        s = c.status()
+        # The fourth step's version is published just after the step is counted.
+        s = d.settled()
+        assert s["batches_trained"] == 4
         assert s["replay"]["steps"] == 0 and s["replay"]["rows"] == 4 * BATCH
         assert s["model_version"] == 4
         c.set(replay_ratio=2)
