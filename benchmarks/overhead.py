@@ -91,15 +91,16 @@ def kernel_calls(model, X, y):
     # The optimizer's scalars as the model's next step computes them (no clipping here)
     opt, lr = model.optimizer, model.learning_rate
     kind = params.dtype.type
+    tiny = np.finfo(params.dtype).tiny
     if spec.optimizer == "adam":
         v, s = opt.state["v"], opt.state["s"]
         t = opt.t + 1
         c = tuple(kind(x) for x in (1.0, lr / (1.0 - opt.beta1 ** t), opt.beta1, 1.0 - opt.beta1, opt.beta2,
-                                    1.0 - opt.beta2, 1.0 / (1.0 - opt.beta2 ** t), opt.eps))
+                                    1.0 - opt.beta2, 1.0 / (1.0 - opt.beta2 ** t), opt.eps, tiny))
         calls.append(("optimizer", lambda: adam_step(params, grads, v, s, *c)))
     else:
         v = opt.state["v"]
-        c = tuple(kind(x) for x in (1.0, lr, opt.beta1, 1.0 - opt.beta1))
+        c = tuple(kind(x) for x in (1.0, lr, opt.beta1, 1.0 - opt.beta1, tiny))
         calls.append(("optimizer", lambda: momentum_step(params, grads, v, *c)))
     if net.flat_stats.size:
         stats, table, frozen = net.flat_stats, layout.table, net.frozen

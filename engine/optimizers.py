@@ -68,6 +68,15 @@ class Optimizer(ABC):
             self._moment(k, like)[...] = v
 
 
+# The smallest normal number of each dtype: moments below it are stored as 0
+# (kernels.optim says why).
+_TINY = {np.dtype(t): float(np.finfo(t).tiny) for t in (np.float32, np.float64)}
+
+
+def _tiny(theta):
+    return _TINY[theta.dtype]
+
+
 def _typed(theta, *values):
     """The scalars in theta's dtype, so the kernels compute in it throughout."""
     return tuple(map(theta.dtype.type, values))
@@ -90,7 +99,7 @@ class Momentum(Optimizer):
 
     def _apply(self, theta, g, lr, g_scale):
         optim.momentum_step(theta, g, self._moment("v", theta),
-                            *self._constants(theta, g_scale, lr, self.beta1, 1.0 - self.beta1))
+                            *self._constants(theta, g_scale, lr, self.beta1, 1.0 - self.beta1, _tiny(theta)))
 
 
 class RMSprop(Optimizer):
@@ -101,7 +110,8 @@ class RMSprop(Optimizer):
 
     def _apply(self, theta, g, lr, g_scale):
         optim.rmsprop_step(theta, g, self._moment("s", theta),
-                           *self._constants(theta, g_scale, lr, self.beta2, 1.0 - self.beta2, self.eps))
+                           *self._constants(theta, g_scale, lr, self.beta2, 1.0 - self.beta2, self.eps,
+                                            _tiny(theta)))
 
 
 class Adam(Optimizer):
@@ -113,11 +123,11 @@ class Adam(Optimizer):
     def _apply(self, theta, g, lr, g_scale):
         c1 = 1.0 - self.beta1 ** self.t
         c2 = 1.0 - self.beta2 ** self.t
-        b1, one_minus_b1, b2, one_minus_b2, eps = self._constants(
-            theta, self.beta1, 1.0 - self.beta1, self.beta2, 1.0 - self.beta2, self.eps)
+        b1, one_minus_b1, b2, one_minus_b2, eps, tiny = self._constants(
+            theta, self.beta1, 1.0 - self.beta1, self.beta2, 1.0 - self.beta2, self.eps, _tiny(theta))
         g_scale, lr_over_c1, inv_c2 = _typed(theta, g_scale, lr / c1, 1.0 / c2)
         optim.adam_step(theta, g, self._moment("v", theta), self._moment("s", theta), g_scale,
-                        lr_over_c1, b1, one_minus_b1, b2, one_minus_b2, inv_c2, eps)
+                        lr_over_c1, b1, one_minus_b1, b2, one_minus_b2, inv_c2, eps, tiny)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, RMSprop, Adam)}

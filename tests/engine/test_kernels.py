@@ -275,6 +275,8 @@ def test_weight_penalty_and_its_gradient_match_numpy(rng):
 
 
 # -- optimizer kernels ------------------------------------------------------------------------
+TINY64 = np.finfo(np.float64).tiny
+
 def test_optimizer_kernels_match_formulas_with_gradient_scale(rng):
     n, lr, b1, b2, eps, scale = 10, 0.05, 0.8, 0.95, 1e-8, 0.3
     theta0, g = rng.normal(size=n), rng.normal(size=n)
@@ -286,25 +288,95 @@ def test_optimizer_kernels_match_formulas_with_gradient_scale(rng):
 
     th, v = theta0.copy(), rng.normal(size=n)
     v0 = v.copy()
-    momentum_step(th, g, v, scale, lr, b1, 1 - b1)
+    momentum_step(th, g, v, scale, lr, b1, 1 - b1, TINY64)
     assert_allclose(v, b1 * v0 + (1 - b1) * gs, **TIGHT)
     assert_allclose(th, theta0 - lr * v, **TIGHT)
 
     th, s = theta0.copy(), rng.uniform(0, 1, size=n)
     s0 = s.copy()
-    rmsprop_step(th, g, s, scale, lr, b2, 1 - b2, eps)
+    rmsprop_step(th, g, s, scale, lr, b2, 1 - b2, eps, TINY64)
     assert_allclose(s, b2 * s0 + (1 - b2) * gs ** 2, **TIGHT)
     assert_allclose(th, theta0 - lr * gs / (np.sqrt(s) + eps), **TIGHT)
 
     t = 4
     th, v, s = theta0.copy(), v0.copy(), s0.copy()
     c1, c2 = 1 - b1 ** t, 1 - b2 ** t
-    adam_step(th, g, v, s, scale, lr / c1, b1, 1 - b1, b2, 1 - b2, 1 / c2, eps)
+    adam_step(th, g, v, s, scale, lr / c1, b1, 1 - b1, b2, 1 - b2, 1 / c2, eps, TINY64)
     v_ref, s_ref = b1 * v0 + (1 - b1) * gs, b2 * s0 + (1 - b2) * gs ** 2
     assert_allclose(v, v_ref, **TIGHT)
     assert_allclose(s, s_ref, **TIGHT)
     vhat, shat = v_ref / (1 - b1 ** t), s_ref / (1 - b2 ** t)
     assert_allclose(th, theta0 - lr * vhat / (np.sqrt(shat) + eps), **TIGHT)
+
+
+def test_optimizer_kernels_store_subnormal_moments_as_zero(rng):
+    """A moment that decays below the smallest normal float is stored as 0 (subnormal
+    arithmetic is slow on x86); every other entry is the plain formula, in float32 as
+    in float64, and theta moves as the formula with the flushed moment says."""
+    for dtype in (np.float32, np.float64):
+        tiny = np.finfo(dtype).tiny
+        n, lr, b1, b2, eps = 8, dtype(1e-3), dtype(0.9), dtype(0.999), dtype(1e-8)
+        theta0 = rng.normal(size=n).astype(dtype)
+        g = np.zeros(n, dtype)                       # a dead unit's weights: no gradient
+        g[:2] = rng.normal(size=2)                   # two live ones
+        # entries 2-4 decay into the subnormals this step; 5-7 stay normal (3 tiny / b)
+        v0 = np.array([0.1, -0.1, tiny, -tiny, 1.05 * tiny, 3 * tiny, -3 * tiny, 0.5], dtype)
+        s0 = np.array([0.1, 0.1, tiny, tiny, 1.0001 * tiny, 3 * tiny, 2 * tiny, 0.5], dtype)
+        one = dtype(1)
+
+        def flushed(x):
+            return np.where(np.abs(x) < tiny, dtype(0), x)
+
+        th, v = theta0.copy(), v0.copy()
+        momentum_step(th, g, v, one, lr, b1, one - b1, dtype(tiny))
+        v_ref = flushed(b1 * v0 + (one - b1) * g)
+        assert_allclose(v, v_ref, rtol=1e-6, atol=0)
+        assert np.all(v[2:5] == 0) and np.all(v[5:] != 0)
+        assert_allclose(th, theta0 - lr * v_ref, rtol=1e-6)
+
+        th, s = theta0.copy(), s0.copy()
+        rmsprop_step(th, g, s, one, lr, b2, one - b2, eps, dtype(tiny))
+        s_ref = flushed(b2 * s0 + (one - b2) * g * g)
+        assert_allclose(s, s_ref, rtol=1e-6, atol=0)
+        assert np.all(s[2:4] == 0) and np.all(s[5:] != 0)
+
+        th, v, s = theta0.copy(), v0.copy(), s0.copy()
+        adam_step(th, g, v, s, one, lr, b1, one - b1, b2, one - b2, one, eps, dtype(tiny))
+        assert_allclose(v, v_ref, rtol=1e-6, atol=0)
+        assert_allclose(s, s_ref, rtol=1e-6, atol=0)
+        assert_allclose(th, theta0 - lr * v_ref / (np.sqrt(s_ref) + eps), rtol=1e-6)
+        assert np.count_nonzero((v != 0) & (np.abs(v) < tiny)) == 0
+        assert np.count_nonzero((s != 0) & (s < tiny)) == 0
+
+
+def test_a_dead_units_moments_go_from_normal_to_zero_without_subnormals(rng):
+    """Through the Model: a unit that never fires (no gradient into its weights) has
+    moments that decay step by step; at no step is one of them subnormal, and they end
+    at exactly 0 (without the flush they would spend ~150 of these steps subnormal)."""
+    from learnd.engine import Model
+    for optimizer in ("adam", "momentum", "rmsprop"):
+        model = Model(hidden=(4,), task="binary", input_dim=3, optimizer=optimizer, beta1=0.9, beta2=0.9,
+                      normalize_inputs=False)
+        X = rng.normal(size=(16, 3)).astype(np.float32)
+        y = rng.integers(0, 2, 16)
+        model.partial_fit(X, y)
+        params = model.network.params
+        params["W1"][0] = 0.0
+        params["b1"][0] = -100.0            # unit 0 never fires again
+        start, shape = model.network.layout.param_slices["W1"]
+        dead = slice(start, start + shape[1])
+        tiny = np.finfo(np.float32).tiny
+        smallest_seen = np.inf
+        for _ in range(1200):               # 0.9^1200 ~ 1e-55: past the subnormals
+            model.partial_fit(X, y)
+            for moment in model.optimizer.state.values():
+                m = np.abs(moment[dead])
+                assert not np.any((m != 0) & (m < tiny))
+                if np.any(m != 0):
+                    smallest_seen = min(smallest_seen, m[m != 0].min())
+        assert smallest_seen < 1e-37          # the moments did reach the edge of the normals
+        for moment in model.optimizer.state.values():
+            assert np.all(moment[dead] == 0)
 
 
 def test_global_norm_is_l2_norm_and_propagates_non_finite(rng):
