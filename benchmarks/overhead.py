@@ -81,7 +81,7 @@ def kernel_calls(model, X, y):
     layout, rng_state = net.layout, model.rng_state
     args = (X, Y, w, shift, inv_scale, net.flat_params, net.flat_grads, layout.table, layout.keep,
             layout.head, spec.bn_eps, spec.l2, spec.l1, work, net.train_work.cap, net.feat, rng_state,
-            True, True)
+            True, True, net.dropout_bits)
     calls.append(("forward + backward", lambda: K.loss_and_grad(*args)))
     if net.feat.size:
         feat = net.feat.reshape(1, -1)

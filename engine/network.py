@@ -11,6 +11,7 @@ import numpy as np
 from .kernels import network as K
 from .kernels.serving import fold_for_serving, served_forward, serving_layout
 from .kernels.activations import ACTIVATIONS
+from .kernels.dropout import bits_buffer
 from .kernels.losses import HEADS
 from .spec import ModelSpec
 
@@ -152,6 +153,7 @@ class Network:
         self.train_work = Workspace(lay.units_per_row, self.dtype)
         self.infer_work = Workspace(lay.infer_units_per_row, self.dtype)
         self.input_grad_work = InputGradWork(spec.layer_sizes, self.dtype)
+        self.dropout_bits = bits_buffer(max(spec.layer_sizes))
         self._initialize(rng)
         self.set_frozen(spec.freeze_layers)
 
@@ -208,7 +210,7 @@ class Network:
             X, Y, w, shift, inv_scale, self.flat_params, self.flat_grads, self.layout.table,
             self.layout.keep, self.layout.head, spec.bn_eps,
             spec.l2 if l2 is None else l2, spec.l1 if l1 is None else l1,
-            work, self.train_work.cap, self.feat, rng_state, dropout, grad)
+            work, self.train_work.cap, self.feat, rng_state, dropout, grad, self.dropout_bits)
 
     def input_loss_and_grad(self, X, Y, w, shift, inv_scale, dX, *, grad=True):
         """Inference-mode J on (X, Y, w) and, when grad, dJ/dX into dX (m, n0) in the

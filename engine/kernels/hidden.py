@@ -5,33 +5,41 @@ The separate kernels (batchnorm, activations, dropout) are the definitions and t
 tests' references; these apply them to one row at a time while it is in cache, so
 each (m, n) activation is streamed through memory once per direction instead of once
 per stage.  Each stage's inner loop stays a plain loop over the row, so it vectorizes.
+Dropout's forward is the exception: it runs as a pass of its own after the rows (the
+layer's A is still in cache), because its keep loop vectorizes only there (measured on
+128 x 256 float32: 31 µs inside the row loop, 16 µs as its own pass).
 """
 import numpy as np
 from numba import njit
 
 from .activations import activation_backward, activation_forward
-from .dropout import dropout_row, keep_threshold
+from .dropout import dropout_row, dropout_setup
 from .moments import column_moments
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def hidden_forward_train(Z, bn, gamma, beta, Zhat, mean, var, inv_std, eps, kind, A,
-                         drop, mask, Out, keep_prob, rng_state):
+                         drop, mask, Out, keep_prob, rng_state, bits):
     """Z -> [batch norm with batch statistics] -> A = g(.) -> [Out = A * mask].
 
     Z, Zhat, A, mask, Out: (m, n).  gamma, beta, mean, var, inv_std: (n,).
     bn: batch norm on (batchnorm.batchnorm_forward_train: Zhat and the statistics are
     written and the batch-norm output overwrites Z).  drop: dropout on
-    (dropout.dropout_forward: mask and Out written, rng_state advanced alike).
+    (dropout.dropout_forward: mask and Out written, rng_state advanced alike; bits its
+    uint64 scratch of at least ceil(n / 4) words).
     """
     m, n = Z.shape
+    if m == 0 or n == 0:
+        return
     if bn:
         column_moments(Z, mean, var)
         for j in range(n):
             var[j] /= m
             inv_std[j] = 1.0 / np.sqrt(var[j] + eps)
-    threshold = keep_threshold(keep_prob)
-    scale = 1.0 / keep_prob
+    if drop:
+        last_kept, kept, dropped, fields = dropout_setup(keep_prob, mask, bits)
+    else:   # unused; the same types, so that the row loop compiles once
+        last_kept, kept, dropped, fields = np.uint16(0), A[0, 0], A[0, 0], bits.view(np.uint16)
     for i in range(m):
         if bn:
             for j in range(n):
@@ -39,8 +47,9 @@ def hidden_forward_train(Z, bn, gamma, beta, Zhat, mean, var, inv_std, eps, kind
                 Zhat[i, j] = zh
                 Z[i, j] = gamma[j] * zh + beta[j]
         activation_forward(Z[i:i + 1], A[i:i + 1], kind)
-        if drop:
-            dropout_row(A[i], mask[i], Out[i], threshold, scale, rng_state)
+    if drop:
+        for i in range(m):
+            dropout_row(A[i], mask[i], Out[i], last_kept, kept, dropped, bits, fields, rng_state)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

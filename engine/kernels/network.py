@@ -70,13 +70,14 @@ def _layer_input(work, layers, l, cap, m, dropout_on, keep):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
-                  bn_eps, l2, l1, work, cap, feat, rng_state, dropout_on, compute_grad):
+                  bn_eps, l2, l1, work, cap, feat, rng_state, dropout_on, compute_grad, bits):
     """J on a training batch (batch statistics, dropout when dropout_on) and, when
     compute_grad, its gradient with respect to every parameter into `grads`.
 
     X: (m, n0) raw inputs, normalized here with shift, inv_scale (n0,).
     Y: (m, K) targets  w: (m,) weights over their mean, or (0,).
     keep: (L,) keep probabilities (1 for the output layer).  rng_state: uint64[4].
+    bits: dropout's uint64 scratch, at least ceil(widest hidden layer / 4) words.
     Returns J = (1/m) sum w_i L_i + (l2/2) sum ||W||^2 + l1 sum |W|.
     """
     m = X.shape[0]
@@ -105,7 +106,7 @@ def loss_and_grad(X, Y, w, shift, inv_scale, params, grads, layers, keep, head,
             _seg(feat, f, n_out), _seg(feat, f + n_out, n_out), _seg(feat, f + 2 * n_out, n_out), bn_eps,
             layers[l, ACT], _rows(work, layers[l, SLOT_A], cap, m, n_out), drop,
             _rows(work, layers[l, SLOT_MASK], cap, m, n_out) if drop else Z,
-            _rows(work, layers[l, SLOT_DROP], cap, m, n_out) if drop else Z, keep[l], rng_state)
+            _rows(work, layers[l, SLOT_DROP], cap, m, n_out) if drop else Z, keep[l], rng_state, bits)
 
     n_last = layers[L - 1, N_OUT]
     loss = head_loss(head, _rows(work, layers[L - 1, SLOT_Z], cap, m, n_last), Y, w,

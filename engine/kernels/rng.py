@@ -36,6 +36,30 @@ def next_uint64(state):
     return result
 
 
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def xoshiro_fill(state, out, n):
+    """out[:n] = the next n outputs, as n calls of next_uint64 would give them, with the
+    state in local variables until the end (a loop of next_uint64 stores and reloads it
+    for every output when the compiler cannot rule out that `out` overlaps it)."""
+    s0 = state[0]
+    s1 = state[1]
+    s2 = state[2]
+    s3 = state[3]
+    for k in range(n):
+        out[k] = _rotl(s1 * np.uint64(5), 7) * np.uint64(9)
+        t = s1 << np.uint64(17)
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
+        s2 ^= t
+        s3 = _rotl(s3, 45)
+    state[0] = s0
+    state[1] = s1
+    state[2] = s2
+    state[3] = s3
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def next_uniform(state):
     """A float64 uniform on [0, 1) from the top 53 bits of the next output."""

@@ -7,7 +7,7 @@ from numpy.testing import assert_allclose
 
 from learnd.engine.kernels.activations import ACTIVATIONS, activation_backward, activation_forward
 from learnd.engine.kernels.batchnorm import batchnorm_backward, batchnorm_forward_train
-from learnd.engine.kernels.dropout import dropout_backward, dropout_forward
+from learnd.engine.kernels.dropout import bits_buffer, dropout_backward, dropout_forward
 from learnd.engine.kernels.hidden import hidden_backward, hidden_forward_train
 from learnd.engine.kernels.regularization import (add_weight_penalty_and_grad, add_weight_penalty_grad,
                                            weight_penalty)
@@ -23,7 +23,7 @@ def separate_chain(Z, gamma, beta, kind, keep, bn, drop, G, state):
         batchnorm_forward_train(Z, gamma, beta, Zhat, Z, mean, var, inv_std, 1e-5)
     activation_forward(Z, A, kind)
     if drop:
-        dropout_forward(A, mask, Out, keep, state)
+        dropout_forward(A, mask, Out, keep, state, bits_buffer(A.shape[1]))
     G = G.copy()
     if drop:
         dropout_backward(G, mask, G)
@@ -41,7 +41,7 @@ def fused_chain(Z, gamma, beta, kind, keep, bn, drop, G, state):
     Zhat, A, mask, Out = (np.zeros_like(Z) for _ in range(4))
     mean, var, inv_std, scratch = (np.zeros(n) for _ in range(4))
     hidden_forward_train(Z, bn, gamma, beta, Zhat, mean, var, inv_std, 1e-5, kind, A, drop, mask,
-                         Out, keep, state)
+                         Out, keep, state, bits_buffer(n))
     G = G.copy()
     dgamma, dbeta = np.zeros(n), np.zeros(n)
     hidden_backward(G, A, kind, drop, mask, bn, Zhat, gamma, inv_std, dgamma, dbeta, scratch)
@@ -69,9 +69,9 @@ def test_dropout_keep_rate_is_keep_prob_to_16_bits(seed):
     mask, Out = np.empty_like(A), np.empty_like(A)
     state = seed_state(seed)
     for keep in (0.5, 0.8, 0.95):
-        dropout_forward(A, mask, Out, keep, state)
+        dropout_forward(A, mask, Out, keep, state, bits_buffer(A.shape[1]))
         assert abs((mask > 0).mean() - keep) < 0.005
-    dropout_forward(A, mask, Out, 1.0, state)
+    dropout_forward(A, mask, Out, 1.0, state, bits_buffer(A.shape[1]))
     assert (mask == 1.0).all()
 
 

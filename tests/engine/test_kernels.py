@@ -9,7 +9,7 @@ from learnd.engine.kernels.activations import ACTIVATIONS, activation_backward, 
 from learnd.engine.kernels.batchnorm import (batchnorm_backward, batchnorm_forward_eval,
                                       batchnorm_forward_train, batchnorm_update_running)
 from learnd.engine.kernels.dense import dense_backward, dense_forward
-from learnd.engine.kernels.dropout import dropout_backward, dropout_forward
+from learnd.engine.kernels.dropout import bits_buffer, dropout_backward, dropout_forward
 from learnd.engine.kernels.labels import (class_ids_to_onehot, copy_into, first_bad_binary,
                                    first_bad_onehot)
 from learnd.engine.kernels.losses import HEADS, head_loss, head_output, softmax_rows
@@ -17,7 +17,7 @@ from learnd.engine.kernels.normalize import (count_nonfinite, normalize_into, no
                                       welford_merge)
 from learnd.engine.kernels.optim import adam_step, global_norm, momentum_step, rmsprop_step, sgd_step
 from learnd.engine.kernels.regularization import add_weight_penalty_grad, weight_penalty
-from learnd.engine.kernels.rng import next_uniform, seed_state
+from learnd.engine.kernels.rng import next_uint64, next_uniform, seed_state
 
 from . import reference as ref
 from .helpers import ACTIVATIONS as ACTIVATION_NAMES
@@ -159,7 +159,7 @@ def test_dropout_keeps_expected_activation(seed, rng, keep):
     kept = 0
     draws = 200
     for _ in range(draws):
-        dropout_forward(A, mask, Out, keep, state)
+        dropout_forward(A, mask, Out, keep, state, bits_buffer(A.shape[1]))
         assert set(np.unique(mask)) <= {0.0, 1.0 / keep}
         assert_allclose(Out, A * mask, **TIGHT)
         total += Out
@@ -169,15 +169,40 @@ def test_dropout_keeps_expected_activation(seed, rng, keep):
     assert abs(total.mean() / draws / A.mean() - 1.0) < 0.01
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 3, 4, 7, 128, 255])
+def test_dropout_decides_each_unit_from_16_bits_of_the_draws_in_order(seed, rng, dtype, n):
+    """The kernel against the definition, one row at a time: a 64-bit draw every four
+    units, unit j kept when its 16 bits (the draw shifted down 16 * (j % 4)) are below
+    keep_prob * 2^16; kept units scaled by 1/keep_prob.  The same masks, outputs and
+    final generator state, whatever the row width."""
+    m, keep = 5, 0.7
+    A = rng.normal(size=(m, n)).astype(dtype)
+    mask, Out = np.empty_like(A), np.empty_like(A)
+    state, ref_state = seed_state(seed), seed_state(seed)
+    dropout_forward(A, mask, Out, keep, state, bits_buffer(n))
+    threshold = int(keep * 65536 + 0.5)
+    ref_mask = np.empty_like(A)
+    for i in range(m):
+        for j in range(n):
+            if j % 4 == 0:
+                r = int(next_uint64(ref_state))
+            ref_mask[i, j] = 1.0 / keep if (r & 0xFFFF) < threshold else 0.0
+            r >>= 16
+    assert np.array_equal(mask, ref_mask)
+    assert np.array_equal(Out, A * ref_mask)
+    assert np.array_equal(state, ref_state)
+
+
 def test_dropout_is_reproducible_from_rng_state_and_backward_applies_mask(seed, rng):
     A = rng.normal(size=(8, 6))
     s1, s2 = seed_state(seed), seed_state(seed)
     m1, m2, o1, o2 = (np.empty_like(A) for _ in range(4))
-    dropout_forward(A, m1, o1, 0.6, s1)
-    dropout_forward(A, m2, o2, 0.6, s2)
+    dropout_forward(A, m1, o1, 0.6, s1, bits_buffer(A.shape[1]))
+    dropout_forward(A, m2, o2, 0.6, s2, bits_buffer(A.shape[1]))
     assert np.array_equal(m1, m2) and np.array_equal(s1, s2)
     assert not np.array_equal(s1, seed_state(seed))        # the state advanced
-    dropout_forward(A, m2, o2, 0.6, s2)
+    dropout_forward(A, m2, o2, 0.6, s2, bits_buffer(A.shape[1]))
     assert not np.array_equal(m1, m2)                       # a new mask next time
     dOut = rng.normal(size=A.shape)
     dA = np.empty_like(A)
