@@ -14,13 +14,9 @@ def _rotl(x, k):
     return (x << np.uint64(k)) | (x >> np.uint64(64 - k))
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def next_uint64(state):
-    """Advance `state` (uint64[4]) one step and return the next 64-bit output."""
-    s0 = state[0]
-    s1 = state[1]
-    s2 = state[2]
-    s3 = state[3]
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _step(s0, s1, s2, s3):
+    """One xoshiro256** step on the state words: (output, s0, s1, s2, s3)."""
     result = _rotl(s1 * np.uint64(5), 7) * np.uint64(9)
     t = s1 << np.uint64(17)
     s2 ^= s0
@@ -29,10 +25,13 @@ def next_uint64(state):
     s0 ^= s3
     s2 ^= t
     s3 = _rotl(s3, 45)
-    state[0] = s0
-    state[1] = s1
-    state[2] = s2
-    state[3] = s3
+    return result, s0, s1, s2, s3
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def next_uint64(state):
+    """Advance `state` (uint64[4]) one step and return the next 64-bit output."""
+    result, state[0], state[1], state[2], state[3] = _step(state[0], state[1], state[2], state[3])
     return result
 
 
@@ -41,23 +40,10 @@ def xoshiro_fill(state, out, n):
     """out[:n] = the next n outputs, as n calls of next_uint64 would give them, with the
     state in local variables until the end (a loop of next_uint64 stores and reloads it
     for every output when the compiler cannot rule out that `out` overlaps it)."""
-    s0 = state[0]
-    s1 = state[1]
-    s2 = state[2]
-    s3 = state[3]
+    s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
     for k in range(n):
-        out[k] = _rotl(s1 * np.uint64(5), 7) * np.uint64(9)
-        t = s1 << np.uint64(17)
-        s2 ^= s0
-        s3 ^= s1
-        s1 ^= s2
-        s0 ^= s3
-        s2 ^= t
-        s3 = _rotl(s3, 45)
-    state[0] = s0
-    state[1] = s1
-    state[2] = s2
-    state[3] = s3
+        out[k], s0, s1, s2, s3 = _step(s0, s1, s2, s3)
+    state[0], state[1], state[2], state[3] = s0, s1, s2, s3
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

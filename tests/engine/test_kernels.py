@@ -17,7 +17,7 @@ from learnd.engine.kernels.normalize import (count_nonfinite, normalize_into, no
                                       welford_merge)
 from learnd.engine.kernels.optim import adam_step, global_norm, momentum_step, rmsprop_step, sgd_step
 from learnd.engine.kernels.regularization import add_weight_penalty_grad, weight_penalty
-from learnd.engine.kernels.rng import next_uint64, next_uniform, seed_state
+from learnd.engine.kernels.rng import next_uint64, next_uniform, seed_state, xoshiro_fill
 
 from . import reference as ref
 from .helpers import ACTIVATIONS as ACTIVATION_NAMES
@@ -208,6 +208,39 @@ def test_dropout_is_reproducible_from_rng_state_and_backward_applies_mask(seed, 
     dA = np.empty_like(A)
     dropout_backward(dOut, m1, dA)
     assert_allclose(dA, dOut * m1, **TIGHT)
+
+
+def test_xoshiro_outputs_match_a_plain_python_xoshiro256starstar(seed):
+    """next_uint64 and xoshiro_fill against the published algorithm written in plain
+    Python integers: the same outputs and the same state after them."""
+    mask64 = (1 << 64) - 1
+
+    def rotl(x, k):
+        return ((x << k) | (x >> (64 - k))) & mask64
+
+    def reference(state, n):
+        s = [int(w) for w in state]
+        out = []
+        for _ in range(n):
+            out.append(rotl((s[1] * 5) & mask64, 7) * 9 & mask64)
+            t = (s[1] << 17) & mask64
+            s[2] ^= s[0]
+            s[3] ^= s[1]
+            s[1] ^= s[2]
+            s[0] ^= s[3]
+            s[2] ^= t
+            s[3] = rotl(s[3], 45)
+        return out, s
+
+    state = seed_state(seed)
+    expected, expected_state = reference(state, 37)
+    one_by_one = seed_state(seed)
+    assert [int(next_uint64(one_by_one)) for _ in range(37)] == expected
+    assert [int(w) for w in one_by_one] == expected_state
+    filled, out = seed_state(seed), np.zeros(40, np.uint64)
+    xoshiro_fill(filled, out, 37)
+    assert [int(v) for v in out[:37]] == expected and not out[37:].any()
+    assert [int(w) for w in filled] == expected_state
 
 
 def test_rng_uniforms_are_uniform_on_unit_interval(seed):
