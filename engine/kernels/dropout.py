@@ -39,12 +39,15 @@ def bits_buffer(n_units):
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def dropout_setup(keep_prob, mask, bits):
     """What dropout_row takes, worked out once per layer: (last_kept, kept, dropped,
-    fields).  A unit is kept when its 16 bits are <= last_kept = threshold - 1 (as
-    uint16, so keep_prob 1 keeps every field; a keep_prob below 2^-17, which would round
-    to keeping none, keeps 1 in 2^16);
-    kept = 1/keep_prob and dropped = 0 in the mask's dtype (so the row's loop converts
-    nothing); fields is the uint16 view of `bits`.  Writes mask[0, 0]; mask (m, n) with
-    m, n >= 1.  (Made per row, the view alone cost the row a third of its time.)"""
+    fields).
+
+    A unit is kept when its 16 bits are <= last_kept = threshold - 1, a uint16, so
+    keep_prob 1 keeps every field (and a keep_prob below 2^-17, which would round to
+    keeping none, keeps 1 in 2^16).  kept = 1/keep_prob and dropped = 0 are in the
+    mask's dtype, so the row's loop converts nothing.  fields is the uint16 view of
+    `bits` (made per row, the view alone cost the row a third of its time).
+    Writes mask[0, 0]; mask (m, n) with m, n >= 1.
+    """
     mask[0, 0] = 1.0 / keep_prob
     kept = mask[0, 0]
     threshold = max(keep_threshold(keep_prob), np.uint64(1))
