@@ -102,6 +102,9 @@ class _Connection:
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._handshakes, zmq.POLLIN)
+        self._send_poller = zmq.Poller()
+        self._send_poller.register(self.sock, zmq.POLLOUT)
+        self._send_poller.register(self._handshakes, zmq.POLLIN)
         self._refused = False
         self._failed_handshakes = 0
         self.sock.connect(self.address)
@@ -110,11 +113,31 @@ class _Connection:
         self._send_frames(protocol.encode(header, arrays), copy=False)
 
     def _send_frames(self, frames, copy=True):
+        """Queue the message; True once queued, False when it could not be queued within
+        `timeout` seconds (the callers then wait for a reply that does not come and retry
+        as on silence); Unauthorized when the handshake is refused meanwhile.
+
+        A DEALER's send blocks while it has no connection to queue on, and a socket
+        whose handshake the daemon refused may have none between its retries: a plain
+        blocking send could then wait for good instead of reporting the refusal."""
         if self._refused:
             # A refused socket never tries again; a fresh one lets this call meet a
             # changed allowlist (and be refused again, once, if it has not changed).
             self._connect()
-        self.sock.send_multipart(frames, copy=copy)
+        deadline = time.monotonic() + max(self.timeout, 0.0)
+        while True:
+            try:
+                # Multipart is atomic: only the first frame can meet a full or absent queue.
+                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+                return True
+            except zmq.Again:
+                pass
+            wait_ms = max(int((deadline - time.monotonic()) * 1000), 0)
+            if wait_ms == 0:
+                return False
+            events = dict(self._send_poller.poll(wait_ms))
+            if self._handshakes in events:
+                self._on_handshake(handshake.read_event(self._handshakes))
 
     def _recv(self, timeout):
         """A decoded reply, or None after `timeout` seconds; Unauthorized when the

@@ -207,6 +207,38 @@ def test_a_curve_client_is_told_the_daemon_does_not_use_curve(daemons, keyring):
                  what="the counted mismatch")
 
 
+def test_a_refused_client_reports_it_even_when_its_send_has_no_connection(keyring):
+    """A CURVE client of a plain ROUTER: the handshake fails before the first request, so
+    the DEALER may hold no connection to queue the request on.  The request must still
+    end, with the refusal, within its timeout (a blocking send used to wait for good)."""
+    import threading
+    ctx = zmq.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    client = Control(f"tcp://127.0.0.1:{port}", timeout=2, retries=0, **as_(keyring, "ops"))
+    outcome = []
+    try:
+        time.sleep(0.5)                      # the handshake fails meanwhile, unread
+        caller = threading.Thread(target=lambda: outcome.append(_raised(client.status)), daemon=True)
+        caller.start()
+        caller.join(timeout=15)
+        assert not caller.is_alive(), "the request never returned"
+        assert isinstance(outcome[0], Unauthorized) and "does not use CURVE" in str(outcome[0])
+    finally:
+        if outcome:                          # a stuck caller keeps its socket: leave it
+            client.close()
+        server.close()
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the test inspects whatever came
+        return exc
+    return None
+
+
 def test_a_wrong_server_key_is_reported_quickly(daemons, keyring, tmp_path):
     d = daemons(env=curve_env(keyring))
     wrong = {"curve_server_key": keyring["stranger_public"], "curve_client_cert": keyring["ops"]}
