@@ -131,27 +131,29 @@ class _Connection:
                 self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
                 return True
             except zmq.Again:
-                pass
-            wait_ms = max(int((deadline - time.monotonic()) * 1000), 0)
-            if wait_ms == 0:
-                return False
-            events = dict(self._send_poller.poll(wait_ms))
-            if self._handshakes in events:
-                self._on_handshake(handshake.read_event(self._handshakes))
+                if not self._wait(self._send_poller, deadline):
+                    return False
 
     def _recv(self, timeout):
         """A decoded reply, or None after `timeout` seconds; Unauthorized when the
         handshake was refused."""
-        deadline = time.monotonic() + max(timeout, 0.0)
+        if not self._wait(self._poller, time.monotonic() + max(timeout, 0.0)):
+            return None
+        return protocol.decode(self.sock.recv_multipart(copy=False), _REPLY_LIMITS, reply=True)
+
+    def _wait(self, poller, deadline):
+        """True once `poller` finds the socket ready (to read or to send, as registered),
+        False at `deadline`; handshake events meanwhile go to _on_handshake, which raises
+        Unauthorized on a refusal."""
         while True:
             wait_ms = max(int((deadline - time.monotonic()) * 1000), 0)
-            events = dict(self._poller.poll(wait_ms))
+            events = dict(poller.poll(wait_ms))
             if self.sock in events:
-                return protocol.decode(self.sock.recv_multipart(copy=False), _REPLY_LIMITS, reply=True)
+                return True
             if self._handshakes in events:
                 self._on_handshake(handshake.read_event(self._handshakes))
             elif wait_ms == 0:
-                return None
+                return False
 
     def _on_handshake(self, outcome):
         if outcome is None:

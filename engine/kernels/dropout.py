@@ -36,37 +36,6 @@ def bits_buffer(n_units):
     return np.zeros(n_units // DECISIONS_PER_DRAW + 1, dtype=np.uint64)
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def dropout_setup(keep_prob, mask, bits):
-    """What dropout_row takes, worked out once per layer: (last_kept, kept, dropped,
-    fields).
-
-    A unit is kept when its 16 bits are <= last_kept = threshold - 1, a uint16, so
-    keep_prob 1 keeps every field (and a keep_prob below 2^-17, which would round to
-    keeping none, keeps 1 in 2^16).  kept = 1/keep_prob and dropped = 0 are in the
-    mask's dtype, so the row's loop converts nothing.  fields is the uint16 view of
-    `bits` (made per row, the view alone cost the row a third of its time).
-    Writes mask[0, 0]; mask (m, n) with m, n >= 1.
-    """
-    mask[0, 0] = 1.0 / keep_prob
-    kept = mask[0, 0]
-    threshold = max(keep_threshold(keep_prob), np.uint64(1))
-    return np.uint16(threshold - np.uint64(1)), kept, kept - kept, bits.view(np.uint16)
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def dropout_row(a, mask, out, last_kept, kept, dropped, bits, fields, rng_state):
-    """One row: mask[j] = kept (1/keep_prob) or dropped (0);  out[j] = a[j] * mask[j].
-    a, mask, out: (n,).  bits: uint64 scratch of at least ceil(n / 4) words and fields
-    its uint16 view; last_kept, kept, dropped from dropout_setup."""
-    n = a.shape[0]
-    xoshiro_fill(rng_state, bits, (n + DECISIONS_PER_DRAW - 1) // DECISIONS_PER_DRAW)
-    for j in range(n):   # uint16 lanes and no branch: the loop vectorizes
-        value = kept if fields[j] <= last_kept else dropped
-        mask[j] = value
-        out[j] = a[j] * value
-
-
 @njit(cache=True, nogil=True, error_model="numpy")
 def dropout_forward(A, mask, Out, keep_prob, rng_state, bits):
     """Keep each unit with probability keep_prob and scale the kept ones by 1/keep_prob,
@@ -75,11 +44,26 @@ def dropout_forward(A, mask, Out, keep_prob, rng_state, bits):
     A, mask, Out: (m, n); mask holds 0 or 1/keep_prob.  rng_state: uint64[4], advanced.
     bits: uint64 scratch of at least ceil(n / 4) words (bits_buffer).
     """
-    if A.shape[0] == 0 or A.shape[1] == 0:
+    m, n = A.shape
+    if m == 0 or n == 0:
         return
-    last_kept, kept, dropped, fields = dropout_setup(keep_prob, mask, bits)
-    for i in range(A.shape[0]):
-        dropout_row(A[i], mask[i], Out[i], last_kept, kept, dropped, bits, fields, rng_state)
+    # Worked out once, not per row (made per row, the uint16 view alone cost a row a
+    # third of its time).  A unit is kept when its 16 bits are <= last_kept = threshold
+    # - 1, a uint16, so keep_prob 1 keeps every field (and a keep_prob below 2^-17,
+    # which would round to keeping none, keeps 1 in 2^16).  kept = 1/keep_prob and
+    # dropped = 0 in the mask's dtype, so the keep loop converts nothing.
+    mask[0, 0] = 1.0 / keep_prob
+    kept = mask[0, 0]
+    dropped = kept - kept
+    last_kept = np.uint16(max(keep_threshold(keep_prob), np.uint64(1)) - np.uint64(1))
+    fields = bits.view(np.uint16)
+    draws = (n + DECISIONS_PER_DRAW - 1) // DECISIONS_PER_DRAW
+    for i in range(m):
+        xoshiro_fill(rng_state, bits, draws)
+        for j in range(n):   # uint16 lanes and no branch: the loop vectorizes
+            value = kept if fields[j] <= last_kept else dropped
+            mask[i, j] = value
+            Out[i, j] = A[i, j] * value
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .activations import activation_backward, activation_forward
-from .dropout import dropout_row, dropout_setup
+from .dropout import dropout_forward
 from .moments import column_moments
 
 
@@ -29,17 +29,11 @@ def hidden_forward_train(Z, bn, gamma, beta, Zhat, mean, var, inv_std, eps, kind
     uint64 scratch of at least ceil(n / 4) words).
     """
     m, n = Z.shape
-    if m == 0 or n == 0:
-        return
     if bn:
         column_moments(Z, mean, var)
         for j in range(n):
             var[j] /= m
             inv_std[j] = 1.0 / np.sqrt(var[j] + eps)
-    if drop:
-        last_kept, kept, dropped, fields = dropout_setup(keep_prob, mask, bits)
-    else:   # unused; the same types, so that the row loop compiles once
-        last_kept, kept, dropped, fields = np.uint16(0), A[0, 0], A[0, 0], bits.view(np.uint16)
     for i in range(m):
         if bn:
             for j in range(n):
@@ -48,8 +42,7 @@ def hidden_forward_train(Z, bn, gamma, beta, Zhat, mean, var, inv_std, eps, kind
                 Z[i, j] = gamma[j] * zh + beta[j]
         activation_forward(Z[i:i + 1], A[i:i + 1], kind)
     if drop:
-        for i in range(m):
-            dropout_row(A[i], mask[i], Out[i], last_kept, kept, dropped, bits, fields, rng_state)
+        dropout_forward(A, mask, Out, keep_prob, rng_state, bits)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
