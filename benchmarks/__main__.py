@@ -28,6 +28,7 @@ TARGETS = (   # (key, label, op, goal)
     ("w1_vs_gemm_bound", "W1 train vs GEMM-only bound", ">=", 0.7),
     ("w2_vs_torch", "W2 train vs PyTorch eager", ">=", 10.0),
     ("predict_p50_vs_torch", "one-sample predict p50 vs PyTorch", "<=", 0.1),
+    ("predict_half_p50_vs_torch", "  the same, serving_precision=half", "<=", 0.1),
     ("idle_p50_vs_bare", "ZeroMQ predict p50, idle, vs bare round trip", "<=", 1.3),
     ("idle_p99_vs_bare", "ZeroMQ predict p99, idle, vs bare round trip", "<=", 2.0),
     ("idle_spinning_p50_vs_bare", "  p50 with predict_spin_us (a busy core)", "<=", 1.3),

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EngineError
-from .kernels.serving import ensemble_forward
+from .kernels.serving import NO_HALF, ensemble_forward
 from .network import Snapshot, Workspace, pack_buffer, unpack_buffer
 
-_ARRAYS = ("shifts", "folded", "folded_offsets", "served", "table_offsets", "out_scales", "out_shifts")
+_ARRAYS = ("shifts", "folded", "folded_half", "folded_offsets", "served", "table_offsets", "out_scales", "out_shifts")
 
 
 class Ensemble:
@@ -32,6 +32,9 @@ class Ensemble:
         self.dtype, self.head = first.dtype, first.head
         self.k = len(snapshots)
         self.folded = np.concatenate([s.folded for s in snapshots])
+        # Half weights only when every member has them: one kernel call serves all k.
+        halves = [s.folded_half for s in snapshots]
+        self.folded_half = np.concatenate(halves) if all(h.shape[0] > 0 for h in halves) else NO_HALF.copy()
         self.folded_offsets = np.cumsum([0] + [s.folded.size for s in snapshots]).astype(np.int64)
         self.served = np.ascontiguousarray(np.concatenate([s.served for s in snapshots]))
         self.table_offsets = np.cumsum([0] + [s.served.shape[0] for s in snapshots]).astype(np.int64)
@@ -52,7 +55,7 @@ class Ensemble:
     def _from_parts(cls, meta, arrays):
         ens = cls.__new__(cls)
         for name in _ARRAYS:
-            setattr(ens, name, arrays[name])
+            setattr(ens, name, arrays.get(name, NO_HALF))   # folded_half: absent in older buffers
         ens.version, ens.meta = meta["version"], meta["meta"]
         ens.dtype = np.dtype(meta["dtype"])
         ens.task, ens.n_outputs, ens.input_dim = meta["task"], meta["n_outputs"], meta["input_dim"]
@@ -66,8 +69,8 @@ class Ensemble:
         """Mean head outputs for X (m, n0) into out (m, K); X checked by the caller."""
         m = X.shape[0]
         buf = workspace.ensure(m)
-        ensemble_forward(X, self.shifts, self.folded, self.folded_offsets, self.served, self.table_offsets,
-                         self.head, self.out_scales, self.out_shifts, buf, workspace.cap,
+        ensemble_forward(X, self.shifts, self.folded, self.folded_half, self.folded_offsets, self.served,
+                         self.table_offsets, self.head, self.out_scales, self.out_shifts, buf, workspace.cap,
                          workspace.member_out[:m], out)
         return out
 

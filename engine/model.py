@@ -9,7 +9,7 @@ from . import state as state_io
 from .collective import GroupStep
 from .errors import EngineError
 from .gradcheck import check_gradients
-from .kernels.serving import fold_for_serving, served_forward, serving_layout
+from .kernels.serving import NO_HALF, fold_for_serving, half_copy, served_forward, serving_layout
 from .kernels.normalize import count_nonfinite
 from .kernels.optim import global_norm
 from .kernels.rng import seed_state
@@ -62,6 +62,11 @@ class Model:
     ``adversarial_epsilon`` (input units) and ``adversarial_fraction`` (share of rows
     replaced by their FGSM examples in each step).
 
+    Serving: ``serving_precision`` "exact" (default) or "half": predictions of up to four
+    rows read a half-precision copy of the serving weights, and larger batches the same
+    rounded values in dtype (docs/performance.md measures the speed and bounds the change
+    in outputs).  Training is exact either way.
+
     Samples are rows: X has shape (m, n_features).
     """
 
@@ -72,7 +77,7 @@ class Model:
                  epoch_size=10_000, step_epochs=1, dtype="float32", seed=0, freeze_layers=(),
                  unfreeze_after_rows=0, input_shape=None, augment_shift=0, augment_flip=False,
                  augment_mixup_alpha=0.0, augment_noise_std=0.0, adversarial_epsilon=0.0,
-                 adversarial_fraction=0.5):
+                 adversarial_fraction=0.5, serving_precision="exact"):
         self.spec = ModelSpec(
             hidden=hidden, activation=activation, task=task, n_outputs=n_outputs,
             input_dim=input_dim, normalize_inputs=normalize_inputs,
@@ -84,7 +89,8 @@ class Model:
             unfreeze_after_rows=unfreeze_after_rows, input_shape=input_shape,
             augment_shift=augment_shift, augment_flip=augment_flip,
             augment_mixup_alpha=augment_mixup_alpha, augment_noise_std=augment_noise_std,
-            adversarial_epsilon=adversarial_epsilon, adversarial_fraction=adversarial_fraction)
+            adversarial_epsilon=adversarial_epsilon, adversarial_fraction=adversarial_fraction,
+            serving_precision=serving_precision)
         self.dtype = np.dtype(self.spec.dtype)
         self.rng_state = seed_state(self.spec.seed)
         self._rng_backup = self.rng_state.copy()
@@ -130,6 +136,7 @@ class Model:
             self._group = GroupStep(self.collective, self.network)
         self._serving_table, n_folded = serving_layout(self.network.layout.infer_table)
         self._folded = np.empty(n_folded, dtype=self.dtype)
+        self._folded_half = NO_HALF
         self._fold_key = None
 
     # -- data parallel -------------------------------------------------------------------
@@ -403,8 +410,9 @@ class Model:
         if self._fold_key != self._current_fold_key():
             self.refold()
         work = net.infer_work.ensure(X.shape[0])
-        served_forward(X, self.normalizer.shift, self._folded, self._serving_table, net.layout.head,
-                       self.targets.out_scale, self.targets.out_shift, work, net.infer_work.cap, out)
+        served_forward(X, self.normalizer.shift, self._folded, self._folded_half, self._serving_table,
+                       net.layout.head, self.targets.out_scale, self.targets.out_shift, work,
+                       net.infer_work.cap, out)
         return out
 
     def refold(self):
@@ -414,7 +422,19 @@ class Model:
         net = self.network
         fold_for_serving(net.flat_params, net.flat_stats, net.layout.infer_table, self.normalizer.inv_scale,
                          self.spec.bn_eps, self._folded, self._serving_table)
+        if self.spec.serving_precision == "half":
+            self._folded_half = half_copy(self._folded, self._serving_table)
         self._fold_key = self._current_fold_key()
+
+    @property
+    def serving_half(self):
+        """True when predictions come from half-precision weights: serving_precision is
+        "half" and every folded weight lies within half's range (else they are exact)."""
+        if self.network is None:
+            return False
+        if self._fold_key != self._current_fold_key():
+            self.refold()
+        return self._folded_half.shape[0] > 0
 
     def _current_fold_key(self):
         return self._param_generation, self.normalizer.generation, self.targets.generation

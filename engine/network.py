@@ -9,7 +9,7 @@ import struct
 import numpy as np
 
 from .kernels import network as K
-from .kernels.serving import fold_for_serving, served_forward, serving_layout
+from .kernels.serving import NO_HALF, fold_for_serving, half_copy, served_forward, serving_layout
 from .kernels.activations import ACTIVATIONS
 from .kernels.dropout import bits_buffer
 from .kernels.losses import HEADS
@@ -250,7 +250,7 @@ SNAPSHOT_FORMAT = 3      # 2: out_scale and out_shift (standardized regression t
 _SNAPSHOT_HEAD = struct.Struct("<8sII")     # magic, format, meta length
 _ALIGN = 64                                  # every array starts on a cache line
 _SNAPSHOT_ARRAYS = ("table", "params", "stats", "shift", "inv_scale", "out_scale", "out_shift", "served",
-                    "folded")
+                    "folded", "folded_half")
 
 
 class Snapshot:
@@ -296,6 +296,9 @@ class Snapshot:
         self.folded = np.empty(n_folded, dtype=network.dtype)
         fold_for_serving(self.params, self.stats, self.table, self.inv_scale, self.bn_eps, self.folded,
                          self.served)
+        self.folded_half = NO_HALF.copy()
+        if network.spec.serving_precision == "half":
+            self.folded_half = half_copy(self.folded, self.served).copy()
         for name in _SNAPSHOT_ARRAYS:
             getattr(self, name).flags.writeable = False
 
@@ -305,8 +308,8 @@ class Snapshot:
     def predict_into(self, X, out, workspace):
         """Head outputs for X (m, n0) into out (m, K); X must be checked by the caller."""
         buf = workspace.ensure(X.shape[0])
-        served_forward(X, self.shift, self.folded, self.served, self.head, self.out_scale, self.out_shift,
-                       buf, workspace.cap, out)
+        served_forward(X, self.shift, self.folded, self.folded_half, self.served, self.head, self.out_scale,
+                       self.out_shift, buf, workspace.cap, out)
         return out
 
     def input_loss_and_grad_into(self, X, Y, dX, workspace, grad_work):
@@ -348,6 +351,7 @@ class Snapshot:
     @classmethod
     def _from_parts(cls, meta, arrays):
         snap = cls.__new__(cls)
+        snap.folded_half = NO_HALF       # a buffer from before half serving existed
         for name, a in arrays.items():
             setattr(snap, name, a)
         snap.version = meta["version"]

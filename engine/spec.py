@@ -13,6 +13,7 @@ INITS = ("he", "xavier", "glorot", "random", "zeros")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 SCHEDULES = ("constant", "inverse_time", "exponential", "inverse_sqrt", "staircase")
 DTYPES = ("float32", "float64")
+SERVING_PRECISIONS = ("exact", "half")
 
 # Multiclass without n_outputs takes the DESIGN default of 10 classes; the single-output
 # tasks take 1; multilabel has no sensible default and must say how many labels.
@@ -53,6 +54,10 @@ class ModelSpec:
     epoch_size: int = 10_000
     step_epochs: int = 1
     dtype: str = "float32"
+    # "half": predictions of up to SMALL_BATCH rows read a half-precision copy of the
+    # serving weights (kernels.gemv); batches read the same values in dtype.  Training is
+    # exact either way (docs/performance.md bounds the change in predictions).
+    serving_precision: str = "exact"
     seed: int = 0
     # Practice (docs/practice.md).  Transfer: layers (numbered from 1) whose parameters,
     # and batch-norm statistics, do not train; after unfreeze_after_rows training rows
@@ -85,6 +90,7 @@ class ModelSpec:
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("dtype", self.dtype, DTYPES)
+        _one_of("serving_precision", self.serving_precision, SERVING_PRECISIONS)
         try:
             self.hidden = tuple(int(h) for h in self.hidden)
         except (TypeError, ValueError):

@@ -19,11 +19,17 @@ unfolded pass by rounding only (tests/engine/test_serving.py bounds it).
 The folded weights live in one flat buffer `folded` laid out by an int64 table with
 the columns of kernels.network (N_IN, N_OUT, OFF_W, OFF_B, ACT, SLOT_Z): every layer
 has a bias there, and no batch-norm columns are read.
+
+With serving_precision "half", `half_copy` adds the layer weights as IEEE half bit
+patterns in a buffer laid out like `folded`, and rounds `folded`'s weights to the same
+values: predictions of a few rows (kernels.gemv) read half the bytes, batches run BLAS
+on the same numbers in the model's dtype.
 """
 import numpy as np
 from numba import njit
 
 from .activations import LEAKY_RELU, LEAKY_SLOPE, LINEAR, RELU, SIGMOID, TANH, sigmoid
+from .gemv import SMALL_BATCH, small_dense
 from .losses import head_output
 from .network import (ACT, N_IN, N_OUT, OFF_B, OFF_BETA, OFF_GAMMA, OFF_RMEAN, OFF_RVAR, OFF_W, SLOT_INPUT,
                       SLOT_Z)
@@ -81,6 +87,27 @@ def fold_for_serving(params, stats, layers, inv_scale, bn_eps, folded, served):
             folded[served[l, OFF_B] + j] = bias
 
 
+HALF_MAX = float(np.finfo(np.float16).max)     # 65504
+NO_HALF = np.empty(0, dtype=np.uint16)          # served_forward's `half` when serving exact
+
+
+def half_copy(folded, served):
+    """The layer weights of `folded` as IEEE half bit patterns: uint16, laid out like
+    `folded` (bias slots 0).  Rounds folded's weights to those same half values in place,
+    so that BLAS on `folded` (many rows) and small_dense on the copy (few rows) compute
+    with the same numbers.  Returns NO_HALF, leaving `folded` as it was, when a weight
+    lies beyond half's range (|w| > 65504)."""
+    spans = [(int(served[l, OFF_W]), int(served[l, OFF_W] + served[l, N_IN] * served[l, N_OUT]))
+             for l in range(served.shape[0])]
+    if any(np.abs(folded[lo:hi]).max() > HALF_MAX for lo, hi in spans):
+        return NO_HALF
+    half = np.zeros(folded.shape[0], dtype=np.float16)
+    for lo, hi in spans:
+        half[lo:hi] = folded[lo:hi]         # round to nearest even
+        folded[lo:hi] = half[lo:hi]
+    return half.view(np.uint16)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def bias_activation(Z, b, kind):
     """Z = g(Z + b) in place, one pass; the activation chosen once, outside the loops.
@@ -112,12 +139,16 @@ def bias_activation(Z, b, kind):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def served_forward(X, shift, folded, served, head, out_scale, out_shift, work, cap, P):
+def served_forward(X, shift, folded, half, served, head, out_scale, out_shift, work, cap, P):
     """Inference from folded weights: P (m, K) = the head's output of X (m, n0) raw
     inputs (any float dtype), mapped to target units as P * out_scale + out_shift (K,).
     shift: (n0,) the normalizer's.  work holds at least `cap` >= m rows of every slot
     of the inference layout: X - shift goes into the input slot, each layer computes in
-    its Z slot."""
+    its Z slot.
+
+    Up to SMALL_BATCH rows, each layer is kernels.gemv.small_dense; more rows go to
+    BLAS.  `half` is empty, or the layer weights as half bit patterns laid out like
+    `folded` (half_copy); the few-row path then reads those, and biases stay `folded`'s."""
     m = X.shape[0]
     L = served.shape[0]
     n0 = served[0, N_IN]
@@ -131,7 +162,12 @@ def served_forward(X, shift, folded, served, head, out_scale, out_shift, work, c
         o = served[l, SLOT_Z] * cap
         Z = work[o:o + m * n_out].reshape((m, n_out))
         fw = served[l, OFF_W]
-        np.dot(A_prev, folded[fw:fw + n_out * n_in].reshape((n_out, n_in)).T, Z)
+        if m > SMALL_BATCH:
+            np.dot(A_prev, folded[fw:fw + n_out * n_in].reshape((n_out, n_in)).T, Z)
+        elif half.shape[0] > 0:
+            small_dense(half[fw:fw + n_out * n_in].reshape((n_out, n_in)), A_prev, Z)
+        else:
+            small_dense(folded[fw:fw + n_out * n_in].reshape((n_out, n_in)), A_prev, Z)
         b = folded[served[l, OFF_B]:served[l, OFF_B] + n_out]
         if l < L - 1:
             bias_activation(Z, b, served[l, ACT])
@@ -145,7 +181,7 @@ def served_forward(X, shift, folded, served, head, out_scale, out_shift, work, c
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def ensemble_forward(X, shifts, folded, folded_offsets, served, table_offsets, head, out_scales,
+def ensemble_forward(X, shifts, folded, half, folded_offsets, served, table_offsets, head, out_scales,
                      out_shifts, work, cap, P_member, P):
     """The mean of k networks' head outputs for X (m, n0) into P (m, K), in one call.
 
@@ -154,7 +190,8 @@ def ensemble_forward(X, shifts, folded, folded_offsets, served, table_offsets, h
     served[table_offsets[j]:table_offsets[j + 1]]; its normalizer's shift is shifts[j]
     (k, n0), its map to target units out_scales[j], out_shifts[j] (k, K).  Each member
     runs served_forward into P_member (m, K), with `work` holding `cap` rows of the
-    widest member's units.
+    widest member's units.  `half` is empty, or every member's half copy laid end to end
+    as `folded`.
     """
     k = out_scales.shape[0]
     m, K = P.shape
@@ -162,7 +199,8 @@ def ensemble_forward(X, shifts, folded, folded_offsets, served, table_offsets, h
         for c in range(K):
             P[i, c] = 0.0
     for j in range(k):
-        served_forward(X, shifts[j], folded[folded_offsets[j]:folded_offsets[j + 1]],
+        lo, hi = folded_offsets[j], folded_offsets[j + 1]
+        served_forward(X, shifts[j], folded[lo:hi], half[lo:hi] if half.shape[0] > 0 else half,
                        served[table_offsets[j]:table_offsets[j + 1]], head, out_scales[j], out_shifts[j],
                        work, cap, P_member)
         for i in range(m):
