@@ -148,14 +148,22 @@ def served_forward(X, shift, folded, half, served, head, out_scale, out_shift, w
 
     Up to SMALL_BATCH rows, each layer is kernels.gemv.small_dense; more rows go to
     BLAS.  `half` is empty, or the layer weights as half bit patterns laid out like
-    `folded` (half_copy); the few-row path then reads those, and biases stay `folded`'s."""
+    `folded` (half_copy); the few-row path then reads those, and biases stay `folded`'s.
+
+    Returns how many entries of X are NaN or +-Inf, counted in the pass that shifts
+    them; when there are any, P is left as it was."""
     m = X.shape[0]
     L = served.shape[0]
     n0 = served[0, N_IN]
     A_prev = work[SLOT_INPUT * cap:SLOT_INPUT * cap + m * n0].reshape((m, n0))
+    nonfinite = 0
     for i in range(m):
         for k in range(n0):
-            A_prev[i, k] = X[i, k] - shift[k]
+            v = X[i, k]
+            A_prev[i, k] = v - shift[k]
+            nonfinite += 0 if v - v == 0.0 else 1     # v - v is NaN exactly when v is NaN or +-Inf
+    if nonfinite:
+        return nonfinite
     for l in range(L):
         n_in = served[l, N_IN]
         n_out = served[l, N_OUT]
@@ -178,6 +186,7 @@ def served_forward(X, shift, folded, half, served, head, out_scale, out_shift, w
     for i in range(m):
         for c in range(P.shape[1]):
             P[i, c] = P[i, c] * out_scale[c] + out_shift[c]
+    return 0
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

@@ -192,6 +192,23 @@ def test_bad_prediction_input_raises(X, message):
     assert_same_state(before, full_state(model))
 
 
+@pytest.mark.parametrize("rows", [1, 4, 9], ids=["1-row", "4-rows", "9-rows"])
+def test_non_finite_rows_in_the_models_dtype_are_refused_and_out_kept(rows):
+    """A C-contiguous batch in the model's dtype skips the Python checks; the serving
+    kernel counts its NaN and Inf and leaves `out` as it was (few-row and BLAS paths)."""
+    model = trained()
+    before = full_state(model)
+    X = np.random.default_rng(2).normal(size=(rows, N)).astype(np.float32)
+    X[-1, 0], X[0, -1] = np.nan, -np.inf
+    out = np.full((rows, 3), 7.0, dtype=np.float32)
+    with pytest.raises(EngineError, match="X must be finite; got 2 NaN or Inf values"):
+        model.predict_proba(X, out=out)
+    assert np.all(out == 7.0)
+    assert_same_state(before, full_state(model))
+    X[-1, 0], X[0, -1] = 0.5, 0.5
+    assert np.allclose(model.predict_proba(X).sum(axis=1), 1.0, atol=1e-6)
+
+
 def test_prediction_before_any_data_and_bad_out_buffer():
     with pytest.raises(EngineError, match="has not seen data yet"):
         Model(hidden=(3,)).predict(np.ones((2, 4)))

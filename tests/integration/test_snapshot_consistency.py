@@ -72,3 +72,33 @@ def test_every_answer_equals_the_embedded_model_at_the_version_it_names(daemons)
                 expected[k + 1] = model.predict_proba(rows)
     wrong = [v for v, y in answers if not np.array_equal(y, expected[v])]
     assert wrong == [], f"{len(wrong)} of {len(answers)} answers differ from their version's model"
+
+
+@pytest.mark.parametrize("daemon_mode", ["tree", "single-process"])
+def test_half_serving_answers_equal_the_embedded_half_model(daemons):
+    """serving_precision=half through the daemon: the published snapshot carries the half
+    copy, so one-row answers equal the embedded half model's bit for bit, and stay within
+    the documented tolerance of the exact model's."""
+    Xtr, ytr, Xte, _ = split("digits")
+    steps = 12
+    d = daemons(args=["--set", "hidden=[32]", "--set", 'serving_precision="half"'],
+                env={"LEARND_PUBLISH_INTERVAL_MS": "0", "LEARND_REPLAY_RATIO": "0"})
+    with Producer(d.ingest, producer_id="h", window=2, timeout=30) as prod:
+        for k in range(steps):
+            prod.send(Xtr[k * BATCH:(k + 1) * BATCH], ytr[k * BATCH:(k + 1) * BATCH], split="train")
+        prod.flush()
+    rows = Xte[:6]
+    with Predictor(d.predict, timeout=20) as p:
+        d.wait_until(lambda: _answers(p, rows) and p.predict(rows[:1]).model_version == steps,
+                     timeout=60, what=f"version {steps}")
+        one_row = np.concatenate([p.predict(rows[i:i + 1], output="proba").y for i in range(len(rows))])
+    with threadpool_limits(1, user_api="blas"):
+        models = {}
+        for precision in ("half", "exact"):
+            model = Model(hidden=(32,), task="multiclass", n_outputs=10, input_dim=64,
+                          serving_precision=precision)
+            for k in range(steps):
+                model.partial_fit(Xtr[k * BATCH:(k + 1) * BATCH], ytr[k * BATCH:(k + 1) * BATCH])
+            models[precision] = np.concatenate([model.predict_proba(rows[i:i + 1]) for i in range(len(rows))])
+    assert np.array_equal(one_row, models["half"])
+    assert 0 < np.abs(one_row - models["exact"]).max() <= 2e-3
