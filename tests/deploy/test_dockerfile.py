@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from . import files
 
 PORTS = {"5555", "5556", "5557", "5558", "9500"}
@@ -108,6 +110,10 @@ def _warm_command():
         argv.append(arg)
     return argv
 
+# The cache is the same in both modes, and the process tree loads every kernel the
+# single process does (in its children), so the tree alone is checked: a cold compile
+# of every kernel takes most of a minute.
+@pytest.mark.parametrize("daemon_mode", ["tree"])
 def test_the_warm_up_fills_a_cache_a_daemon_then_loads_without_compiling(daemons, tmp_path, figures):
     """The Dockerfile's own warm-up command, run here into an empty cache dir; then a daemon
     with that cache runs the same paths and compiles nothing (NUMBA_DEBUG_CACHE logs every

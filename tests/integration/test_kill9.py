@@ -24,8 +24,8 @@ from learnd.clients.client import Control
 from learnd.clients.launch import serve_command
 from learnd.daemon.training.checkpoints import decode as decode_checkpoint
 
-KILLS = 20
-STARTUP_KILL_EVERY = 5          # every 5th kill lands while the daemon starts (log replay)
+KILLS = 12
+STARTUP_KILL_EVERY = 4          # every 4th kill lands while the daemon starts (log replay)
 FEATURES = 8
 MAX_ROWS = 96
 WINDOW = 16
