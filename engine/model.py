@@ -411,13 +411,12 @@ class Model:
         return self._predict_into(X, out)
 
     def _predict_into(self, X, out):
-        net = self.network
         if self._fold_key != self._current_fold_key():
             self.refold()
-        work = net.infer_work.ensure(X.shape[0])
-        nonfinite = served_forward(X, self.normalizer.shift, self._folded, self._folded_half,
-                                   self._serving_table, net.layout.head, self.targets.out_scale,
-                                   self.targets.out_shift, work, net.infer_work.cap, out)
+        work = self.network.infer_work
+        if X.shape[0] > work.cap:
+            work.ensure(X.shape[0])
+        nonfinite = served_forward(X, *self._serving_args, work.buf, work.cap, out)
         if nonfinite:
             raise EngineError(f"X must be finite; got {nonfinite} NaN or Inf values")
         return out
@@ -431,6 +430,11 @@ class Model:
                          self.spec.bn_eps, self._folded, self._serving_table)
         if self.spec.serving_precision == "half":
             self._folded_half = half_copy(self._folded, self._serving_table)
+        # served_forward's arguments up to the workspace, gathered once per fold: the
+        # normalizer's and the target scaler's arrays are swapped, not written, when they
+        # move, and either move bumps the fold key.
+        self._serving_args = (self.normalizer.shift, self._folded, self._folded_half, self._serving_table,
+                              net.layout.head, self.targets.out_scale, self.targets.out_shift)
         self._fold_key = self._current_fold_key()
 
     @property
