@@ -296,6 +296,8 @@ class Snapshot:
         self.folded = np.empty(n_folded, dtype=network.dtype)
         fold_for_serving(self.params, self.stats, self.table, self.inv_scale, self.bn_eps, self.folded,
                          self.served)
+        # Copies: every array of a snapshot is made read-only below, and half_copy may
+        # return the shared NO_HALF.
         self.folded_half = NO_HALF.copy()
         if network.spec.serving_precision == "half":
             self.folded_half = half_copy(self.folded, self.served).copy()
