@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EngineError
-from .kernels.serving import NO_HALF, ensemble_forward
+from .kernels.serving import ensemble_forward, no_half
 from .network import Snapshot, Workspace, pack_buffer, unpack_buffer
 
 _ARRAYS = ("shifts", "folded", "folded_half", "folded_offsets", "served", "table_offsets", "out_scales", "out_shifts")
@@ -34,7 +34,7 @@ class Ensemble:
         self.folded = np.concatenate([s.folded for s in snapshots])
         # Half weights only when every member has them: one kernel call serves all k.
         halves = [s.folded_half for s in snapshots]
-        self.folded_half = np.concatenate(halves) if all(h.shape[0] > 0 for h in halves) else NO_HALF.copy()
+        self.folded_half = np.concatenate(halves) if all(h.shape[0] > 0 for h in halves) else no_half()
         self.folded_offsets = np.cumsum([0] + [s.folded.size for s in snapshots]).astype(np.int64)
         self.served = np.ascontiguousarray(np.concatenate([s.served for s in snapshots]))
         self.table_offsets = np.cumsum([0] + [s.served.shape[0] for s in snapshots]).astype(np.int64)
@@ -54,8 +54,10 @@ class Ensemble:
     @classmethod
     def _from_parts(cls, meta, arrays):
         ens = cls.__new__(cls)
+        ens.folded_half = no_half()       # absent from buffers made before half serving
         for name in _ARRAYS:
-            setattr(ens, name, arrays.get(name, NO_HALF))   # folded_half: absent in older buffers
+            if name != "folded_half" or name in arrays:
+                setattr(ens, name, arrays[name])
         ens.version, ens.meta = meta["version"], meta["meta"]
         ens.dtype = np.dtype(meta["dtype"])
         ens.task, ens.n_outputs, ens.input_dim = meta["task"], meta["n_outputs"], meta["input_dim"]

@@ -9,7 +9,7 @@ from . import state as state_io
 from .collective import GroupStep
 from .errors import EngineError
 from .gradcheck import check_gradients
-from .kernels.serving import NO_HALF, fold_for_serving, half_copy, served_forward, serving_layout
+from .kernels.serving import fold_weights, served_forward, serving_layout
 from .kernels.normalize import count_nonfinite
 from .kernels.optim import global_norm
 from .kernels.rng import seed_state
@@ -136,7 +136,6 @@ class Model:
             self._group = GroupStep(self.collective, self.network)
         self._serving_table, n_folded = serving_layout(self.network.layout.infer_table)
         self._folded = np.empty(n_folded, dtype=self.dtype)
-        self._folded_half = NO_HALF
         self._fold_key = None
 
     # -- data parallel -------------------------------------------------------------------
@@ -426,14 +425,12 @@ class Model:
         serving weights now.  Training marks them stale itself; call this after writing into
         `network.params`, `network.stats` or the normalizer directly."""
         net = self.network
-        fold_for_serving(net.flat_params, net.flat_stats, net.layout.infer_table, self.normalizer.inv_scale,
-                         self.spec.bn_eps, self._folded, self._serving_table)
-        if self.spec.serving_precision == "half":
-            self._folded_half = half_copy(self._folded, self._serving_table)
+        half = fold_weights(net.flat_params, net.flat_stats, net.layout.infer_table, self.normalizer.inv_scale,
+                            self.spec.bn_eps, self._folded, self._serving_table, self.spec.serving_precision)
         # served_forward's arguments up to the workspace, gathered once per fold: the
         # normalizer's and the target scaler's arrays are swapped, not written, when they
         # move, and either move bumps the fold key.
-        self._serving_args = (self.normalizer.shift, self._folded, self._folded_half, self._serving_table,
+        self._serving_args = (self.normalizer.shift, self._folded, half, self._serving_table,
                               net.layout.head, self.targets.out_scale, self.targets.out_shift)
         self._fold_key = self._current_fold_key()
 
@@ -445,7 +442,7 @@ class Model:
             return False
         if self._fold_key != self._current_fold_key():
             self.refold()
-        return self._folded_half.shape[0] > 0
+        return self._serving_args[2].shape[0] > 0     # served_forward's `half`
 
     def _current_fold_key(self):
         return self._param_generation, self.normalizer.generation, self.targets.generation

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 
 from .kernels import network as K
-from .kernels.serving import NO_HALF, fold_for_serving, half_copy, served_forward, serving_layout
+from .kernels.serving import fold_weights, no_half, served_forward, serving_layout
 from .kernels.activations import ACTIVATIONS
 from .kernels.dropout import bits_buffer
 from .kernels.losses import HEADS
@@ -294,13 +294,8 @@ class Snapshot:
         self.out_shift = np.array(np.zeros(K_out) if out_shift is None else out_shift, dtype=network.dtype)
         self.served, n_folded = serving_layout(self.table)
         self.folded = np.empty(n_folded, dtype=network.dtype)
-        fold_for_serving(self.params, self.stats, self.table, self.inv_scale, self.bn_eps, self.folded,
-                         self.served)
-        # Copies: every array of a snapshot is made read-only below, and half_copy may
-        # return the shared NO_HALF.
-        self.folded_half = NO_HALF.copy()
-        if network.spec.serving_precision == "half":
-            self.folded_half = half_copy(self.folded, self.served).copy()
+        self.folded_half = fold_weights(self.params, self.stats, self.table, self.inv_scale, self.bn_eps,
+                                        self.folded, self.served, network.spec.serving_precision)
         for name in _SNAPSHOT_ARRAYS:
             getattr(self, name).flags.writeable = False
 
@@ -353,7 +348,7 @@ class Snapshot:
     @classmethod
     def _from_parts(cls, meta, arrays):
         snap = cls.__new__(cls)
-        snap.folded_half = NO_HALF       # a buffer from before half serving existed
+        snap.folded_half = no_half()       # a buffer from before half serving existed
         for name, a in arrays.items():
             setattr(snap, name, a)
         snap.version = meta["version"]

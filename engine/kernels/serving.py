@@ -88,19 +88,32 @@ def fold_for_serving(params, stats, layers, inv_scale, bn_eps, folded, served):
 
 
 HALF_MAX = float(np.finfo(np.float16).max)     # 65504
-NO_HALF = np.empty(0, dtype=np.uint16)          # served_forward's `half` when serving exact
+
+
+def no_half():
+    """served_forward's `half` when serving exact: empty (a fresh array each time, as
+    snapshots make their arrays read-only)."""
+    return np.empty(0, dtype=np.uint16)
+
+
+def fold_weights(params, stats, layers, inv_scale, bn_eps, folded, served, precision):
+    """fold_for_serving, then the half copy when `precision` is "half": the one place
+    that decides what a model or snapshot serves from.  Returns the `half` argument of
+    served_forward (empty when serving exact)."""
+    fold_for_serving(params, stats, layers, inv_scale, bn_eps, folded, served)
+    return half_copy(folded, served) if precision == "half" else no_half()
 
 
 def half_copy(folded, served):
     """The layer weights of `folded` as IEEE half bit patterns: uint16, laid out like
     `folded` (bias slots 0).  Rounds folded's weights to those same half values in place,
     so that BLAS on `folded` (many rows) and small_dense on the copy (few rows) compute
-    with the same numbers.  Returns NO_HALF, leaving `folded` as it was, when a weight
-    lies beyond half's range (|w| > 65504)."""
+    with the same numbers.  Returns an empty array, leaving `folded` as it was, when a
+    weight lies beyond half's range (|w| > 65504)."""
     spans = [(int(served[l, OFF_W]), int(served[l, OFF_W] + served[l, N_IN] * served[l, N_OUT]))
              for l in range(served.shape[0])]
     if any(np.abs(folded[lo:hi]).max() > HALF_MAX for lo, hi in spans):
-        return NO_HALF
+        return no_half()
     half = np.zeros(folded.shape[0], dtype=np.float16)
     for lo, hi in spans:
         half[lo:hi] = folded[lo:hi]         # round to nearest even

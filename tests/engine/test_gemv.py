@@ -10,12 +10,11 @@ from numba import njit
 
 from learnd.engine import Model, Snapshot
 from learnd.engine.datasets import split
-from learnd.engine.ensemble import Ensemble
+from learnd.engine.ensemble import Ensemble, snapshot_from_buffer
 from learnd.engine.errors import EngineError
 from learnd.engine.kernels.gemv import SMALL_BATCH, half_bits_to_float32, small_dense
 from learnd.engine.kernels.network import N_IN, N_OUT, OFF_B, OFF_W
 from learnd.engine.kernels.serving import half_copy, serving_layout
-from learnd.engine.network import unpack_buffer
 
 # docs/performance.md quotes these: a digits network served in half against the same
 # network served exact (the measured figures are several times smaller).
@@ -128,7 +127,7 @@ def test_half_weights_travel_in_snapshots_and_ensembles(digits_pair):
     mixed = Ensemble([snap, exact.snapshot()])
     assert mixed.folded_half.shape == (0,)
     for ens in (both, mixed):
-        again = type(ens)._from_parts(*_unpacked(ens))
+        again = snapshot_from_buffer(ens.to_bytes())
         out_a, out_b = np.empty((3, 10), np.float32), np.empty((3, 10), np.float32)
         ens.predict_into(x, out_a, ens.new_workspace())
         again.predict_into(x, out_b, again.new_workspace())
@@ -136,10 +135,6 @@ def test_half_weights_travel_in_snapshots_and_ensembles(digits_pair):
     ens_out = np.empty((3, 10), np.float32)
     both.predict_into(x, ens_out, both.new_workspace())
     assert np.abs(ens_out - half.predict_proba(x)).max() <= 1e-6
-
-
-def _unpacked(ens):
-    return unpack_buffer(ens.to_bytes())
 
 
 def test_a_weight_beyond_half_range_serves_exact(digits_pair):
