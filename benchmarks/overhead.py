@@ -8,8 +8,8 @@ medians over the rounds:
   step     µs per `Model.partial_fit` on a prepared batch
   kernels  µs for the same step's kernels called back to back with their arguments
            ready: the input check, the label kernels, Welford and the normalizer's
-           scale, forward and backward, the statistics check, the global norm, the
-           optimizer and the running statistics (each through its Numba dispatcher, as
+           scale, forward and backward (which also sums the gradient's squares for
+           the global norm), the statistics check, the optimizer and the running statistics (each through its Numba dispatcher, as
            the engine calls them, plus a Python lambda's call: ~0.05 µs each)
   python   step - kernels: what the engine's Python around the kernels costs a step
 
@@ -39,7 +39,7 @@ from learnd.engine import Model
 from learnd.engine.kernels import network as K
 from learnd.engine.kernels.labels import class_ids_to_onehot, copy_into, first_bad_binary
 from learnd.engine.kernels.normalize import count_nonfinite, normalizer_scale, welford_merge
-from learnd.engine.kernels.optim import adam_step, global_norm, momentum_step
+from learnd.engine.kernels.optim import adam_step, momentum_step
 from benchmarks.engine import W1_BATCH, W1_SPEC, W2_BATCH, W2_SPEC
 from benchmarks.harness import report
 
@@ -87,7 +87,6 @@ def kernel_calls(model, X, y):
         feat = net.feat.reshape(1, -1)
         calls.append(("statistics check", lambda: count_nonfinite(feat)))
     grads, params = net.flat_grads, net.flat_params
-    calls.append(("global norm", lambda: global_norm(grads)))
     # The optimizer's scalars as the model's next step computes them (no clipping here)
     opt, lr = model.optimizer, model.learning_rate
     kind = params.dtype.type

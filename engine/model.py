@@ -347,11 +347,14 @@ class Model:
             X, Y = self.practice.prepare(self.spec, net, X, Y, w, shift, inv_scale, self.rng_state)
         if m:
             loss = net.loss_and_grad(X, Y, w, shift, inv_scale, self.rng_state)
+            square_sum = net.grad_square_sum    # summed by the kernel as it finished the gradient
             if net.frozen_ranges.size:
                 zero_ranges(net.flat_grads, net.frozen_ranges)
+                square_sum = None
         else:
             loss = math.nan
             net.flat_grads[...] = 0.0
+            square_sum = 0.0
         self._last_batch_rows = m
         # Batch statistics can overflow (float32 variance of a large but finite input)
         # while J and the gradient stay finite; folding them in would poison the running
@@ -364,7 +367,9 @@ class Model:
             # and batch statistics, or, if any rank's step is not finite, a NaN gradient.
             rows = self._group.reduce(m, ok)
             ok = True
-        norm = global_norm(net.flat_grads)
+            square_sum = None
+        # The kernel's sum holds only while the gradient is the one it computed.
+        norm = global_norm(net.flat_grads) if square_sum is None else math.sqrt(square_sum)
         if not (ok and math.isfinite(norm)):
             self.rng_state[:] = self._rng_backup
             self.nonfinite_steps += 1

@@ -4,6 +4,7 @@ table the kernels read, and growable workspaces for training and inference.
 from __future__ import annotations
 
 import json
+import math
 import struct
 
 import numpy as np
@@ -154,6 +155,7 @@ class Network:
         self.infer_work = Workspace(lay.infer_units_per_row, self.dtype)
         self.input_grad_work = InputGradWork(spec.layer_sizes, self.dtype)
         self.dropout_bits = bits_buffer(max(spec.layer_sizes))
+        self.grad_square_sum = math.nan     # of flat_grads, as the last loss_and_grad left it
         self._initialize(rng)
         self.set_frozen(spec.freeze_layers)
 
@@ -200,17 +202,19 @@ class Network:
     # -- passes ----------------------------------------------------------------------
     def loss_and_grad(self, X, Y, w, shift, inv_scale, rng_state, *, dropout=True, grad=True,
                       l2=None, l1=None):
-        """Training-mode J on (X, Y, w) and, when grad, its gradient into self.flat_grads.
+        """Training-mode J on (X, Y, w) and, when grad, its gradient into self.flat_grads
+        and the gradient's sum of squares into self.grad_square_sum (NaN without grad).
 
         X: (m, n0) raw  Y: (m, K) targets  w: (m,) weights over their mean or (0,).
         """
         spec = self.spec
         work = self.train_work.ensure(X.shape[0])
-        return K.loss_and_grad(
+        loss, self.grad_square_sum = K.loss_and_grad(
             X, Y, w, shift, inv_scale, self.flat_params, self.flat_grads, self.layout.table,
             self.layout.keep, self.layout.head, spec.bn_eps,
             spec.l2 if l2 is None else l2, spec.l1 if l1 is None else l1,
             work, self.train_work.cap, self.feat, rng_state, dropout, grad, self.dropout_bits)
+        return loss
 
     def input_loss_and_grad(self, X, Y, w, shift, inv_scale, dX, *, grad=True):
         """Inference-mode J on (X, Y, w) and, when grad, dJ/dX into dX (m, n0) in the

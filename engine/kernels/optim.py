@@ -21,12 +21,18 @@ from numba import njit
 # Reassociating the sum lets it vectorize; it changes only the order of rounding (NaN and
 # inf still propagate: no nnan/ninf flags), which tests/engine pin against NumPy.
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
-def global_norm(g):
-    """||g||_2 of a 1-D array, accumulated in float64; inf or nan if any entry is."""
+def sum_of_squares(g):
+    """sum g^2 of a 1-D array, accumulated in float64; inf or nan if any entry is."""
     s = 0.0
     for i in range(g.shape[0]):
         s += np.float64(g[i]) * np.float64(g[i])
-    return np.sqrt(s)
+    return s
+
+
+@njit(cache=True, nogil=True)
+def global_norm(g):
+    """||g||_2 of a 1-D array, accumulated in float64; inf or nan if any entry is."""
+    return np.sqrt(sum_of_squares(g))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

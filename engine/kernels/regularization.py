@@ -1,4 +1,5 @@
 """L2 and L1 penalties on weight matrices (never on b, gamma, beta)."""
+import numpy as np
 from numba import njit
 
 
@@ -30,19 +31,24 @@ def add_weight_penalty_grad(W, dW, l2, l1):
 
 @njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def add_weight_penalty_and_grad(W, dW, l2, l1):
-    """dW += l2 W + l1 sign(W), and return (l2 / 2) ||W||_F^2 + l1 sum |W|, in one pass.
+    """dW += l2 W + l1 sign(W), in one pass that also sums what the step needs of both.
 
-    The same values as weight_penalty and add_weight_penalty_grad (the sums' rounding
-    order aside).  W, dW: 1-D views of equal size.
+    Returns ((l2 / 2) ||W||_F^2 + l1 sum |W|, sum of dW^2 after the add): the penalty's
+    share of J, the same value as weight_penalty (the sums' rounding order aside), and
+    this block's share of the squared gradient norm, accumulated in float64 as
+    optim.global_norm does.  W, dW: 1-D views of equal size.
     """
     sq = 0.0
     ab = 0.0
+    gg = 0.0
     if l1 == 0.0:  # the common case: no sign, so the loop vectorizes
         for i in range(W.shape[0]):
             w = W[i]
             sq += w * w
-            dW[i] += l2 * w
-        return 0.5 * l2 * sq
+            g = dW[i] + l2 * w
+            dW[i] = g
+            gg += np.float64(g) * np.float64(g)
+        return 0.5 * l2 * sq, gg
     for i in range(W.shape[0]):
         w = W[i]
         s = 0.0
@@ -52,5 +58,7 @@ def add_weight_penalty_and_grad(W, dW, l2, l1):
             s = -1.0
         sq += w * w
         ab += abs(w)
-        dW[i] += l2 * w + l1 * s
-    return 0.5 * l2 * sq + l1 * ab
+        g = dW[i] + (l2 * w + l1 * s)
+        dW[i] = g
+        gg += np.float64(g) * np.float64(g)
+    return 0.5 * l2 * sq + l1 * ab, gg

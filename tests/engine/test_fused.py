@@ -83,6 +83,29 @@ def test_one_pass_penalty_matches_the_two_passes(rng, l2, l1):
     g2 = g1.copy()
     expected = weight_penalty(W, l2, l1)
     add_weight_penalty_grad(W, g1, l2, l1)
-    got = add_weight_penalty_and_grad(W, g2, l2, l1)
+    got, square_sum = add_weight_penalty_and_grad(W, g2, l2, l1)
     assert got == pytest.approx(expected, rel=1e-12)
     assert np.array_equal(g1, g2)
+    assert square_sum == pytest.approx(g1 @ g1, rel=1e-12)       # of the gradient after the add
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch_norm, l2, l1", [(True, 1e-3, 0.0), (False, 0.0, 1e-3), (False, 0.0, 0.0)])
+def test_loss_and_grad_sums_the_squares_of_the_gradient_it_leaves(rng, dtype, batch_norm, l2, l1):
+    """The squared global norm the kernel returns is that of every entry of `grads` as it
+    leaves them (W with its penalty, b or gamma and beta): the step's clipping and
+    finiteness check use it instead of a pass of their own."""
+    from learnd.engine import Model
+    model = Model(hidden=(7, 5), task="multiclass", n_outputs=3, input_dim=4, batch_norm=batch_norm,
+                  l2=l2, l1=l1, dtype=np.dtype(dtype).name, seed=3)
+    X = rng.normal(size=(9, 4))
+    y = rng.integers(0, 3, 9)
+    model.partial_fit(X, y)
+    net = model.network
+    Xc, Y, w = model._batch(X, y, None, training=True)
+    loss = net.loss_and_grad(Xc, Y, w, model.normalizer.shift, model.normalizer.inv_scale, model.rng_state)
+    g = net.flat_grads.astype(np.float64)
+    assert np.isfinite(loss)
+    assert net.grad_square_sum == pytest.approx(g @ g, rel=1e-12 if dtype == np.float64 else 1e-6)
+    net.loss_and_grad(Xc, Y, w, model.normalizer.shift, model.normalizer.inv_scale, model.rng_state, grad=False)
+    assert np.isnan(net.grad_square_sum)

@@ -15,7 +15,8 @@ from learnd.engine.kernels.labels import (class_ids_to_onehot, copy_into, first_
 from learnd.engine.kernels.losses import HEADS, head_loss, head_output, softmax_rows
 from learnd.engine.kernels.normalize import (count_nonfinite, normalize_into, normalizer_scale,
                                       welford_merge)
-from learnd.engine.kernels.optim import adam_step, global_norm, momentum_step, rmsprop_step, sgd_step
+from learnd.engine.kernels.optim import (adam_step, global_norm, momentum_step, rmsprop_step, sgd_step,
+                                        sum_of_squares)
 from learnd.engine.kernels.regularization import add_weight_penalty_grad, weight_penalty
 from learnd.engine.kernels.rng import next_uint64, next_uniform, seed_state, xoshiro_fill
 
@@ -442,6 +443,8 @@ def test_global_norm_is_l2_norm_and_propagates_non_finite(rng):
     assert global_norm(g) == pytest.approx(np.linalg.norm(g.astype(np.float64)), rel=1e-12)
     big = np.full(4, 3e20, dtype=np.float32)                # squares overflow float32, not float64
     assert global_norm(big) == pytest.approx(6e20, rel=1e-6)
+    assert sum_of_squares(g) == pytest.approx(np.sum(g.astype(np.float64) ** 2), rel=1e-12)
+    assert sum_of_squares(g[:0]) == 0.0
     g[7] = np.inf
     assert not np.isfinite(global_norm(g))
     g[7] = np.nan
