@@ -34,8 +34,8 @@ quiet), with the half inter-quartile range as its spread; each ratio is the medi
 the per-round ratios of blocks of the same round (for one-row latency, of the rounds'
 p50s); pooled latency percentiles use every call of the quiet rounds.  The ratios of
 each side's best round are printed too.  BLAS threads are set explicitly with
-threadpoolctl for the engine (which calls SciPy's OpenBLAS through Numba) and NumPy
-(NumPy's OpenBLAS), PyTorch's with torch.set_num_threads: --blas-threads and
+threadpoolctl for the engine and NumPy (both on NumPy's OpenBLAS: engine.kernels.blas;
+SciPy's, through Numba's np.dot, where NumPy carries another BLAS), PyTorch's with torch.set_num_threads: --blas-threads and
 --torch-threads (2) for W1 training and batch-1024 predict; W2 training and the
 one-row predict run at 1 and at 2 threads for both learnd and PyTorch and report each
 side's better setting.  Python's cyclic GC is off inside timed blocks, as timeit does.
@@ -68,6 +68,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from learnd.engine import Model
+from learnd.engine.kernels.blas import uses_numpy_blas
 from benchmarks.numpy_reference import NumpyMLP
 
 try:
@@ -393,6 +394,7 @@ def environment(blas_threads, torch_threads):
             "torch": torch.__version__ if torch is not None else None,
             "cpu": cpu, "cpus": os.cpu_count(), "git_commit": commit,
             "blas_threads": blas_threads, "torch_threads": torch_threads,
+            "engine_blas": "numpy" if uses_numpy_blas() else "scipy (np.dot)",
             "thread_pools": pools, "loadavg_start": list(os.getloadavg())}
 
 
@@ -439,7 +441,7 @@ def main(argv=None):
     pred_big = rng.standard_normal((PREDICT_BATCH, w1.sizes[0]), dtype=np.float32)
 
     # Warm up: compile / load every kernel, start every thread pool, then fix the
-    # BLAS threads (SciPy's OpenBLAS, which Numba calls, loads on the first GEMM).
+    # BLAS threads (SciPy's OpenBLAS, which Numba's np.dot calls, loads on its first GEMM).
     w1.learnd_steps(3, 0)
     w2.learnd_steps(3, 0)
     w1.model.predict_proba(pred_rows[0])
@@ -695,7 +697,8 @@ def print_table(out, use_torch):
     print(f"learnd engine benchmark  ({env['cpu']}, {env['cpus']} CPUs, git {env['git_commit'] or '?'}; "
           f"numpy {env['numpy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'})")
     tt = f", torch threads {env['torch_threads']}" if use_torch else ""
-    print(f"BLAS threads {env['blas_threads']} (engine via SciPy's OpenBLAS, NumPy's OpenBLAS){tt}; "
+    engine_blas = {"numpy": "NumPy's OpenBLAS", "scipy (np.dot)": "SciPy's OpenBLAS"}.get(env.get("engine_blas"), "?")
+    print(f"BLAS threads {env['blas_threads']} (engine on {engine_blas}, NumPy on its OpenBLAS){tt}; "
           f"W2 train and 1-row predict: learnd's and torch's better of 1 and 2 threads; "
           f"{out['settings']['rounds']} interleaved rounds; load avg {env['loadavg_start'][0]:.2f} -> "
           f"{env['loadavg_end'][0]:.2f}")

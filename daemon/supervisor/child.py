@@ -197,8 +197,8 @@ def main(argv=None):
     logs.setup(config.log_json, config.log_level)
     # BLAS threads per process, set here so the processes together do not oversubscribe
     # the cores: one for ingest and each predict worker (a one-row GEMV gains nothing from
-    # more), the trainer's own `blas_threads` (set by its training thread).  Numba's GEMMs
-    # call SciPy's OpenBLAS.
+    # more), the trainer's own `blas_threads` (set by its training thread).  The engine's
+    # GEMMs run on NumPy's OpenBLAS (engine.kernels.blas), or on SciPy's through np.dot.
     from learnd.daemon.blas import limit_blas_threads
     limit_blas_threads(config.blas_threads if role == "trainer" else 1)
     if role == "ingest":

@@ -12,6 +12,7 @@ from numba import njit
 
 from .activations import activation_backward, activation_forward
 from .batchnorm import batchnorm_forward_eval, batchnorm_update_running
+from .blas import matmul_nn
 from .dense import dense_backward, dense_forward
 from .hidden import hidden_backward, hidden_forward_train
 from .losses import head_loss
@@ -222,11 +223,11 @@ def input_loss_and_grad(X, Y, w, shift, inv_scale, params, stats, layers, head, 
         n_in = layers[l, N_IN]
         W = _matrix(params, layers[l, OFF_W], layers[l, N_OUT], n_in)
         if l == 0:
-            np.dot(G, W, dX)
+            matmul_nn(G, W, dX)
             break
         p = l - 1
         dA = scratch[:m * n_in].reshape((m, n_in))
-        np.dot(G, W, dA)
+        matmul_nn(G, W, dA)
         # Layer p's slot holds A = g(Y), Y = gamma (Z - running_mean) / sqrt(running_var + eps)
         # + beta (or Y = Z); dZ = dA g'(A) [* gamma / sqrt(running_var + eps)] replaces A.
         A = _rows(work, layers[p, SLOT_Z], cap, m, n_in)

@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from .activations import LEAKY_RELU, LEAKY_SLOPE, LINEAR, RELU, SIGMOID, TANH, sigmoid
+from .blas import matmul_nt
 from .gemv import SMALL_BATCH, small_dense
 from .losses import head_output
 from .network import (ACT, N_IN, N_OUT, OFF_B, OFF_BETA, OFF_GAMMA, OFF_RMEAN, OFF_RVAR, OFF_W, SLOT_INPUT,
@@ -184,7 +185,7 @@ def served_forward(X, shift, folded, half, served, head, out_scale, out_shift, w
         Z = work[o:o + m * n_out].reshape((m, n_out))
         fw = served[l, OFF_W]
         if m > SMALL_BATCH:
-            np.dot(A_prev, folded[fw:fw + n_out * n_in].reshape((n_out, n_in)).T, Z)
+            matmul_nt(A_prev, folded[fw:fw + n_out * n_in].reshape((n_out, n_in)), Z)
         elif half.shape[0] > 0:
             small_dense(half[fw:fw + n_out * n_in].reshape((n_out, n_in)), A_prev, Z)
         else:
