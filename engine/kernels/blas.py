@@ -54,25 +54,38 @@ def _numpy_blas_library():
     from threadpoolctl import threadpool_info
     root = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
     for lib in threadpool_info():
-        path = lib.get("filepath") or ""
-        inside = os.path.relpath(os.path.abspath(path), root).split(os.sep)[0]
-        if lib.get("user_api") == "blas" and inside in ("numpy.libs", "numpy"):
+        path = os.path.abspath(lib.get("filepath") or "")
+        if lib.get("user_api") != "blas" or os.path.commonpath([path, root]) != root:
+            continue
+        if os.path.relpath(path, root).split(os.sep)[0] in ("numpy.libs", "numpy"):
             return path
     return None
 
 
+def _numpy_gemm_addresses():
+    """(NumPy's BLAS library, {our symbol name: address of its 64-bit-integer cblas
+    gemm}), or (None, {}) when either gemm is missing.  Nothing found is an answer, not
+    an error: np.dot takes over."""
+    try:
+        path = _numpy_blas_library()
+        if path is None:
+            return None, {}
+        lib = ctypes.CDLL(path)
+    except (OSError, ValueError):      # a library that will not load, paths on two drives
+        return None, {}
+    found = {}
+    for name, candidates in _CANDIDATES.items():
+        for symbol in candidates:
+            if hasattr(lib, symbol):
+                found[name] = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
+                break
+    return (path, found) if len(found) == len(_CANDIDATES) else (None, {})
+
+
 def _register():
     """Register the gemm symbols and the flag; returns the library path used, or None."""
-    path = _numpy_blas_library()
-    found = {}
-    if path is not None:
-        lib = ctypes.CDLL(path)
-        for name, candidates in _CANDIDATES.items():
-            for symbol in candidates:
-                if hasattr(lib, symbol):
-                    found[name] = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
-                    break
-    on = len(found) == len(_CANDIDATES)
+    path, found = _numpy_gemm_addresses()
+    on = path is not None
     for name, c_type in _GEMM_C_TYPES.items():
         if not on:
             # The kernels never call it while the flag is off, but their code must link.
@@ -81,7 +94,7 @@ def _register():
         ll.add_symbol(name, found[name])
     _FLAG_VALUE.value = 1 if on else 0
     ll.add_symbol(_FLAG, ctypes.addressof(_FLAG_VALUE))
-    return path if on else None
+    return path
 
 
 _KEEP_ALIVE = []

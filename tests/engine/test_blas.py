@@ -90,3 +90,24 @@ def test_a_model_trains_alike_on_either_blas_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "same"
+
+
+def test_without_numpy_blas_the_kernels_link_and_take_np_dot():
+    """Where NumPy's BLAS is not found, the symbols still resolve (the cached kernels
+    refer to them) and every product goes through np.dot."""
+    script = (
+        "import threadpoolctl\n"
+        "threadpoolctl.threadpool_info = lambda: []       # as if NumPy carried no BLAS we know\n"
+        "import numpy as np\n"
+        "from learnd import Model\n"
+        "from learnd.engine.kernels import blas\n"
+        "assert blas.LIBRARY is None and not blas.uses_numpy_blas()\n"
+        "rng = np.random.default_rng(0)\n"
+        "m = Model(hidden=(16,), task='binary', input_dim=5, dtype='float64', seed=1)\n"
+        "X = rng.standard_normal((64, 5)); y = (X[:, 0] > 0).astype(int)\n"
+        "for _ in range(30):\n"
+        "    m.partial_fit(X, y)\n"
+        "print(float((m.predict(X).ravel() == y).mean()))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip()) > 0.9
