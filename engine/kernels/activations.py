@@ -23,45 +23,75 @@ def sigmoid(z):
     return e / (1.0 + e)
 
 
+# In place (A is Z, or dZ is A or dA), the loops below write through one name only.
+# Given the same array under two names, LLVM's run-time overlap check fails and the loop
+# runs scalar with the activation's branch inside: the backward of ReLU in place over
+# 128 x 256 float32 took 25.5 us that way against 6 us on separate arrays.
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _activate(z, kind):
+    if kind == RELU:
+        return z if z > 0 else 0.0
+    if kind == LEAKY_RELU:
+        return z if z > 0 else LEAKY_SLOPE * z
+    if kind == TANH:
+        return np.tanh(z)
+    if kind == SIGMOID:
+        return sigmoid(z)
+    return z
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _derivative(a, kind):
+    """g'(Z) from the stored a = g(Z)."""
+    if kind == RELU:
+        return 1.0 if a > 0 else 0.0
+    if kind == LEAKY_RELU:
+        return 1.0 if a > 0 else LEAKY_SLOPE
+    if kind == TANH:
+        return 1.0 - a * a
+    if kind == SIGMOID:
+        return a * (1.0 - a)
+    return 1.0
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _same(X, Y):
+    return X.ctypes.data == Y.ctypes.data
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def activation_forward(Z, A, kind):
-    """A = g(Z), elementwise.  Z, A: (m, n)."""
+    """A = g(Z), elementwise.  May run in place.  Z, A: (m, n)."""
     m, n = Z.shape
+    if _same(A, Z):
+        for i in range(m):
+            for j in range(n):
+                Z[i, j] = _activate(Z[i, j], kind)
+        return
     for i in range(m):
         for j in range(n):
-            z = Z[i, j]
-            if kind == RELU:
-                A[i, j] = z if z > 0 else 0.0
-            elif kind == LEAKY_RELU:
-                A[i, j] = z if z > 0 else LEAKY_SLOPE * z
-            elif kind == TANH:
-                A[i, j] = np.tanh(z)
-            elif kind == SIGMOID:
-                A[i, j] = sigmoid(z)
-            else:
-                A[i, j] = z
+            A[i, j] = _activate(Z[i, j], kind)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def activation_backward(dA, A, dZ, kind):
-    """dZ = dA * g'(Z), with g' taken from the stored A = g(Z).  May run in place.
+    """dZ = dA * g'(Z), with g' taken from the stored A = g(Z).  May run in place
+    (dZ the same array as dA, or as A).
 
     relu: A > 0 exactly when Z > 0, and g'(0) = 0.  leaky_relu: likewise with slope 0.01.
     tanh: 1 - A^2.  sigmoid: A (1 - A).  linear: 1.
     dA, A, dZ: (m, n)
     """
     m, n = dA.shape
-    for i in range(m):
-        for j in range(n):
-            a = A[i, j]
-            if kind == RELU:
-                d = 1.0 if a > 0 else 0.0
-            elif kind == LEAKY_RELU:
-                d = 1.0 if a > 0 else LEAKY_SLOPE
-            elif kind == TANH:
-                d = 1.0 - a * a
-            elif kind == SIGMOID:
-                d = a * (1.0 - a)
-            else:
-                d = 1.0
-            dZ[i, j] = dA[i, j] * d
+    if _same(dZ, dA):
+        for i in range(m):
+            for j in range(n):
+                dA[i, j] = dA[i, j] * _derivative(A[i, j], kind)
+    elif _same(dZ, A):
+        for i in range(m):
+            for j in range(n):
+                A[i, j] = dA[i, j] * _derivative(A[i, j], kind)
+    else:
+        for i in range(m):
+            for j in range(n):
+                dZ[i, j] = dA[i, j] * _derivative(A[i, j], kind)
