@@ -111,3 +111,14 @@ def test_without_numpy_blas_the_kernels_link_and_take_np_dot():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert float(done.stdout.strip()) > 0.9
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mismatched_shapes_raise_instead_of_reaching_cblas(rng, path, dtype):
+    A = rng.standard_normal((4, 5)).astype(dtype)
+    with pytest.raises(ValueError):
+        matmul_nt(A, np.zeros((3, 6), dtype), np.zeros((4, 3), dtype))
+    with pytest.raises(ValueError):
+        matmul_nn(A, np.zeros((5, 2), dtype), np.zeros((4, 3), dtype))
+    with pytest.raises(ValueError):
+        matmul_tn(A, np.zeros((3, 2), dtype), np.zeros((5, 2), dtype))
