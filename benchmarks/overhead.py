@@ -9,8 +9,9 @@ medians over the rounds:
   kernels  µs for the same step's kernels called back to back with their arguments
            ready: the input check, the label kernels, Welford and the normalizer's
            scale, forward and backward (which also sums the gradient's squares for
-           the global norm), the statistics check, the optimizer and the running statistics (each through its Numba dispatcher, as
-           the engine calls them, plus a Python lambda's call: ~0.05 µs each)
+           the global norm), the statistics check, the optimizer and the running
+           statistics (each through its Numba dispatcher, as the engine calls them,
+           plus a Python lambda's call: ~0.05 µs each)
   python   step - kernels: what the engine's Python around the kernels costs a step
 
 and each kernel's µs per call, timed one by one within a step's sequence.  The sequence follows
