@@ -160,38 +160,38 @@ def _cblas_gemm(typingctx, trans_a, trans_b, m, n, k, A, lda, B, ldb, C, ldc):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _cblas_takes(A, B, C, m, n, k):
-    """NumPy's BLAS is on and the three arrays are C-contiguous, non-empty and of the
-    shapes the product needs; anything else goes to np.dot, which copes or raises."""
-    return (_numpy_blas_on() and A.flags.c_contiguous and B.flags.c_contiguous and C.flags.c_contiguous
-            and m > 0 and n > 0 and k > 0 and C.shape[0] == m and C.shape[1] == n)
+def _numpy_gemm(trans_a, trans_b, A, B, C):
+    """C = op(A) op(B) on NumPy's BLAS, op transposing where trans_*; True if it ran.
+
+    It runs only when NumPy's BLAS is on and the three arrays are C-contiguous,
+    non-empty and of agreeing shapes; the caller hands anything else to np.dot, which
+    copes or raises."""
+    m, k = (A.shape[1], A.shape[0]) if trans_a else (A.shape[0], A.shape[1])
+    k_b, n = (B.shape[1], B.shape[0]) if trans_b else (B.shape[0], B.shape[1])
+    if not (_numpy_blas_on() and A.flags.c_contiguous and B.flags.c_contiguous and C.flags.c_contiguous
+            and m > 0 and n > 0 and k > 0 and k_b == k and C.shape[0] == m and C.shape[1] == n):
+        return False
+    _cblas_gemm(_TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, m, n, k,
+                A, A.shape[1], B, B.shape[1], C, C.shape[1])
+    return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def matmul_nt(A, B, C):
     """C = A @ B.T.  A: (m, k)  B: (n, k)  C: (m, n)."""
-    if A.shape[1] == B.shape[1] and _cblas_takes(A, B, C, A.shape[0], B.shape[0], A.shape[1]):
-        _cblas_gemm(_NO_TRANS, _TRANS, A.shape[0], B.shape[0], A.shape[1], A, A.shape[1], B, B.shape[1],
-                    C, C.shape[1])
-    else:
+    if not _numpy_gemm(False, True, A, B, C):
         np.dot(A, B.T, C)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def matmul_tn(A, B, C):
     """C = A.T @ B.  A: (m, n)  B: (m, k)  C: (n, k)."""
-    if A.shape[0] == B.shape[0] and _cblas_takes(A, B, C, A.shape[1], B.shape[1], A.shape[0]):
-        _cblas_gemm(_TRANS, _NO_TRANS, A.shape[1], B.shape[1], A.shape[0], A, A.shape[1], B, B.shape[1],
-                    C, C.shape[1])
-    else:
+    if not _numpy_gemm(True, False, A, B, C):
         np.dot(A.T, B, C)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def matmul_nn(A, B, C):
     """C = A @ B.  A: (m, n)  B: (n, k)  C: (m, k)."""
-    if A.shape[1] == B.shape[0] and _cblas_takes(A, B, C, A.shape[0], B.shape[1], A.shape[1]):
-        _cblas_gemm(_NO_TRANS, _NO_TRANS, A.shape[0], B.shape[1], A.shape[1], A, A.shape[1], B, B.shape[1],
-                    C, C.shape[1])
-    else:
+    if not _numpy_gemm(False, False, A, B, C):
         np.dot(A, B, C)

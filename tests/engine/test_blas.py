@@ -19,6 +19,14 @@ def numpy_ships_openblas64():
     return config.get("name") == "scipy-openblas" and "USE64BITINT" in config.get("openblas configuration", "")
 
 
+def in_a_fresh_process(script):
+    """Run a Python script in a new interpreter (the kernels load from Numba's cache
+    there); returns what it printed."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 @pytest.fixture(params=[True, False], ids=["numpy-blas", "np.dot"])
 def path(request):
     if request.param and not blas.uses_numpy_blas():
@@ -87,9 +95,7 @@ def test_a_model_trains_alike_on_either_blas_in_a_fresh_process():
         "    out.append(np.concatenate([m.network.flat_params, m.predict_proba(rng.standard_normal((40, 5))).ravel()]))\n"
         "assert np.allclose(out[0], out[1], rtol=1e-10, atol=1e-12), np.abs(out[0] - out[1]).max()\n"
         "print('same')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "same"
+    assert in_a_fresh_process(script) == "same"
 
 
 def test_without_numpy_blas_the_kernels_link_and_take_np_dot():
@@ -108,9 +114,7 @@ def test_without_numpy_blas_the_kernels_link_and_take_np_dot():
         "for _ in range(30):\n"
         "    m.partial_fit(X, y)\n"
         "print(float((m.predict(X).ravel() == y).mean()))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert float(done.stdout.strip()) > 0.9
+    assert float(in_a_fresh_process(script)) > 0.9
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
