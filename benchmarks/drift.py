@@ -29,7 +29,8 @@ import json
 import numpy as np
 
 from learnd.daemon.config import Config
-from learnd.daemon.training.drift import DriftWatch, row_errors
+from learnd.daemon.training.drift import DriftWatch
+from learnd.engine.drift import row_errors
 from learnd.engine import Model, Replay
 from learnd.engine.datasets import HERE, load
 

@@ -124,7 +124,7 @@ def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=Non
 
     if population is not None:
         members, strategy = population
-        ratio, rows, recency = replay if replay is not None else (0, 0, None)
+        ratio, rows, recency = replay[:3] if replay is not None else (0, 0, None)
         model = Population(members=members, strategy=strategy, seed=seed, interval=POPULATION_INTERVAL,
                            min_rows=POPULATION_MIN_ROWS, replay_ratio=ratio, replay_rows=rows if ratio else 0,
                            replay_recency=recency, hidden=hidden, task=task, n_outputs=n_outputs, **overrides)
@@ -133,7 +133,8 @@ def run_learnd(X, y, start, task, n_outputs, seed, hidden, overrides, replay=Non
         model = Model(hidden=hidden, task=task, n_outputs=n_outputs, seed=seed, **overrides)
         learn = model.partial_fit
     if population is None and replay is not None and replay[0] > 0:
-        learn = Replay(model, rows=replay[1], ratio=replay[0], seed=seed, recency=replay[2]).learn
+        learn = Replay(model, rows=replay[1], ratio=replay[0], seed=seed, recency=replay[2],
+                       forget_on_drift=replay[3]).learn
     hits = np.zeros(start, dtype=bool)
     scored = np.zeros(start, dtype=bool)
     t0 = time.perf_counter()
@@ -262,7 +263,8 @@ def format_table(table, hidden, overrides, seeds, replay=None):
     lines = []
     settings = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "defaults"
     replayed = (f"replay ratio {replay[0]} over {replay[1]} rows"
-                + (f", recency {replay[2]:g}" if replay[2] else ", uniform") if replay and replay[0] else "no replay")
+                + (f", recency {replay[2]:g}" if replay[2] else ", uniform")
+                + ("" if replay[3] else ", never cut on drift") if replay and replay[0] else "no replay")
     lines.append(f"hidden={hidden}, learnd settings: {settings}, {replayed}; batch {BATCH}, "
                  f"one pass, seeds {list(seeds)}; mean ± std over seeds")
     head = f"{'data set':<14} {'learner':<10} {'prequential':>17} {'held-out':>17} {'s/run':>7}"
@@ -323,6 +325,8 @@ def main(argv=None):
     ap.add_argument("--replay-rows", type=int, default=4096, help="rows the replay window keeps")
     ap.add_argument("--replay-recency", type=float, default=None,
                     help="mean age (rows) of the exponential weighting of replay draws (default: uniform)")
+    ap.add_argument("--no-forget", action="store_true",
+                    help="replay never cuts its window when the error rises (Replay forget_on_drift=False)")
     ap.add_argument("--population", type=int, default=0, metavar="N",
                     help="also run a learnd.Population of N members on the default search space")
     ap.add_argument("--strategy", default="random", choices=("random", "halving", "pbt"),
@@ -335,7 +339,7 @@ def main(argv=None):
     overrides = _parse_set(args.set)
     check_overrides(overrides)
     t0 = time.perf_counter()
-    replay = (args.replay_ratio, args.replay_rows, args.replay_recency)
+    replay = (args.replay_ratio, args.replay_rows, args.replay_recency, not args.no_forget)
     population = (args.population, args.strategy) if args.population >= 2 else None
     table, results = run(args.datasets, args.seeds, hidden, overrides,
                          sklearn=not args.no_sklearn, jobs=args.jobs, replay=replay, population=population)
@@ -347,7 +351,8 @@ def main(argv=None):
         import sklearn
         doc = {"benchmark": "learning", "batch": BATCH, "hidden": list(hidden),
                "seeds": list(args.seeds), "learnd_overrides": overrides,
-               "replay": {"ratio": args.replay_ratio, "rows": args.replay_rows, "recency": args.replay_recency},
+               "replay": {"ratio": args.replay_ratio, "rows": args.replay_rows, "recency": args.replay_recency,
+                          "forget_on_drift": not args.no_forget},
                "protocol": "one pass in file order, test-then-train on rows [0, heldout.start) "
                            "(first batch trained, not scored); held-out accuracy on rows "
                            "[heldout.start, n) after the pass",

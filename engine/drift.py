@@ -4,6 +4,8 @@
     positions = adwin.update(errors)     # indices into this batch where a change was found
     adwin.rises                          # for each, True when the mean rose (errors got worse)
 
+`row_errors` turns a batch's outputs and targets into the per-row errors it watches.
+
 It follows River's `drift.ADWIN` (same parameters and defaults, same detections on the
 same sequence; tests/engine/test_drift.py checks it) and takes a batch per call, so a
 caller never loops over values in Python.
@@ -95,3 +97,21 @@ class ADWIN:
         self._counts[:] = state["counts"]
         self._f[:] = state["f"]
         self._i[:] = state["i"]
+
+
+def row_errors(task, P, Y):
+    """(r,) float64 error of each row with a label, in order, or None for regression.
+
+    P: (m, K) head outputs, Y: (m, K) float targets (NaN = no label).  Multiclass: 1 for a
+    misclassified row.  Binary and multilabel: the share of the row's labelled outputs
+    that are wrong (0/1 for binary); rows with no labelled output are left out.
+    """
+    if task == "multiclass":
+        return (P.argmax(axis=1) != Y.argmax(axis=1)).astype(np.float64)
+    if task in ("binary", "multilabel"):
+        labelled = ~np.isnan(Y)
+        wrong = ((P >= 0.5) != (np.where(labelled, Y, 0.0) >= 0.5)) & labelled
+        n = labelled.sum(axis=1)
+        keep = n > 0
+        return wrong.sum(axis=1)[keep] / n[keep]
+    return None

@@ -49,6 +49,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from .drift import row_errors
 from .ensemble import Ensemble
 from .errors import EngineError
 from .labels import labels_from_outputs
@@ -340,18 +341,19 @@ class Population:
         err, loss = self._error[mb.slot], self._loss[mb.slot]
         m = X.shape[0]
         e, l = np.empty(m), np.empty(m)
-        scored = False
+        P = None
         if self.settings["progressive"] == "inference" and model.network is not None:
-            row_scores(task, model.predict_proba(X), Y, e, l)
-            scored = True
+            P = model.predict_proba(X)
         before = model.nonfinite_steps
         mb.last_loss = model.learn_checked(X, Y, w)
         mb.skipped += model.nonfinite_steps - before
-        if not scored:      # "step", or a member's first batch (no inference before it)
-            row_scores(task, model.last_batch_outputs(), Y, e, l)
+        if P is None:       # "step", or a member's first batch (no inference before it)
+            P = model.last_batch_outputs()
+        row_scores(task, P, Y, e, l)
         err[cols], loss[cols] = e[keep], l[keep]
         if mb.replay is not None:
             if model.nonfinite_steps == before:
+                mb.replay.observe(row_errors(task, P, Y))
                 mb.replay.add(X, Y, w if w.size else None)
             for _ in range(mb.replay.ratio):
                 mb.replay.step()

@@ -7,6 +7,12 @@ drawn from that ring, weighted towards the newest rows (`recency`): after a drif
 new concept soon fills the replayed batches, so replay does not hold on to the past
 (docs/learning.md measures it on sea_drift).
 
+A sudden change is also cut off: the ring watches the model's errors on the rows it
+is given (ADWIN, as the daemon's drift watch), and when they rise it stops drawing rows
+older than the change, keeping only the rows the detector holds as the new concept.
+So the window can be long on a stationary stream (old rows revisited) without holding
+the model to a concept that has gone.
+
 The daemon's trainer uses the same object: it adds each trained batch and takes the
 replay steps only while no new training data waits.
 
@@ -25,6 +31,7 @@ import math
 
 import numpy as np
 
+from .drift import ADWIN, row_errors
 from .errors import EngineError
 from .labels import write_targets
 
@@ -36,10 +43,14 @@ class Replay:
     `learn`.  batch_size: rows per replay step (None: the size of the batches added,
     at least 2).  seed: of the draws.  recency: the mean age, in rows, of the rows drawn
     (an exponential weighting towards the newest, truncated to the ring); None draws
-    uniformly.  The defaults are the daemon's, chosen by measurement (docs/learning.md).
+    uniformly.  forget_on_drift: watch the errors `observe` is given and, when they rise,
+    draw only from the rows after the change (classification; a regression model's
+    errors are not watched, as in the daemon).  The defaults are the daemon's, chosen by
+    measurement (docs/learning.md).
     """
 
-    def __init__(self, model, rows=4096, ratio=16, batch_size=None, seed=0, recency=256.0):
+    def __init__(self, model, rows=4096, ratio=16, batch_size=None, seed=0, recency=256.0,
+                 forget_on_drift=True):
         if int(rows) < 2:
             raise EngineError(f"replay rows must be at least 2, got {rows}")
         if int(ratio) < 0:
@@ -58,6 +69,9 @@ class Replay:
         self.filled = 0           # rows in the ring
         self.next = 0             # where the next row goes
         self.added = 0            # rows ever added
+        self.window_start = 0     # the value of `added` before the oldest row still drawn
+        self.detector = ADWIN() if forget_on_drift else None
+        self.cuts = 0             # times a rise of the error cut the window
         self._last_batch = 0
         self.x = None             # (capacity, d) model dtype, made on the first add
         self.Y = None             # (capacity, K) model dtype
@@ -102,11 +116,42 @@ class Replay:
 
     def remember(self, X, y, sample_weight=None):
         """`add` for labels as partial_fit takes them (class ids, 0/1, values...)."""
+        self.add(*self._encode(X, y, sample_weight))
+
+    def _encode(self, X, y, sample_weight):
         X = np.ascontiguousarray(X, dtype=self.model.dtype)
         m, K = X.shape[0], self.model.spec.n_outputs
         Y = np.empty((m, K), dtype=self.model.dtype)
         write_targets(self.model.spec.task, K, y, m, Y)
-        self.add(X, Y, None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64))
+        return X, Y, None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+
+    # -- the window drawn from -------------------------------------------------------------
+    @property
+    def window(self):
+        """Rows replay draws from: the newest rows since the last cut (at least a
+        batch's worth, when the ring has them), at most the ring."""
+        since = self.added - self.window_start
+        return min(self.filled, max(since, self._last_batch, 2))
+
+    def forget(self, keep):
+        """Stop drawing all but the newest `keep` rows of the ring (rows added later are
+        drawn as usual)."""
+        self.window_start = max(self.window_start, self.added - max(0, int(keep)))
+
+    def observe(self, errors):
+        """Feed the per-row errors (r,) of a batch scored before it is learned and added
+        (engine.drift.row_errors); when they rose, forget the rows before the change.
+        Returns True on a cut."""
+        if self.detector is None or errors is None or len(errors) == 0 or self.model.spec.task == "regression":
+            return False
+        self.detector.update(errors)
+        if not self.detector.rises.any():
+            return False
+        # The detector's window now holds the rows since the change, this batch's
+        # included; this batch is not in the ring yet.
+        self.forget(self.detector.width - len(errors))
+        self.cuts += 1
+        return True
 
     # -- steps -----------------------------------------------------------------------------
     @property
@@ -119,18 +164,19 @@ class Replay:
         return self.filled >= 2 and self.model.network is not None
 
     def _draw_ages(self, u):
-        """Fill u with ages in [0, filled): uniform, or with `recency` the exponential
+        """Fill u with ages in [0, window): uniform, or with `recency` the exponential
         distribution of mean `recency` rows truncated to the window (inverse CDF:
-        age = -r ln(1 - u (1 - exp(-filled / r))))."""
+        age = -r ln(1 - u (1 - exp(-window / r))))."""
         self.rng.random(out=u)
+        n = self.window
         if self.recency is None:
-            np.multiply(u, self.filled, out=u)
+            np.multiply(u, n, out=u)
             return
-        np.multiply(u, -math.expm1(-self.filled / self.recency), out=u)
+        np.multiply(u, -math.expm1(-n / self.recency), out=u)
         np.negative(u, out=u)
         np.log1p(u, out=u)
         np.multiply(u, -self.recency, out=u)
-        np.minimum(u, self.filled - 1, out=u)      # u < 1 keeps it below filled; rounding might not
+        np.minimum(u, n - 1, out=u)      # u < 1 keeps it below n; rounding might not
 
     def step(self):
         """One replay step on a batch drawn (with replacement) from the ring; returns
@@ -158,25 +204,33 @@ class Replay:
         return self.model.rehearse_checked(xb, Yb, wb)
 
     def learn(self, X, y, sample_weight=None):
-        """partial_fit on the new batch, remember it, then `ratio` replay steps.
+        """partial_fit on the new batch, watch its errors (scored by the step's own
+        forward pass, before the update), remember it, then `ratio` replay steps.
         Returns the new batch's J (as partial_fit)."""
         steps_before = self.model.nonfinite_steps
         loss = self.model.partial_fit(X, y, sample_weight)
         if self.model.nonfinite_steps == steps_before:      # a refused step is not learned
-            self.remember(X, y, sample_weight)
+            X, Y, w = self._encode(X, y, sample_weight)
+            if self.detector is not None:
+                self.observe(row_errors(self.model.spec.task, self.model.last_batch_outputs(), Y))
+            self.add(X, Y, w)
         for _ in range(self.ratio):
             self.step()
         return loss
 
     # -- state -------------------------------------------------------------------------------
     def get_state(self):
-        """The ring's rows oldest first, and the counters (copies)."""
-        if self.x is None:
-            return {"x": None, "Y": None, "w": None, "steps": self.steps, "added": self.added,
-                    "last_batch": self._last_batch, "rng": json.dumps(self.rng.bit_generator.state)}
-        order = np.arange(self.next - self.filled, self.next) % self.capacity
-        return {"x": self.x[order], "Y": self.Y[order], "w": self.w[order], "steps": self.steps,
-                "added": self.added, "last_batch": self._last_batch, "rng": json.dumps(self.rng.bit_generator.state)}
+        """The ring's rows oldest first, the counters, the window and its detector
+        (copies; everything but the rows is JSON-able)."""
+        state = {"x": None, "Y": None, "w": None, "steps": self.steps, "added": self.added,
+                 "last_batch": self._last_batch, "rng": json.dumps(self.rng.bit_generator.state),
+                 "window_start": self.window_start, "cuts": self.cuts,
+                 "detector": None if self.detector is None else json.dumps(
+                     {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.detector.get_state().items()})}
+        if self.x is not None:
+            order = np.arange(self.next - self.filled, self.next) % self.capacity
+            state.update(x=self.x[order], Y=self.Y[order], w=self.w[order])
+        return state
 
     def set_state(self, state):
         """Take rows and counters from get_state (a ring of another capacity keeps the newest)."""
@@ -189,3 +243,8 @@ class Replay:
         self.added = int(state["added"])
         self._last_batch = int(state["last_batch"])
         self.rng.bit_generator.state = json.loads(state["rng"])
+        # States saved before the window existed draw from the whole ring.
+        self.window_start = int(state.get("window_start", 0))
+        self.cuts = int(state.get("cuts", 0))
+        if self.detector is not None and state.get("detector") is not None:
+            self.detector.set_state(json.loads(state["detector"]))

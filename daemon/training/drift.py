@@ -26,24 +26,6 @@ from learnd.engine.drift import ADWIN
 log = logging.getLogger("learnd.trainer")
 
 
-def row_errors(task, P, Y):
-    """(r,) float64 error of each row with a label, in order, or None for regression.
-
-    P: (m, K) head outputs, Y: (m, K) float targets (NaN = no label).  Multiclass: 1 for a
-    misclassified row.  Binary and multilabel: the share of the row's labelled outputs
-    that are wrong (0/1 for binary); rows with no labelled output are left out.
-    """
-    if task == "multiclass":
-        return (P.argmax(axis=1) != Y.argmax(axis=1)).astype(np.float64)
-    if task in ("binary", "multilabel"):
-        labelled = ~np.isnan(Y)
-        wrong = ((P >= 0.5) != (np.where(labelled, Y, 0.0) >= 0.5)) & labelled
-        n = labelled.sum(axis=1)
-        keep = n > 0
-        return wrong.sum(axis=1)[keep] / n[keep]
-    return None
-
-
 class DriftWatch:
     """The detector, its counts, the last drift, and a learning-rate boost in progress."""
 

@@ -21,6 +21,7 @@ import numpy as np
 from learnd.clients.protocol import TRAIN_SPLITS
 from learnd.engine import EngineError, Model, Population, Replay
 from learnd.engine import population_state
+from learnd.engine.drift import row_errors
 from learnd.engine.metrics import evaluate_outputs
 from learnd.engine.model import LIVE_SETTINGS
 from learnd.engine.spec import ModelSpec
@@ -33,7 +34,7 @@ from learnd.daemon.ingest import splits
 from learnd.daemon.ingest.dedupe import Dedupe
 from learnd.daemon.training.checkpoints import decode, pack_array, unpack_array
 from learnd.daemon.training.diagnosis import GAPS, diagnose, why_no_figure
-from learnd.daemon.training.drift import DriftWatch, row_errors
+from learnd.daemon.training.drift import DriftWatch
 from learnd.daemon.training.early_stopping import EarlyStopping
 from learnd.daemon.training.error_analysis import analyse
 from learnd.daemon.training.evaluation import RecentWindow, Reservoir
@@ -532,9 +533,12 @@ class Trainer(threading.Thread):
         """Score a batch before its step (P: (m, K) outputs of the model as it was) and
         watch the row errors for drift."""
         self.progressive.add(P, Y)
-        found = self.drift.observe(row_errors(self.schema.task, P, Y))
+        errors = row_errors(self.schema.task, P, Y)
+        found = self.drift.observe(errors)
         if found:
             self._on_drift(found)
+        if self.replay is not None:     # its window starts after a change (a member's watches its own)
+            self.replay.observe(errors)
 
     def _on_drift(self, positions):
         """The detector found a change in the progressive error: count, report, act.
@@ -694,6 +698,7 @@ class Trainer(threading.Thread):
         return {"steps": self.replay_steps, "ratio": self.config.replay_ratio,
                 "recency": self.config.replay_recency,
                 "rows": r.filled if r is not None else 0, "capacity": self.config.replay_rows,
+                "window": r.window if r is not None and r.filled else 0, "cuts": r.cuts if r is not None else 0,
                 "pending": self._replay_credit}
 
     # -- housekeeping ----------------------------------------------------------------------

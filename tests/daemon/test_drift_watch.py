@@ -7,7 +7,8 @@ import pytest
 
 from learnd.daemon.config import Config
 from learnd.daemon.errors import ConfigError
-from learnd.daemon.training.drift import DriftWatch, row_errors
+from learnd.daemon.training.drift import DriftWatch
+from learnd.engine.drift import row_errors
 from learnd.engine import Model
 
 

@@ -125,6 +125,114 @@ def test_a_replay_resumes_from_its_state_with_the_same_draws(rng):
     assert rb.steps == ra.steps == 12
 
 
+def _ages_drawn(replay, model, steps=50):
+    """Ages (0 = newest) of the rows `steps` replay steps draw; rows hold their arrival
+    index in column 0."""
+    seen = []
+    model.rehearse_checked = lambda X, Y, w: seen.append(X[:, 0].copy()) or 0.0
+    for _ in range(steps):
+        replay.step()
+    del model.rehearse_checked
+    return replay.added - 1 - np.concatenate(seen)
+
+
+def _indexed(start, m, d=3):
+    """m rows whose first column is their arrival index."""
+    x = np.zeros((m, d), dtype=np.float32)
+    x[:, 0] = np.arange(start, start + m)
+    return x
+
+
+def test_forget_keeps_the_newest_rows_and_rows_added_later():
+    model = Model(hidden=(4,), task="binary", input_dim=3)
+    model.partial_fit(np.zeros((2, 3)), np.array([0, 1]))
+    replay = Replay(model, rows=1000, ratio=0, batch_size=64, recency=None)
+    for start in range(0, 640, 64):
+        replay.add(_indexed(start, 64), np.zeros((64, 1), np.float32))
+    assert replay.window == 640 and _ages_drawn(replay, model).max() > 500
+    replay.forget(100)
+    assert replay.window == 100
+    ages = _ages_drawn(replay, model)
+    assert ages.max() < 100 and ages.min() == 0
+    replay.add(_indexed(640, 64), np.zeros((64, 1), np.float32))
+    assert replay.window == 164 and _ages_drawn(replay, model).max() < 164
+    replay.forget(0)                          # never fewer than the last batch's rows
+    assert replay.window == 64 and _ages_drawn(replay, model).max() < 64
+
+
+def _flipping_stream(seed, n=6000, flip=3000, d=4, m=32):
+    """Batches of a stream labelled by a hyperplane replaced by another at row `flip`."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    y[flip:] = (X[flip:, 2] - X[flip:, 0] > 0)
+    return [(X[a:a + m], y[a:a + m]) for a in range(0, n, m)]
+
+
+def test_a_rise_of_the_error_cuts_the_window_to_the_new_concept():
+    """Learned with `learn`, a sudden change is detected within a few hundred rows and
+    replay then draws only rows after it; a stationary stream is never cut."""
+    model = Model(hidden=(8,), task="binary", seed=2)
+    replay = Replay(model, rows=4096, ratio=2, recency=None, seed=2)
+    for i, (X, y) in enumerate(_flipping_stream(0)):
+        replay.learn(X, y)
+        if replay.cuts:
+            break
+    cut_at = (i + 1) * 32
+    assert replay.cuts == 1 and 3000 < cut_at < 3600
+    assert replay.filled == cut_at and replay.window <= cut_at - 3000 + 64
+    assert replay.window < replay.filled
+
+    steady = Model(hidden=(8,), task="binary", seed=2)
+    kept = Replay(steady, rows=4096, ratio=2, recency=None, seed=2)
+    for X, y in _flipping_stream(0, flip=6000):
+        kept.learn(X, y)
+    assert kept.cuts == 0 and kept.window == kept.filled == 4096
+
+
+def test_the_cut_helps_after_a_sudden_change_and_can_be_turned_off():
+    """Uniform replay over a long window holds on to the old concept after the flip;
+    with the cut the model recovers sooner.  Mean over 3 seeds of the error over the
+    1,500 rows after the change."""
+    def error_after_change(forget, seed):
+        model = Model(hidden=(8,), task="binary", seed=seed)
+        replay = Replay(model, rows=4096, ratio=4, recency=None, seed=seed, forget_on_drift=forget)
+        wrong = []
+        for i, (X, y) in enumerate(_flipping_stream(seed)):
+            if 3000 <= i * 32 < 4500:
+                wrong.append(model.predict(X).reshape(-1) != y)
+            replay.learn(X, y)
+        assert replay.cuts == (1 if forget else 0)
+        return np.concatenate(wrong).mean()
+
+    with_cut = np.mean([error_after_change(True, s) for s in range(3)])
+    without = np.mean([error_after_change(False, s) for s in range(3)])
+    assert with_cut < without - 0.05, (with_cut, without)
+
+
+def test_a_regression_models_errors_are_not_watched():
+    model = Model(hidden=(4,), task="regression", input_dim=1)
+    replay = Replay(model, rows=100, ratio=0)
+    assert replay.observe(np.r_[np.zeros(500), np.full(500, 100.0)]) is False
+    assert replay.cuts == 0 and replay.detector.seen == 0
+
+
+def test_the_window_and_its_detector_resume_from_the_state():
+    batches = _flipping_stream(1)
+    a = Model(hidden=(8,), task="binary", seed=1)
+    ra = Replay(a, rows=4096, ratio=1, recency=None, seed=3)
+    for X, y in batches[:100]:              # the flip is at batch 94
+        ra.learn(X, y)
+    b = Model.from_state(a.get_state())
+    rb = Replay(b, rows=4096, ratio=1, recency=None, seed=0)
+    rb.set_state(ra.get_state())
+    assert (rb.window, rb.cuts, rb.window_start) == (ra.window, ra.cuts, ra.window_start)
+    for X, y in batches[100:]:
+        assert ra.learn(X, y) == rb.learn(X, y)
+    assert (rb.window, rb.cuts, rb.detector.width) == (ra.window, ra.cuts, ra.detector.width)
+    assert ra.cuts >= 1
+
+
 def test_bad_settings_are_refused():
     model = Model(task="binary")
     for kwargs, match in (({"rows": 1}, "rows"), ({"ratio": -1}, "ratio"), ({"batch_size": 1}, "batch_size"),

@@ -3,6 +3,7 @@ in status and the metrics, in the served version, never on held-out rows, and ke
 across a restart; the embedded Replay takes the same steps."""
 from __future__ import annotations
 
+import numpy as np
 
 from learnd.clients.client import Control, Predictor, Producer
 from learnd.engine.datasets import split
@@ -35,7 +36,7 @@ def test_replay_steps_follow_new_steps_and_show_in_status_metrics_and_version(da
         s = _settled(c, d, 6, 3)
         d.wait_until(lambda: c.status()["model_version"] == 6 + 18, what="version 24")
     assert s["replay"] == {"steps": 18, "ratio": 3, "recency": 256.0, "rows": 6 * BATCH, "capacity": 1024,
-                           "pending": 0}
+                           "window": 6 * BATCH, "cuts": 0, "pending": 0}
     assert s["samples_trained"] == 6 * BATCH
     # Progressive validation scored each new row once, before its step; replayed rows are
     # not scored again.
@@ -80,6 +81,30 @@ def test_the_replay_window_and_its_count_survive_a_restart(daemons):
     with Control(d2.control) as c:
         s = _settled(c, d2, 4, 3)
         assert s["replay"]["rows"] == 4 * BATCH
+
+
+def test_a_sudden_change_cuts_the_replay_window_and_the_cut_survives_a_restart(daemons):
+    """A binary stream whose labelling hyperplane is replaced at row 3,072: the progressive
+    error rises, and replay then draws only from the rows after the change."""
+    rng = np.random.default_rng(5)
+    n, change = 96 * BATCH, 48 * BATCH
+    X = rng.standard_normal((n, 4)).astype(np.float32)
+    y = np.where(np.arange(n) < change, X[:, 0] + 0.5 * X[:, 1] > 0, X[:, 2] - X[:, 0] > 0).astype(int)
+    env = {**REPLAY, "LEARND_REPLAY_ROWS": "8192"}
+    d = daemons(env=env)
+    with Producer(d.ingest, producer_id="p", window=4, timeout=20) as prod:
+        for k in range(96):
+            prod.send(X[BATCH * k:BATCH * (k + 1)], y[BATCH * k:BATCH * (k + 1)], split="train")
+    with Control(d.control) as c:
+        d.wait_until(lambda: c.status()["batches_trained"] == 96, what="96 batches")
+        r = c.status()["replay"]
+    assert r["rows"] == n and r["cuts"] >= 1
+    assert BATCH <= r["window"] <= n - change, r
+    assert d.stop() == 0
+    d2 = daemons(env=env, state_dir=d.state_dir)
+    with Control(d2.control) as c:
+        r2 = c.status()["replay"]
+    assert (r2["rows"], r2["window"], r2["cuts"]) == (r["rows"], r["window"], r["cuts"])
 
 
 def test_replay_ratio_is_live_and_0_stops_replay(daemons):
