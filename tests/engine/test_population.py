@@ -357,6 +357,25 @@ def test_rehearse_takes_one_replay_step_for_every_member(digits):
     pop.close()
 
 
+def test_each_members_replay_cuts_its_window_when_its_error_rises(tmp_path):
+    """A binary stream whose hyperplane is replaced at row 3,000: every member's ring
+    stops drawing the old concept's rows, and a saved population keeps the cut."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((6000, 4)).astype(np.float32)
+    y = np.where(np.arange(6000) < 3000, X[:, 0] + 0.5 * X[:, 1] > 0, X[:, 2] - X[:, 0] > 0).astype(int)
+    pop = Population(members=3, search_space=LR_SPACE, interval=0, replay_ratio=1, replay_rows=8192,
+                     task="binary", hidden=(8,), threads=1)
+    _feed(pop, X, y)
+    for mb in pop.members:     # ADWIN places a change to within its buckets: a few old rows may stay
+        assert mb.replay.cuts >= 1 and mb.replay.window <= 3000 + 256 < mb.replay.filled
+    pop.save(tmp_path / "pop.npz")
+    back = Population.load(tmp_path / "pop.npz", threads=1)
+    assert [(mb.replay.window, mb.replay.cuts) for mb in back.members] == \
+        [(mb.replay.window, mb.replay.cuts) for mb in pop.members]
+    pop.close()
+    back.close()
+
+
 def test_an_ensemble_travels_as_one_buffer_and_predicts_the_same_from_it(digits):
     from learnd.engine.ensemble import Ensemble, snapshot_from_buffer
     X, y = digits

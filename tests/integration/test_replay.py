@@ -99,7 +99,7 @@ def test_a_sudden_change_cuts_the_replay_window_and_the_cut_survives_a_restart(d
         d.wait_until(lambda: c.status()["batches_trained"] == 96, what="96 batches")
         r = c.status()["replay"]
     assert r["rows"] == n and r["cuts"] >= 1
-    assert BATCH <= r["window"] <= n - change, r
+    assert BATCH <= r["window"] <= n - change + 256, r     # ADWIN places a change to within its buckets
     assert d.stop() == 0
     d2 = daemons(env=env, state_dir=d.state_dir)
     with Control(d2.control) as c:
