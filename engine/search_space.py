@@ -42,7 +42,7 @@ SHAPE = ("width", "depth")
 DEFAULT_SPACE = {
     "lr": {"log_uniform": [3e-4, 3e-2]},
     "width": {"int_log_uniform": [32, 512]},
-    "depth": {"choice": [1, 2, 3]},
+    "depth": {"choice": [0, 1, 2, 3]},     # 0: a linear model (logistic or linear regression)
     "l2": {"log_uniform": [1e-7, 1e-3]},
     "keep_prob": {"uniform": [0.7, 1.0]},
     "batch_norm": {"choice": [False, True]},
