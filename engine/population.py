@@ -55,7 +55,7 @@ from .errors import EngineError
 from .labels import labels_from_outputs
 from .model import LIVE_SETTINGS, Model
 from .replay import Replay
-from .search_space import SearchSpace
+from .search_space import REPLAY, SearchSpace
 
 STRATEGIES = ("random", "halving", "pbt")
 METRICS = ("progressive_error", "progressive_loss", "dev_error", "dev_loss")
@@ -233,6 +233,10 @@ class Population:
                 out[name] = int(probe.hidden[0]) if probe.hidden else 0
             elif name == "depth":
                 out[name] = len(probe.hidden)
+            elif name in REPLAY:
+                recency = self.settings.get("replay_recency")
+                if recency:                 # None (uniform) lies outside any space's scale
+                    out[name] = float(recency)
             else:
                 value = getattr(probe, name)
                 out[name] = tuple(value) if isinstance(value, (list, tuple)) else value
@@ -246,15 +250,28 @@ class Population:
         settings["seed"] = (int(self.settings["seed"]) * 1_000_003 + member_id) % (2 ** 31)
         model = Model(**settings)
         self._reset_scores(slot)
-        return Member(member_id, slot, draw, settings, model, self._new_replay(model, member_id),
+        return Member(member_id, slot, draw, settings, model, self._new_replay(model, member_id, draw),
                       self.rows_seen, origin)
 
-    def _new_replay(self, model, member_id):
+    def _new_replay(self, model, member_id, draw):
+        """The member's ring: the population's replay settings, with those its draw
+        gives (replay_recency) laid over them."""
         if not self.settings["replay_rows"]:
             return None
+        kwargs = {"recency": self.settings.get("replay_recency", 256.0), **self.space.replay_settings(draw)}
         return Replay(model, rows=self.settings["replay_rows"], ratio=self.settings["replay_ratio"],
-                      recency=self.settings.get("replay_recency", 256.0),
-                      seed=(int(self.settings["seed"]) * 7919 + member_id) % (2 ** 31))
+                      seed=(int(self.settings["seed"]) * 7919 + member_id) % (2 ** 31), **kwargs)
+
+    def set_replay_recency(self, recency):
+        """A new replay recency (None: uniform) for every member; refused when the
+        space draws each member's own."""
+        if "replay_recency" in self.space.dims:
+            raise EngineError("replay_recency is searched: each member of the population draws its own "
+                              "from search_space")
+        self.settings["replay_recency"] = recency
+        for mb in self._members:
+            if mb.replay is not None:
+                mb.replay.recency = recency
 
     def _reset_scores(self, slot):
         self._error[slot] = np.nan
@@ -605,7 +622,7 @@ class Population:
         model = Model.from_state(state)
         draw, changes = dict(donor.draw), {}
         for name, dim in self.space.dims.items():
-            if name not in LIVE_SETTINGS or dim.kind == "choice":
+            if (name not in LIVE_SETTINGS and name not in REPLAY) or dim.kind == "choice" or name not in draw:
                 continue
             factor = PERTURB[int(self.rng.integers(2))]
             lo, hi = self.space.origin.dims[name].unit_bounds
@@ -616,12 +633,13 @@ class Population:
                 u = u + math.log10(factor)                  # x0.8 / x1.25 on its own scale
             draw[name] = dim.from_unit(min(max(u, lo), hi))
             changes[name] = draw[name]
-        if changes:
-            model.set(**changes)
+        model_changes = {k: v for k, v in changes.items() if k not in REPLAY}
+        if model_changes:
+            model.set(**model_changes)
         member_id = self.next_id
         self.next_id += 1
-        settings = {**donor.settings, **changes}
-        replay = self._new_replay(model, member_id)
+        settings = {**donor.settings, **model_changes}
+        replay = self._new_replay(model, member_id, draw)      # the perturbed recency, if drawn
         if replay is not None and donor.replay is not None:
             replay.set_state(donor.replay.get_state())
         self._reset_scores(old.slot)
@@ -781,10 +799,11 @@ class Population:
             pop._members = []
             for mm, model_state, replay_state in zip(meta["members"], state["models"], state["replays"]):
                 model = Model.from_state(model_state)
-                replay = pop._new_replay(model, int(mm["id"]))
+                draw = _draw_from_plain(mm["draw"])
+                replay = pop._new_replay(model, int(mm["id"]), draw)
                 if replay is not None and replay_state is not None:
                     replay.set_state(replay_state)
-                mb = Member(int(mm["id"]), int(mm["slot"]), _draw_from_plain(mm["draw"]), mm["settings"],
+                mb = Member(int(mm["id"]), int(mm["slot"]), draw, mm["settings"],
                             model, replay, int(mm["born_row"]), mm["origin"], mm["parent"])
                 mb.rung = int(mm["rung"])
                 pop._members.append(mb)

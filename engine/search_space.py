@@ -20,8 +20,10 @@ and ``{one_minus_log_uniform = [lo, hi]}`` for settings like beta1 whose distanc
 
 Settings are a Model's (engine.spec.ModelSpec), plus ``width`` and ``depth``, which
 make ``hidden = (width,) * depth``; a space gives ``hidden`` as a choice of layer
-lists, or width and depth, not both.  Settings a space does not list keep the base
-values they are merged into.
+lists, or width and depth, not both.  ``replay_recency`` is a member's replay
+(engine.Replay's recency, rows > 0), not its model's: `apply` leaves it out and
+`replay_settings` gives it.  Settings a space does not list keep the base values they
+are merged into.
 """
 from __future__ import annotations
 
@@ -35,6 +37,8 @@ KINDS = ("log_uniform", "uniform", "int_log_uniform", "choice", "one_minus_log_u
 # Settings of the stream, not of the learner: every member must agree on them.
 FIXED = ("task", "n_outputs", "input_dim", "dtype", "seed")
 SHAPE = ("width", "depth")
+# Settings of a member's replay, not of its model (name in the space: Replay keyword).
+REPLAY = {"replay_recency": "recency"}
 
 # The default space: what matters most first (the learning rate), then the betas,
 # the size of the network, the regularizers; batch norm on or off.  The bounds bracket
@@ -48,6 +52,9 @@ DEFAULT_SPACE = {
     "batch_norm": {"choice": [False, True]},
     "beta1": {"one_minus_log_uniform": [0.8, 0.99]},
     "beta2": {"one_minus_log_uniform": [0.99, 0.9999]},
+    # How far back a member's replay reaches: short for a drifting stream, long for a
+    # stationary one (docs/learning.md).
+    "replay_recency": {"log_uniform": [128, 4096]},
 }
 
 # How far a narrowed box reaches past the best draws, as a share of the original
@@ -154,7 +161,7 @@ class SearchSpace:
         if not isinstance(spec, dict) or not spec:
             raise EngineError(f"search_space must be a non-empty table of setting = distribution, got {spec!r}")
         allowed = {f for f in ModelSpec.__dataclass_fields__ if ModelSpec.__dataclass_fields__[f].init}
-        allowed = (allowed - set(FIXED)) | set(SHAPE)
+        allowed = (allowed - set(FIXED)) | set(SHAPE) | set(REPLAY)
         if "hidden" in spec and set(SHAPE) & set(spec):
             raise EngineError("search_space gives hidden and width/depth: give the layer lists "
                               "(hidden = {choice = [[64], [128, 64]]}) or width and depth, not both")
@@ -197,7 +204,8 @@ class SearchSpace:
         """Model keyword arguments: `base` with `draw` laid over it, width and depth
         made into hidden = (width,) * depth (the base's hidden gives the one not drawn),
         validated as a ModelSpec.  Raises EngineError if they do not fit."""
-        settings = {**base, **{k: v for k, v in draw.items() if k not in SHAPE}}
+        settings = {**base, **{k: v for k, v in draw.items() if k not in SHAPE and k not in REPLAY}}
+        self.replay_settings(draw)            # checks them
         if "width" in draw or "depth" in draw:
             base_hidden = tuple(base.get("hidden", ModelSpec.hidden))
             width = int(draw.get("width", base_hidden[0] if base_hidden else 64))
@@ -207,6 +215,18 @@ class SearchSpace:
             settings["hidden"] = tuple(int(h) for h in settings["hidden"])
         ModelSpec.from_dict(settings)
         return settings
+
+    @staticmethod
+    def replay_settings(draw):
+        """engine.Replay keyword arguments a draw gives (empty when it draws none).
+        Raises EngineError on a value Replay refuses."""
+        out = {REPLAY[k]: v for k, v in draw.items() if k in REPLAY}
+        if "recency" in out:            # a very long recency is what draws near-uniformly
+            recency = out["recency"]
+            if not (isinstance(recency, (int, float)) and not isinstance(recency, bool)
+                    and math.isfinite(recency) and recency > 0):
+                raise EngineError(f"replay_recency must be a number of rows > 0, got {recency!r}")
+        return out
 
     # -- description ---------------------------------------------------------------------
     def to_dict(self):

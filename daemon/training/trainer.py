@@ -24,6 +24,7 @@ from learnd.engine import population_state
 from learnd.engine.drift import row_errors
 from learnd.engine.metrics import evaluate_outputs
 from learnd.engine.model import LIVE_SETTINGS
+from learnd.engine.search_space import SearchSpace
 from learnd.engine.spec import ModelSpec
 from learnd.engine.state import state_from_bytes, state_to_bytes, write_atomic
 from learnd.engine.warm import warm_up
@@ -1104,8 +1105,10 @@ class Trainer(threading.Thread):
         daemon_part = {k: v for k, v in settings.items() if k in LIVE_DAEMON_SETTINGS}
         # init_from was read when the daemon started; a live change does not read it again.
         candidate = replace(self.config, init_from="", **daemon_part).validate() if daemon_part else self.config
-        if model_part and self.population is not None:
-            searched = set(model_part) & set(self.population.space.dims)
+        if self.config.searching:      # the population's space, or the one it will be made with
+            space = (self.population.space if self.population is not None
+                     else SearchSpace.parse(self.config.search_space or None))
+            searched = (set(model_part) | (set(daemon_part) & {"replay_recency"})) & set(space.dims)
             if searched:
                 raise KeyError(f"{sorted(searched)} are searched: each member of the population draws its own "
                                "from search_space")
@@ -1124,6 +1127,9 @@ class Trainer(threading.Thread):
                 self.drift.cancel_boost()
         for k, v in daemon_part.items():
             setattr(self.config, k, getattr(candidate, k))
+        if self.population is not None and "replay_recency" in daemon_part:
+            self.population.sync()
+            self.population.set_replay_recency(self.config.replay_recency or None)
         if self.replay is not None:
             self.replay.batch_size = self.config.batch_size
             self.replay.ratio = self.config.replay_ratio

@@ -228,6 +228,37 @@ def test_pbt_copies_a_winner_and_perturbs_its_live_settings(digits):
     pop.close()
 
 
+def test_each_member_replays_with_its_drawn_recency_which_pbt_perturbs_and_a_restore_keeps(digits, tmp_path):
+    X, y = digits
+    space = {"lr": {"log_uniform": [1e-3, 3e-2]}, "replay_recency": {"log_uniform": [128, 4096]}}
+    pop = Population(members=6, search_space=space, strategy="pbt", interval=10 ** 6, min_rows=200, seed=2,
+                     replay_ratio=1, replay_recency=300.0, **SMALL)
+    assert pop.members[0].replay.recency == 300.0 == pop.members[0].draw["replay_recency"]   # the base's
+    for mb in pop.members[1:]:
+        assert mb.replay.recency == mb.draw["replay_recency"] and 128 <= mb.replay.recency <= 4096
+    _feed(pop, X[:1024], y[:1024])
+    recency = {mb.id: mb.replay.recency for mb in pop.members}
+    made = [d for d in pop.decide() if d["kind"] == "copy"]
+    assert made
+    for d in made:                 # x0.8 or x1.25 of the donor's, within the space
+        new = next(mb for mb in pop.members if mb.id == d["member"])
+        allowed = [pytest.approx(min(max(recency[d["parent"]] * f, 128), 4096)) for f in (0.8, 1.25)]
+        assert new.replay.recency == pytest.approx(new.draw["replay_recency"]) and new.replay.recency in allowed
+        assert "replay_recency" not in new.settings
+    with pytest.raises(EngineError, match="replay_recency is searched"):
+        pop.set_replay_recency(64.0)
+    pop.save(tmp_path / "pop.npz")
+    back = Population.load(tmp_path / "pop.npz", threads=1)
+    assert [mb.replay.recency for mb in back.members] == [mb.replay.recency for mb in pop.members]
+    pop.close()
+    back.close()
+
+    fixed = Population(members=3, search_space=LR_SPACE, interval=0, replay_ratio=1, **SMALL)
+    fixed.set_replay_recency(None)                 # not searched: every member takes it
+    assert [mb.replay.recency for mb in fixed.members] == [None] * 3
+    fixed.close()
+
+
 def test_ensemble_serves_the_mean_of_the_top_members_in_one_call(digits):
     """Members of different shapes (depth 0-2, batch norm or not): the kernel's mean
     equals the members' own predictions averaged."""

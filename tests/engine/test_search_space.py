@@ -118,6 +118,8 @@ def test_a_base_value_outside_a_log_space_narrows_to_its_bound():
     ({"width": {"uniform": [8, 64]}}, "width: draw it with choice or int_log_uniform"),
     ({"width": {"int_log_uniform": [8.5, 64]}}, "whole-number bounds"),
     ({"depth": {"choice": [1, 2.5]}}, "whole numbers of layers"),
+    ({"replay_recency": {"uniform": [0, 512]}}, "replay_recency: 0.0 is not a valid value"),
+    ({"replay_recency": {"choice": [256, None]}}, "replay_recency: None is not a valid value"),
     ({"beta1": {"one_minus_log_uniform": [0.9, 1.0]}}, "values below 1"),
     ({"hidden": {"choice": [[8]]}, "width": {"int_log_uniform": [8, 64]}}, "not both"),
     ({}, "non-empty table"),
@@ -127,3 +129,14 @@ def test_a_malformed_space_is_refused_with_what_is_wrong(spec, words):
     with pytest.raises(EngineError, match="search_space") as err:
         SearchSpace.parse(spec)
     assert words in str(err.value)
+
+
+def test_replay_recency_is_a_members_replay_setting_not_its_models():
+    space = SearchSpace.parse({"lr": {"log_uniform": [1e-3, 1e-2]}, "replay_recency": {"log_uniform": [128, 4096]}})
+    draw = space.sample(np.random.default_rng(0))
+    assert 128 <= draw["replay_recency"] <= 4096
+    settings = space.apply({"hidden": (8,)}, draw)
+    assert "replay_recency" not in settings and settings["lr"] == draw["lr"]
+    assert space.replay_settings(draw) == {"recency": draw["replay_recency"]}
+    assert space.replay_settings({"lr": 0.1}) == {}
+    assert "replay_recency" in DEFAULT_SPACE

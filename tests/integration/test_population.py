@@ -98,7 +98,18 @@ def test_serve_and_interval_change_live_and_fixed_settings_are_refused(daemons):
         c.set(serve="champion")
         assert p.predict(Xte[:4]).member == c.status()["search"]["champion"]
         c.set(l2=1e-4)                      # not searched: every member takes it
+        assert c.set(replay_recency=512.0) == {"replay_recency": 512.0}
         assert c.status()["search"]["serve"] == "champion"
+
+
+def test_a_searched_replay_recency_is_refused_live(daemons):
+    space = {**SPACE, "replay_recency": {"log_uniform": [128, 4096]}}
+    d = daemons(env={**POPULATION, "LEARND_SEARCH_SPACE": json.dumps(space)})
+    with Control(d.control) as c:
+        with pytest.raises(LearndError) as err:
+            c.set(replay_recency=64.0)
+        assert err.value.code == "bad_setting" and "searched" in str(err.value)
+        assert c.status()["replay"]["recency"] == 256.0
 
 
 @pytest.mark.parametrize("daemon_mode", ["single-process"])
