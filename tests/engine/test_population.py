@@ -253,6 +253,10 @@ def test_each_member_replays_with_its_drawn_recency_which_pbt_perturbs_and_a_res
     pop.close()
     back.close()
 
+    uniform = Population(members=2, search_space=space, interval=0, replay_ratio=1, replay_recency=None, **SMALL)
+    assert "replay_recency" not in uniform.members[0].draw and uniform.members[0].replay.recency is None
+    uniform.close()
+
     fixed = Population(members=3, search_space=LR_SPACE, interval=0, replay_ratio=1, **SMALL)
     fixed.set_replay_recency(None)                 # not searched: every member takes it
     assert [mb.replay.recency for mb in fixed.members] == [None] * 3
