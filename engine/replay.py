@@ -119,6 +119,7 @@ class Replay:
         self.add(*self._encode(X, y, sample_weight))
 
     def _encode(self, X, y, sample_weight):
+        """(X, Y, w) as `add` takes them, from a batch as partial_fit takes it."""
         X = np.ascontiguousarray(X, dtype=self.model.dtype)
         m, K = X.shape[0], self.model.spec.n_outputs
         Y = np.empty((m, K), dtype=self.model.dtype)
