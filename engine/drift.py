@@ -86,8 +86,13 @@ class ADWIN:
                 "totals": self._totals.copy(), "variances": self._variances.copy(), "counts": self._counts.copy(),
                 "f": self._f.copy(), "i": self._i.copy()}
 
+    def plain_state(self):
+        """get_state with lists for arrays: for JSON and msgpack (set_state takes it back)."""
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.get_state().items()}
+
     def set_state(self, state):
-        """Take a state from get_state (of a detector with the same max_buckets)."""
+        """Take a state from get_state or plain_state (of a detector with the same
+        max_buckets)."""
         if state["max_buckets"] != self.max_buckets:
             raise EngineError(f"a state of max_buckets {state['max_buckets']} for a detector of "
                               f"{self.max_buckets}")

@@ -226,8 +226,7 @@ class Replay:
         state = {"x": None, "Y": None, "w": None, "steps": self.steps, "added": self.added,
                  "last_batch": self._last_batch, "rng": json.dumps(self.rng.bit_generator.state),
                  "window_start": self.window_start, "cuts": self.cuts,
-                 "detector": None if self.detector is None else json.dumps(
-                     {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.detector.get_state().items()})}
+                 "detector": None if self.detector is None else json.dumps(self.detector.plain_state())}
         if self.x is not None:
             order = np.arange(self.next - self.filled, self.next) % self.capacity
             state.update(x=self.x[order], Y=self.Y[order], w=self.w[order])

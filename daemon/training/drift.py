@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
-
 from learnd.engine.drift import ADWIN
 
 log = logging.getLogger("learnd.trainer")
@@ -94,12 +92,11 @@ class DriftWatch:
 
     def to_state(self):
         return {"rows": self.rows, "falls": self.falls, "last": self.last, "boost": self.boost,
-                "detector": None if self.detector is None else
-                {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.detector.get_state().items()}}
+                "detector": None if self.detector is None else self.detector.plain_state()}
 
     def load_state(self, state):
         self.rows, self.last, self.boost = int(state["rows"]), state["last"], state["boost"]
         self.falls = int(state.get("falls", 0))
         saved = state.get("detector")
         if self.detector is not None and saved is not None and saved["max_buckets"] == self.detector.max_buckets:
-            self.detector.set_state({k: np.asarray(v) if isinstance(v, list) else v for k, v in saved.items()})
+            self.detector.set_state(saved)
