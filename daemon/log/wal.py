@@ -54,6 +54,18 @@ def _record_parts(lsn, frames, codes):
     return parts, _HEAD.size + length
 
 
+def segments(directory):
+    """[(first_lsn, path)] of the log's segment files in `directory`, sorted by first lsn."""
+    out = []
+    for name in os.listdir(directory):
+        if name.startswith("wal-") and name.endswith(".log"):
+            try:
+                out.append((int(name[4:-4]), os.path.join(directory, name)))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
 def _decode(body):
     """The Record in a payload whose checksum matched."""
     fields = msgpack.unpackb(body, raw=False)
@@ -71,15 +83,7 @@ class WriteAheadLog:
 
     # -- files ---------------------------------------------------------------------------
     def _segments(self):
-        """[(first_lsn, path)] sorted by first lsn."""
-        out = []
-        for name in os.listdir(self.directory):
-            if name.startswith("wal-") and name.endswith(".log"):
-                try:
-                    out.append((int(name[4:-4]), os.path.join(self.directory, name)))
-                except ValueError:
-                    continue
-        return sorted(out)
+        return segments(self.directory)
 
     def _read(self, path, repair):
         """Yield the Records of the whole records in one segment; cut a torn tail."""
@@ -204,14 +208,7 @@ class LogReader:
         self._file = None
 
     def _segments(self):
-        out = []
-        for name in os.listdir(self.directory):
-            if name.startswith("wal-") and name.endswith(".log"):
-                try:
-                    out.append((int(name[4:-4]), os.path.join(self.directory, name)))
-                except ValueError:
-                    continue
-        return sorted(out)
+        return segments(self.directory)
 
     def _next_segment(self):
         """Open the segment to read next; False when there is none after the open one."""
