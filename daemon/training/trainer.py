@@ -53,6 +53,12 @@ PUBLISH_SHARE_INVERSE = 50   # while a backlog waits, publishing takes at most 1
 PUBLISH_COST_BETA = 0.8      # smoothing of what a publication takes
 STATUS_WAIT_S = 1.0          # longest a status waits for the trainer thread's fresh leaderboard
 GRADCHECK_ROWS = 32
+# Replay waits this long after the last new training data before its first step.  While
+# producers stream at full speed the queue empties for moments between messages; a replay
+# step in such a gap would take the CPU the ingest process needs to bring the next one
+# (benchmarks.replay: rows/s from ingest 0.91x with replay on, against 0.95x asked).  At a
+# realistic pace a batch arrives every few tens of milliseconds and replay loses ~2 ms of it.
+REPLAY_QUIET_S = 0.002
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
 # Daemon settings the control socket may change while running.
 LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay_recency", "publish_interval_ms",
@@ -150,6 +156,7 @@ class Trainer(threading.Thread):
         self.rebatcher = None
         self.replay = None                # engine.Replay: the recent training rows
         self._replay_credit = 0           # replay steps earned by new steps, not yet taken
+        self._last_data = 0.0             # time.monotonic() of the newest message dequeued
         self.reservoirs = {}
         self.recent = None
         self.progressive = None
@@ -484,6 +491,7 @@ class Trainer(threading.Thread):
         """The next queued message (queue.Empty when none comes within timeout; 0: none waiting)."""
         item = self.queue.get(timeout=timeout) if timeout else self.queue.get_nowait()
         self.dequeued_bytes += item.nbytes
+        self._last_data = time.monotonic()
         return item
 
     @property
@@ -663,10 +671,12 @@ class Trainer(threading.Thread):
 
     def replay_due(self):
         """A replay step is due when new steps earned one, training is not frozen, and no
-        new training data waits: nothing in the queue and no full batch in the rebatcher
-        (rows lingering for a batch to fill are waiting for rows, not for the CPU)."""
+        new training data waits: nothing in the queue, no full batch in the rebatcher
+        (rows lingering for a batch to fill are waiting for rows, not for the CPU), and
+        none has come for REPLAY_QUIET_S."""
         if not (self._replay_credit > 0 and not self.frozen and self.queue.empty()
-                and len(self.rebatcher) < self.config.batch_size):
+                and len(self.rebatcher) < self.config.batch_size
+                and time.monotonic() - self._last_data >= REPLAY_QUIET_S):
             return False
         return (self.population.replay_ready() if self.population is not None
                 else self.replay is not None and self.replay.ready())
