@@ -52,13 +52,14 @@ NORM_INTERVAL_S = 1.0
 PUBLISH_SHARE_INVERSE = 50   # while a backlog waits, publishing takes at most 1/50 of the trainer's time
 PUBLISH_COST_BETA = 0.8      # smoothing of what a publication takes
 STATUS_WAIT_S = 1.0          # longest a status waits for the trainer thread's fresh leaderboard
-GRADCHECK_ROWS = 32
 # Replay waits this long after the last new training data before its first step.  While
 # producers stream at full speed the queue empties for moments between messages; a replay
-# step in such a gap would take the CPU the ingest process needs to bring the next one
-# (benchmarks.replay: rows/s from ingest 0.91x with replay on, against 0.95x asked).  At a
-# realistic pace a batch arrives every few tens of milliseconds and replay loses ~2 ms of it.
+# step in such a gap takes the CPU the ingest process needs to bring the next one (on a
+# 2-core machine, benchmarks.replay: 3,000-9,500 replay steps per 5 s flood without the
+# wait, 400-1,600 with it).  At a realistic pace a batch arrives every few tens of
+# milliseconds and replay gives up 2 ms of each gap.
 REPLAY_QUIET_S = 0.002
+GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
 # Daemon settings the control socket may change while running.
 LIVE_DAEMON_SETTINGS = ("batch_size", "batch_linger_ms", "replay_ratio", "replay_recency", "publish_interval_ms",
