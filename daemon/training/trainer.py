@@ -57,8 +57,9 @@ STATUS_WAIT_S = 1.0          # longest a status waits for the trainer thread's f
 # step in such a gap takes the CPU the ingest process needs to bring the next one (on a
 # 2-core machine, benchmarks.replay: 3,000-9,500 replay steps per 5 s flood without the
 # wait, 400-1,600 with it).  At a realistic pace a batch arrives every few tens of
-# milliseconds and replay gives up 2 ms of each gap.
-REPLAY_QUIET_S = 0.002
+# milliseconds and replay gives up 5 ms of each gap.  (The loop waits for new data 5 ms at a
+# time, so a shorter quiet would mostly come out as 5 ms anyway.)
+REPLAY_QUIET_S = 0.005
 GRADCHECK_ROWS = 32
 GRADCHECK_ENTRIES = 20       # entries checked per parameter array: bounded time on big layers
 # Daemon settings the control socket may change while running.
