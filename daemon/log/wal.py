@@ -54,7 +54,7 @@ def _record_parts(lsn, frames, codes):
     return parts, _HEAD.size + length
 
 
-def segments(directory):
+def list_segments(directory):
     """[(first_lsn, path)] of the log's segment files in `directory`, sorted by first lsn."""
     out = []
     for name in os.listdir(directory):
@@ -82,9 +82,6 @@ class WriteAheadLog:
         self._dirty = False
 
     # -- files ---------------------------------------------------------------------------
-    def _segments(self):
-        return segments(self.directory)
-
     def _read(self, path, repair):
         """Yield the Records of the whole records in one segment; cut a torn tail."""
         with open(path, "rb") as f:
@@ -110,7 +107,7 @@ class WriteAheadLog:
     def open(self):
         """Find the last lsn (repairing a torn tail) and open the newest segment for appends."""
         os.makedirs(self.directory, exist_ok=True)
-        segments = self._segments()
+        segments = list_segments(self.directory)
         for i, (first, path) in enumerate(segments):
             # An empty newest segment (a crash right after creating it) still says
             # how far the numbers went.
@@ -163,7 +160,7 @@ class WriteAheadLog:
     # -- reading and trimming --------------------------------------------------------------
     def replay(self, after_lsn):
         """Yield the Record of every record with lsn > after_lsn, in order."""
-        segments = self._segments()
+        segments = list_segments(self.directory)
         for i, (first, path) in enumerate(segments):
             nxt = segments[i + 1][0] if i + 1 < len(segments) else None
             if nxt is not None and nxt - 1 <= after_lsn:
@@ -174,7 +171,7 @@ class WriteAheadLog:
 
     def trim(self, upto_lsn):
         """Delete segments whose records all have lsn <= upto_lsn (never the open one)."""
-        segments = self._segments()
+        segments = list_segments(self.directory)
         for i, (first, path) in enumerate(segments[:-1]):
             if segments[i + 1][0] - 1 <= upto_lsn:
                 os.unlink(path)
@@ -207,12 +204,9 @@ class LogReader:
         self._path = None
         self._file = None
 
-    def _segments(self):
-        return segments(self.directory)
-
     def _next_segment(self):
         """Open the segment to read next; False when there is none after the open one."""
-        segments = self._segments()
+        segments = list_segments(self.directory)
         if self._path is None:
             # The last segment starting at or before position + 1, else the oldest left.
             holding = [p for first, p in segments if first <= self.position + 1]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from learnd.daemon.log.wal import LogReader, WriteAheadLog
+from learnd.daemon.log.wal import LogReader, WriteAheadLog, list_segments
 
 
 def _frames(i):
@@ -28,7 +28,7 @@ def test_the_reader_takes_records_up_to_the_durable_lsn_and_goes_on_from_there(t
     rest = reader.read(upto_lsn=59, max_records=1000)
     assert [r.lsn for r in rest] == list(range(10, 60))
     assert all(r.frames == _frames(r.lsn) for r in rest)
-    assert len(wal._segments()) >= 4
+    assert len(list_segments(wal.directory)) >= 4
     assert reader.read(upto_lsn=59) == []
 
 
@@ -95,7 +95,7 @@ def test_a_checked_record_carries_its_split_codes_and_an_older_record_reads_with
     assert wal.append(many) == 2
     # A record as an older version wrote it: msgpack's smallest formats, no codes.
     body = msgpack.packb([3, [b"old", b"\x01" * 300]], use_bin_type=True)
-    os_path = wal._segments()[-1][1]
+    os_path = list_segments(wal.directory)[-1][1]
     wal.sync()
     with open(os_path, "ab") as f:
         f.write(struct.pack("<II", len(body), zlib.crc32(body)) + body)
